@@ -1,0 +1,101 @@
+"""ipython-energy: the energy of every notebook cell, run and sweep, logged to MLflow.
+
+In IPython or Jupyter::
+
+    %load_ext ipython_energy
+
+    %%energy --sweep grid --param lr=0.01
+    model.fit(X, y)
+
+From Python (scripts, loops inside one cell, worker processes)::
+
+    import ipython_energy as energy
+
+    with energy.sweep("grid", planned=12, budget_j=50e3):
+        for lr in rates:
+            with energy.run(params={"lr": lr}) as run:
+                with energy.stage("data"):
+                    ...
+                run.add_units(len(X), "samples")
+    energy.flush(timeout_s=30)
+
+Importing this package is cheap: MLflow, pynvml and altair are imported only when needed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+try:
+    from ._version import __version__
+except ImportError:  # a source checkout that was never built
+    __version__ = "0.0.0+unknown"
+
+__all__ = ["sweep", "run", "stage", "flush", "tracker", "load_ipython_extension", "__version__"]
+
+
+def tracker():
+    """The process's :class:`~ipython_energy.tracking.Tracker` (sensors start on first use)."""
+    from .tracking import get_tracker
+
+    return get_tracker()
+
+
+def sweep(name: str, planned: int | None = None, budget_j: float | None = None, *, stop_at_budget: bool = False):
+    """Start (or join) sweep ``name``: an MLflow parent run whose ``sweep_energy_j`` rises as runs finish.
+
+    Args:
+        name: Sweep name; runs started while it is active become its children.
+        planned: Number of runs planned, for the forecast of the total.
+        budget_j: Energy budget in joules; the summary warns when it is exceeded.
+        stop_at_budget: Refuse to start further runs once the budget is spent
+            (:class:`~ipython_energy.tracking.BudgetExceeded`).
+
+    Returns a :class:`~ipython_energy.tracking.Sweep`, usable as a context manager.
+    """
+    return tracker().start_sweep(name, planned=planned, budget_j=budget_j, stop_at_budget=stop_at_budget)
+
+
+def run(name: str | None = None, params: Mapping[str, Any] | None = None):
+    """Start a run (in the active sweep, if any); use it as a context manager.
+
+    The yielded :class:`~ipython_energy.tracking.Run` has ``energy_j`` (running total),
+    ``add_units(n, unit)`` and, once ended, ``measurement``.  An exception inside the
+    ``with`` marks it FAILED (KILLED for KeyboardInterrupt) and propagates.
+    """
+    return tracker().start_run(name, params)
+
+
+def stage(name: str):
+    """Measure a part of the current run (``data``, ``forward``, ``backward``…) as ``stage_<name>_energy_j``."""
+    return tracker().stage(name)
+
+
+def flush(timeout_s: float = 30.0) -> bool:
+    """Wait up to ``timeout_s`` until MLflow has every measurement; False if some are still spooled."""
+    from .tracking import _tracker
+
+    return True if _tracker is None else _tracker.flush(timeout_s)
+
+
+def load_ipython_extension(ip) -> None:
+    """``%load_ext ipython_energy``."""
+    from .magics import load
+
+    load(ip)
+
+
+def unload_ipython_extension(ip) -> None:
+    from .tracking import _tracker, set_tracker
+
+    if _tracker is not None:
+        _tracker.close()
+        set_tracker(None)
+
+
+def _jupyter_labextension_paths():
+    return [{"src": "labextension", "dest": "ipython-energy"}]
+
+
+def _jupyter_server_extension_points():
+    return [{"module": "ipython_energy.server"}]

@@ -1,0 +1,478 @@
+"""The IPython surface: ``%%energy``, ``%energy`` and autolog.  Parsing, execution and display only."""
+
+from __future__ import annotations
+
+import ast
+import math
+import shlex
+import sys
+import threading
+import time
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_arguments, parse_argstring
+from traitlets import Bool, Float, Unicode
+
+from . import config as cfg
+from .measurement import Measurement, format_energy
+from .tracking import BudgetExceeded, Run, Tracker, check_name, check_units, get_tracker, set_tracker
+
+
+def _trait(setting: cfg.Setting):
+    kind = {"str": Unicode, "float": Float, "bool": Bool}[setting.type]
+    return kind(None, allow_none=True, help=setting.help).tag(config=True)
+
+
+def _parse_params(items: list[str]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for item in items:
+        if "=" not in item:
+            raise UsageError(f"--param takes KEY=VALUE, got {item!r} (for example --param lr=0.01)")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        try:
+            check_name(key, "param")
+        except ValueError as exc:
+            raise UsageError(f"--param {item!r}: {exc}") from None
+        if key in params:
+            raise UsageError(f"--param {key!r} is given twice ({params[key]!r} and {value!r})")
+        params[key] = value
+    return params
+
+
+def _parse_count(text: str, flag: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"{flag} takes a number, not {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise UsageError(f"{flag} must be a positive finite number, not {text!r}")
+    return value
+
+
+def _name(value: str | None, what: str) -> str | None:
+    if value is None:
+        return None
+    try:
+        return check_name(value, what)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+@magics_class
+class EnergyMagics(Magics):
+    """Energy of cells, runs and sweeps.  Settings: docs/configuration.md."""
+
+    locals().update({s.name: _trait(s) for s in cfg.SETTINGS})
+
+    def __init__(self, shell=None, **kwargs):
+        super().__init__(shell=shell, **kwargs)
+        self._autolog_window = None
+        self._autolog_run: Run | None = None
+        self._autolog_on = False
+        self.config_warnings: list[str] = []
+
+    # ---- configuration ----------------------------------------------------------------------
+    def build_config(self) -> cfg.Config:
+        """Environment first, then traits set in IPython configuration (which win)."""
+        try:
+            config, warnings = cfg.from_env()
+            explicit = {s.name: getattr(self, s.name) for s in cfg.SETTINGS if getattr(self, s.name) is not None}
+            config = config.with_values(**explicit)
+        except cfg.ConfigError as exc:
+            raise UsageError(f"ipython-energy configuration: {exc}") from None
+        self.config_warnings = warnings
+        return config
+
+    @property
+    def tracker(self) -> Tracker:
+        return get_tracker()
+
+    # ---- %%energy ---------------------------------------------------------------------------
+    @magic_arguments()
+    @argument("-o", "--output", metavar="NAME", help="Store the Measurement in the user namespace as NAME.")
+    @argument("--run", metavar="NAME", help="Measure the cell as (part of) run NAME; a new run ends with the cell.")
+    @argument("--sweep", metavar="NAME", help="The run belongs to sweep NAME (started or joined; stays active).")
+    @argument("--param", metavar="KEY=VALUE", action="append", default=[],
+              help="A parameter of the run, logged as an MLflow param. Repeatable.")
+    @argument("--units", metavar="N", help="Units of work done by the cell, for joules per unit.")
+    @argument("--unit", metavar="WORD", help="What --units counts (samples, tokens, images…); default samples.")
+    @argument("--quiet", action="store_true", help="Print no summary line.")
+    @argument("--no-log", action="store_true", help="Measure and print, but log nothing to MLflow.")
+    @argument("--live", action="store_true",
+              help="Show a live readout under the running cell (power, joules so far, elapsed), every second.")
+    @cell_magic
+    def energy(self, line: str, cell: str):
+        """Measure the energy of this cell and log it to MLflow.
+
+        After the cell, one line: joules, duration, mean/peak power, the split per domain
+        with the method of each (counter / polled / estimated / replay), and the run and
+        sweep totals.  The cell's own exception propagates unchanged; its run is then
+        marked FAILED (KILLED on KeyboardInterrupt).
+
+        Examples::
+
+            %%energy --sweep mlp --param hidden=64 --param lr=0.01 --units 1797 --unit samples
+            model.fit(X, y)
+        """
+        args = parse_argstring(self.energy, line)
+        if args.output is not None and not args.output.isidentifier():
+            raise UsageError(f"-o takes a Python name, not {args.output!r}")
+        params = _parse_params(args.param)
+        run_name = _name(args.run, "run")
+        sweep_name = _name(args.sweep, "sweep")
+        units: tuple[float, str] | None = None
+        if args.units is not None:
+            n = _parse_count(args.units, "--units")
+            try:
+                units = check_units(n, args.unit or "samples")
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+        elif args.unit is not None:
+            raise UsageError("--unit names what --units counts; give --units N too")
+        tracker = self.tracker
+        log = tracker.config.log and not args.no_log
+
+        # Which run does this cell belong to?  Everything is checked before the cell runs.
+        active = tracker.run if tracker.run is not None and tracker.run.measurement is None else None
+        if params and active is not None and (run_name is None or run_name == active.name):
+            raise UsageError(f"--param sets the parameters of a new run, but run {active.name!r} is already "
+                             f"running; end it with %energy end, or give --run NEWNAME")
+        try:
+            sweep = tracker.start_sweep(sweep_name, log=log) if sweep_name else None
+            if run_name is not None and active is not None and active.name == run_name:
+                run, owns_run = active, False
+            elif run_name is None and active is not None and sweep is None:
+                run, owns_run = active, False
+            else:
+                run = tracker.start_run(run_name, params, sweep=sweep, implicit=run_name is None, log=log)
+                owns_run = True
+        except BudgetExceeded as exc:
+            raise UsageError(str(exc)) from None
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if units is not None:
+            run.add_units(*units)
+
+        count = self.shell.execution_count
+        window = tracker.meter.begin(f"In [{count}]", cell=True)
+        live = _LiveReadout(window) if args.live else None
+        status = "FINISHED"
+        try:
+            return self._execute(cell)
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        except BaseException:
+            status = "FAILED"
+            raise
+        finally:
+            m = window.end()
+            if log:
+                tracker.log_cell(run, m, count)
+            if owns_run:
+                tracker.end_run(run, status)
+            if args.output:
+                self.shell.user_ns[args.output] = m
+            text = None if (args.quiet or tracker.config.quiet) else self.summary_line(m, run)
+            if live is not None:
+                live.finish(text)
+            elif text:
+                print(text)
+            self._warn_backend(tracker)
+
+    def _execute(self, cell: str) -> Any:
+        """Run the cell in the user namespace, returning its last expression like a plain cell."""
+        shell = self.shell
+        source = shell.transform_cell(cell)
+        tree = shell.transform_ast(shell.compile.ast_parse(source))
+        last = None
+        if tree.body and isinstance(tree.body[-1], ast.Expr):
+            last = ast.Expression(tree.body.pop().value)
+        ns = shell.user_ns
+        exec(shell.compile(tree, "<energy cell>", "exec"), ns, ns)
+        if last is not None:
+            return eval(shell.compile(last, "<energy cell>", "eval"), ns, ns)
+        return None
+
+    def summary_line(self, m: Measurement, run: Run) -> str:
+        line = m.summary()
+        tracker = self.tracker
+        extra = []
+        if run.measurement is not None and run.cells > 1 or (run.measurement is None):
+            extra.append(f"run {run.name!r}: {format_energy(run.energy_j)}")
+        if run.units and run.measurement is not None:
+            for unit, n in run.units.items():
+                extra.append(f"{format_energy(run.measurement.energy_j / n)}/{unit}")
+        if run.sweep is not None:
+            extra.append(run.sweep.describe())
+        if not tracker.config.log:
+            extra.append("not logged")
+        return line + ("" if not extra else " · " + " · ".join(extra))
+
+    def _warn_backend(self, tracker: Tracker) -> None:
+        warning = tracker.backend_warning()
+        if warning:
+            print(warning, file=sys.stderr)
+
+    # ---- %energy ----------------------------------------------------------------------------
+    @line_magic("energy")
+    def energy_line(self, line: str):
+        """Control energy tracking.
+
+        Usage::
+
+            %energy                                   status: sensors, power now, active run and sweep
+            %energy sweep NAME [--planned N] [--budget 5kJ] [--stop-at-budget]
+            %energy run NAME [--param KEY=VALUE ...]  start a run; later cells belong to it
+            %energy end [run|sweep]                   end the active run (or, with none, the sweep)
+            %energy autolog on|off                    measure every cell as a cell of the active run
+            %energy chart [NAME]                      the sweep's chart, inline
+            %energy flush [--timeout 30]              wait until MLflow has every measurement
+        """
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            raise UsageError(f"%energy: {exc}") from None
+        if not words:
+            return self._status()
+        command, rest = words[0], words[1:]
+        handler = getattr(self, f"_cmd_{command}", None)
+        if handler is None:
+            raise UsageError(f"%energy: unknown command {command!r}; use one of: sweep, run, end, autolog, "
+                             "chart, flush (or %energy alone for the status)")
+        return handler(rest)
+
+    @staticmethod
+    def _parser(prog: str) -> MagicArgumentParser:
+        return MagicArgumentParser(prog=f"%energy {prog}", add_help=False)
+
+    def _cmd_sweep(self, words: list[str]):
+        p = self._parser("sweep")
+        p.add_argument("name")
+        p.add_argument("--planned", type=str)
+        p.add_argument("--budget", type=str)
+        p.add_argument("--stop-at-budget", action="store_true")
+        a = p.parse_argstring(words)
+        planned = None
+        if a.planned is not None:
+            try:
+                planned = int(a.planned)
+            except ValueError:
+                raise UsageError(f"--planned takes a whole number of runs, not {a.planned!r}") from None
+        budget = None
+        if a.budget is not None:
+            try:
+                budget = cfg.parse_energy(a.budget)
+            except ValueError as exc:
+                raise UsageError(f"--budget: {exc}") from None
+        if a.stop_at_budget and budget is None:
+            raise UsageError("--stop-at-budget needs --budget")
+        try:
+            sweep = self.tracker.start_sweep(_name(a.name, "sweep"), planned=planned, budget_j=budget,
+                                             stop_at_budget=a.stop_at_budget)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        print(f"ipython-energy: {sweep.describe()} — runs started now belong to it")
+
+    def _cmd_run(self, words: list[str]):
+        p = self._parser("run")
+        p.add_argument("name")
+        p.add_argument("--param", action="append", default=[])
+        a = p.parse_argstring(words)
+        params = _parse_params(a.param)
+        try:
+            run = self.tracker.start_run(_name(a.name, "run"), params, activate=True)
+        except (ValueError, BudgetExceeded) as exc:
+            raise UsageError(str(exc)) from None
+        where = f" in sweep {run.sweep.name!r}" if run.sweep else ""
+        print(f"ipython-energy: run {run.name!r} started{where}; %energy end closes it")
+
+    def _cmd_end(self, words: list[str]):
+        if len(words) > 1 or (words and words[0] not in ("run", "sweep")):
+            raise UsageError("%energy end takes nothing, 'run' or 'sweep'")
+        tracker = self.tracker
+        what = words[0] if words else ("run" if tracker.run is not None else "sweep")
+        if what == "run":
+            if tracker.run is None:
+                raise UsageError("%energy end run: no run is active")
+            run = tracker.run
+            m = tracker.end_run(run)
+            print(f"ipython-energy: run {run.name!r} ended: {m.summary()}")
+            if run.sweep is not None:
+                print(f"ipython-energy: {run.sweep.describe()}")
+        else:
+            if tracker.sweep is None:
+                raise UsageError("%energy end: no run or sweep is active")
+            sweep = tracker.end_sweep()
+            print(f"ipython-energy: {sweep.describe()} — ended")
+        self._warn_backend(tracker)
+
+    def _cmd_autolog(self, words: list[str]):
+        if len(words) != 1 or words[0] not in ("on", "off"):
+            raise UsageError("%energy autolog takes on or off")
+        self.set_autolog(words[0] == "on")
+        print(f"ipython-energy: autolog {words[0]}")
+
+    def _cmd_flush(self, words: list[str]):
+        p = self._parser("flush")
+        p.add_argument("--timeout", type=str, default="30")
+        a = p.parse_argstring(words)
+        timeout = _parse_count(a.timeout, "--timeout")
+        ok = self.tracker.flush(timeout)
+        print("ipython-energy: MLflow has every measurement" if ok else
+              f"ipython-energy: not everything reached MLflow within {timeout:g} s; it stays in the spool")
+
+    def _cmd_chart(self, words: list[str]):
+        if len(words) > 1:
+            raise UsageError("%energy chart takes at most one sweep name")
+        tracker = self.tracker
+        if words:
+            sweep = tracker.sweeps.get(words[0])
+            if sweep is None:
+                raise UsageError(f"%energy chart: no sweep named {words[0]!r} in this session "
+                                 f"(known: {', '.join(tracker.sweeps) or 'none'})")
+        else:
+            sweep = tracker.sweep or (list(tracker.sweeps.values())[-1] if tracker.sweeps else None)
+            if sweep is None:
+                raise UsageError("%energy chart: no sweep yet; start one with %energy sweep NAME")
+        from .charts import sweep_chart
+        from .tracking import sweep_data
+
+        return sweep_chart(sweep_data(sweep))
+
+    def _status(self) -> None:
+        tracker = self.tracker
+        print(status_text(tracker))
+
+    # ---- autolog ----------------------------------------------------------------------------
+    def set_autolog(self, on: bool) -> None:
+        events = self.shell.events
+        if on and not self._autolog_on:
+            events.register("pre_run_cell", self._pre_run_cell)
+            events.register("post_run_cell", self._post_run_cell)
+            self._autolog_on = True
+        elif not on and self._autolog_on:
+            events.unregister("pre_run_cell", self._pre_run_cell)
+            events.unregister("post_run_cell", self._post_run_cell)
+            self._autolog_on = False
+            if self._autolog_run is not None:
+                self.tracker.end_run(self._autolog_run)
+                self._autolog_run = None
+
+    @staticmethod
+    def _measured_elsewhere(raw: str) -> bool:
+        head = raw.lstrip()
+        return head.startswith("%%energy") or head.startswith("%energy")
+
+    def _pre_run_cell(self, info) -> None:
+        self._autolog_window = None
+        if self._measured_elsewhere(info.raw_cell or ""):
+            return
+        self._autolog_window = self.tracker.meter.begin("autolog", cell=True)
+
+    def _post_run_cell(self, result) -> None:
+        window, self._autolog_window = self._autolog_window, None
+        if window is None:
+            return
+        m = window.end()
+        tracker = self.tracker
+        run = tracker.run
+        if run is None or run.measurement is not None:
+            if self._autolog_run is None or self._autolog_run.measurement is not None:
+                self._autolog_run = tracker.start_run(f"autolog {time.strftime('%Y-%m-%d %H:%M:%S')}",
+                                                      activate=True)
+            run = self._autolog_run
+        tracker.log_cell(run, m, result.execution_count)
+        if not tracker.config.quiet:
+            print(m.summary(), file=sys.stdout)
+        self._warn_backend(tracker)
+
+
+def status_text(tracker: Tracker) -> str:
+    lines = ["ipython-energy status"]
+    power = tracker.meter.power_now()
+    for d in tracker.meter.domains:
+        p = power.get(d.name)
+        label = " (estimated)" if d.estimated else ""
+        now = f"{p:.1f} W now" if p is not None else "no reading yet"
+        lines.append(f"  {d.name}: {d.sensor}, {d.method}{label}, every {d.update_period_s:g} s — {now}")
+    if not tracker.meter.domains:
+        lines.append("  no sensors: nothing can be measured (see docs/sensors.md)")
+    for note in tracker.meter.notes + tracker.notes:
+        lines.append(f"  note: {note}")
+    idle = tracker.meter.idle_power_w
+    lines.append(f"  idle baseline: {'unknown yet' if idle is None else f'{idle:.1f} W'} ({tracker.meter.idle_source})")
+    s = tracker.meter.session()
+    lines.append(f"  this session: {format_energy(s.get('total_j', 0.0))} in {s.get('duration_s', 0.0):.0f} s — "
+                 f"cells {format_energy(s.get('cells_j', 0.0))}, between cells {format_energy(s.get('between_cells_j', 0.0))}")
+    lines.append(f"  run: {tracker.run.name!r} ({format_energy(tracker.run.energy_j)} so far)" if tracker.run
+                 else "  run: none")
+    lines.append(f"  {tracker.sweep.describe()}" if tracker.sweep else "  sweep: none")
+    if tracker.config.log:
+        lines.append(f"  MLflow: {tracker.tracking_uri}, experiment {tracker.config.experiment!r}")
+        if tracker._writer is not None:
+            st = tracker._writer.status()
+            state = "ok" if st.backend_ok else f"NOT ANSWERING ({st.last_error})"
+            lines.append(f"  writer: {state}; {st.pending} event(s) waiting")
+    else:
+        lines.append("  MLflow: logging off")
+    return "\n".join(lines)
+
+
+class _LiveReadout:
+    """An ipywidgets line under the running cell, refreshed every second from a timer thread."""
+
+    def __init__(self, window, period_s: float = 1.0):
+        from IPython.display import display
+        import ipywidgets
+
+        self.window = window
+        self.widget = ipywidgets.HTML(value="⚡ measuring…")
+        display(self.widget)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, args=(period_s,), name="ipython-energy-readout",
+                                        daemon=True)
+        self._thread.start()
+
+    def _loop(self, period_s: float) -> None:
+        while not self._stop.wait(period_s):
+            snap = self.window.snapshot()
+            power = snap.energy_j / snap.duration_s if snap.duration_s > 0 else 0.0
+            est = " (estimated)" if snap.estimated else ""
+            self.widget.value = (f"⚡ {format_energy(snap.energy_j)}{est} so far · {power:.1f} W mean · "
+                                 f"{snap.duration_s:.0f} s elapsed")
+
+    def finish(self, text: str | None) -> None:
+        import html
+
+        self._stop.set()
+        self._thread.join(timeout=1.0)
+        self.widget.value = html.escape(text) if text else ""
+
+
+def load(ip) -> EnergyMagics:
+    """Register the magics, build the tracker, print the one-line sensor report."""
+    magics = EnergyMagics(shell=ip)
+    config = magics.build_config()
+    for warning in magics.config_warnings:
+        print(f"ipython-energy: {warning}", file=sys.stderr)
+    ip.register_magics(magics)
+    from .tracking import _tracker
+
+    if _tracker is None:
+        set_tracker(Tracker(config))
+    tracker = get_tracker()
+    tracker.start_background()
+    if config.autolog:
+        magics.set_autolog(True)
+    domains = tracker.meter.domains
+    found = ", ".join(f"{d.name} {d.method}" + (" (estimated)" if d.estimated and d.method != "estimated" else "")
+                      for d in domains) or "none"
+    where = f"MLflow {tracker.tracking_uri}" if config.log else "MLflow logging off"
+    print(f"ipython-energy: sensors: {found} · every {tracker.meter.interval_s:g} s · {where}")
+    for note in tracker.meter.notes + tracker.notes:
+        print(f"ipython-energy: note: {note}", file=sys.stderr)
+    return magics

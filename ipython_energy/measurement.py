@@ -1,0 +1,229 @@
+"""The finished result of a measurement window: a frozen value with units in its field names."""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+
+@dataclass(frozen=True)
+class Gap:
+    """A stretch of a window during which a domain had no good readings.
+
+    Attributes:
+        start_s: Seconds from the window's start.
+        end_s: Seconds from the window's start.
+        reason: Why (``raised: OSError(...)``, ``hung``, ``nan``, ``decreasing``, ``vanished``).
+    """
+
+    start_s: float
+    end_s: float
+    reason: str
+
+
+@dataclass(frozen=True)
+class DomainProvenance:
+    """How one domain's number in one window was obtained.
+
+    Attributes:
+        method: ``counter``, ``polled``, ``estimated`` or ``replay``.
+        sensor: The backend that produced it (``nvml``, ``rapl``, ``cpu-model``, ``replay``).
+        interval_s: The sampler interval in force.
+        update_period_s: The sensor's own update period.
+        coverage: Fraction (0-1) of the window covered by good readings.
+        gaps: Stretches without good readings.
+        short_window: The window was shorter than the sensor's update period, so
+            the energy was interpolated from power rather than differenced.
+        details: Static sensor facts (model, driver, power limit, TDP, …).
+    """
+
+    method: str
+    sensor: str
+    interval_s: float
+    update_period_s: float
+    coverage: float = 1.0
+    gaps: tuple[Gap, ...] = ()
+    short_window: bool = False
+    details: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def estimated(self) -> bool:
+        return self.method == "estimated"
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Energy of one window (a cell, a stage, a run, a sweep).
+
+    Attributes:
+        label: What was measured (cell ``In[12]``, run name, stage name).
+        energy_j: Gross energy over all domains, in joules.
+        duration_s: Window length on the monotonic clock.
+        power_mean_w: ``energy_j / duration_s``.
+        power_peak_w: Highest power seen in the window (sampled), in watts.
+        domains: Domain name → gross joules.
+        idle_j: What the idle baseline power would have drawn over the window.
+        net_j: ``energy_j - idle_j`` (never below 0).
+        provenance: Domain name → how that number was obtained.
+        started_at: Wall-clock start, seconds since the epoch (for display only).
+        state: Volatile facts at window start (temperatures, …) by domain.
+        pue: Power usage effectiveness factor, when configured.
+        carbon_g_per_kwh: Grid carbon intensity, when configured.
+        running: True for a snapshot of a window still open.
+    """
+
+    label: str
+    energy_j: float
+    duration_s: float
+    power_mean_w: float
+    power_peak_w: float
+    domains: Mapping[str, float]
+    idle_j: float
+    net_j: float
+    provenance: Mapping[str, DomainProvenance]
+    started_at: float = 0.0
+    state: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    pue: float | None = None
+    carbon_g_per_kwh: float | None = None
+    running: bool = False
+
+    # ---- derived -------------------------------------------------------------------------
+    @property
+    def estimated(self) -> bool:
+        """True when any domain's number is a model estimate rather than a measurement."""
+        return any(p.estimated for p in self.provenance.values())
+
+    @property
+    def short_window(self) -> bool:
+        return any(p.short_window for p in self.provenance.values())
+
+    @property
+    def coverage(self) -> float:
+        """The worst coverage over all domains (1.0 when there are none)."""
+        return min((p.coverage for p in self.provenance.values()), default=1.0)
+
+    @property
+    def has_gaps(self) -> bool:
+        return any(p.gaps for p in self.provenance.values())
+
+    @property
+    def facility_j(self) -> float | None:
+        return None if self.pue is None else self.energy_j * self.pue
+
+    @property
+    def co2e_g(self) -> float | None:
+        if self.carbon_g_per_kwh is None:
+            return None
+        energy = self.facility_j if self.facility_j is not None else self.energy_j
+        return energy / 3.6e6 * self.carbon_g_per_kwh
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["estimated"] = self.estimated
+        d["coverage"] = self.coverage
+        d["facility_j"] = self.facility_j
+        d["co2e_g"] = self.co2e_g
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Measurement":
+        prov = {
+            k: DomainProvenance(**{**v, "gaps": tuple(Gap(**g) for g in v.get("gaps", ()))})
+            for k, v in d["provenance"].items()
+        }
+        names = {f for f in cls.__dataclass_fields__}
+        kw = {k: v for k, v in d.items() if k in names and k != "provenance"}
+        return cls(provenance=prov, **kw)
+
+    # ---- display -------------------------------------------------------------------------
+    def summary(self) -> str:
+        """One line: joules, duration, mean/peak power and the per-domain split with methods."""
+        parts = [
+            f"⚡ {format_energy(self.energy_j)}"
+            + (" (estimated)" if self.estimated else ""),
+            f"in {format_duration(self.duration_s)}",
+            f"mean {self.power_mean_w:.1f} W, peak {self.power_peak_w:.1f} W",
+        ]
+        if self.domains:
+            split = ", ".join(
+                f"{name} {format_energy(j)} {self.provenance[name].method}"
+                if name in self.provenance
+                else f"{name} {format_energy(j)}"
+                for name, j in self.domains.items()
+            )
+            parts.append(f"[{split}]")
+        flags = []
+        if self.short_window:
+            flags.append("short window: interpolated")
+        if self.has_gaps:
+            flags.append(f"gaps, coverage {self.coverage:.0%}")
+        if self.co2e_g is not None:
+            flags.append(f"{self.co2e_g:.2g} gCO2e")
+        line = " · ".join(parts)
+        if flags:
+            line += " · " + "; ".join(flags)
+        return line
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def _repr_pretty_(self, p, cycle) -> None:  # IPython pretty printer
+        p.text(self.summary() if not cycle else "Measurement(...)")
+
+    def _repr_html_(self) -> str:
+        esc = html.escape
+        rows = "".join(
+            "<tr><td>{}</td><td style='text-align:right'>{}</td><td>{}</td><td>{}</td>"
+            "<td style='text-align:right'>{:.0%}</td><td>{}</td></tr>".format(
+                esc(name),
+                esc(format_energy(j)),
+                esc(self.provenance[name].method) if name in self.provenance else "",
+                esc(self.provenance[name].sensor) if name in self.provenance else "",
+                self.provenance[name].coverage if name in self.provenance else 1.0,
+                esc(
+                    "; ".join(
+                        f"{g.start_s:.2f}-{g.end_s:.2f} s {g.reason}"
+                        for g in self.provenance[name].gaps
+                    )
+                    if name in self.provenance
+                    else ""
+                ),
+            )
+            for name, j in self.domains.items()
+        )
+        return (
+            "<div class='ipython-energy-measurement'>"
+            f"<p><b>{esc(self.label)}</b>: {esc(self.summary())}</p>"
+            "<table><thead><tr><th>domain</th><th>energy</th><th>method</th><th>sensor</th>"
+            f"<th>coverage</th><th>gaps</th></tr></thead><tbody>{rows}</tbody></table>"
+            f"<p>idle baseline {esc(format_energy(self.idle_j))}, "
+            f"net {esc(format_energy(self.net_j))}</p></div>"
+        )
+
+
+def format_energy(joules: float) -> str:
+    """``512 J``, ``3.4 kJ``, ``1.2 MJ``; ``nan J`` stays visible as such."""
+    if joules is None or math.isnan(joules):
+        return "n/a J"
+    a = abs(joules)
+    if a >= 1e6:
+        return f"{joules / 1e6:.3g} MJ"
+    if a >= 1e3:
+        return f"{joules / 1e3:.3g} kJ"
+    if a >= 1:
+        return f"{joules:.3g} J"
+    return f"{joules * 1e3:.3g} mJ"
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1e3:.0f} ms"
+    if seconds < 120:
+        return f"{seconds:.2f} s"
+    m, s = divmod(seconds, 60)
+    if m < 60:
+        return f"{int(m)} min {s:.0f} s"
+    h, m = divmod(m, 60)
+    return f"{int(h)} h {int(m)} min"

@@ -1,0 +1,547 @@
+"""Sweeps, runs and stages: the objects behind ``%%energy`` and the Python API.
+
+A :class:`Tracker` (one per process, made on first use) owns the meter, the background
+writer and the stack of active sweep and run.  Handles carry running totals; every
+event for MLflow is handed to the writer, so nothing here waits on MLflow.
+"""
+
+from __future__ import annotations
+
+import atexit
+import math
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from . import layout
+from .config import Config
+from .measurement import Measurement, format_energy
+
+
+class EnergyError(RuntimeError):
+    """A request the tracker cannot honour (the message says why and what to do)."""
+
+
+class BudgetExceeded(EnergyError):
+    """A sweep's energy budget is spent and the sweep was told to stop further runs."""
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def check_name(name: Any, what: str) -> str:
+    if not isinstance(name, str):
+        raise ValueError(f"{what} name must be a string, not {type(name).__name__}")
+    cleaned = name.strip()
+    if not cleaned:
+        raise ValueError(f"{what} name must not be empty")
+    if len(cleaned) > 250:
+        raise ValueError(f"{what} name is too long ({len(cleaned)} characters; at most 250)")
+    if any(ord(c) < 32 for c in cleaned):
+        raise ValueError(f"{what} name must not contain control characters")
+    return cleaned
+
+
+def check_params(params: Mapping[str, Any] | None) -> dict[str, str]:
+    if params is None:
+        return {}
+    if not isinstance(params, Mapping):
+        raise ValueError(f"params must be a mapping of name to value, not {type(params).__name__}")
+    out = {}
+    for key, value in params.items():
+        key = check_name(key, "param")
+        text = str(value)
+        if len(text) > 6000:
+            raise ValueError(f"param {key!r} is too long for MLflow ({len(text)} characters; at most 6000)")
+        out[key] = text
+    return out
+
+
+def check_units(n: Any, unit: Any) -> tuple[float, str]:
+    if isinstance(n, bool) or not isinstance(n, (int, float)):
+        raise ValueError(f"units must be a number, not {n!r}")
+    n = float(n)
+    if not math.isfinite(n) or n <= 0:
+        raise ValueError(f"units must be a positive finite number, not {n!r}")
+    if n > 1e18:
+        raise ValueError(f"units {n!r} is implausibly large (at most 1e18)")
+    return n, check_name(unit, "unit")
+
+
+@dataclass
+class Sweep:
+    """An MLflow parent run whose total rises as its runs finish.
+
+    ``total_j`` is the sum of the ``energy_j`` of the runs this process finished in it.
+    """
+
+    tracker: "Tracker"
+    name: str
+    uid: str
+    planned: int | None = None
+    budget_j: float | None = None
+    stop_at_budget: bool = False
+    runs: list["Run"] = field(default_factory=list)
+    total_j: float = 0.0
+    ended: bool = False
+
+    @property
+    def finished_runs(self) -> int:
+        return sum(1 for r in self.runs if r.measurement is not None)
+
+    @property
+    def mean_j_per_run(self) -> float | None:
+        n = self.finished_runs
+        return self.total_j / n if n else None
+
+    @property
+    def forecast_j(self) -> float | None:
+        mean = self.mean_j_per_run
+        if mean is None or not self.planned:
+            return None
+        return mean * max(self.planned, self.finished_runs)
+
+    @property
+    def over_budget(self) -> bool:
+        return self.budget_j is not None and self.total_j > self.budget_j
+
+    def describe(self) -> str:
+        text = f"sweep {self.name!r}: {format_energy(self.total_j)} over {self.finished_runs} run(s)"
+        if self.planned and self.forecast_j is not None:
+            text += f", forecast {format_energy(self.forecast_j)} for {self.planned}"
+        if self.budget_j is not None:
+            if self.over_budget:
+                text += f" ⚠ OVER BUDGET {format_energy(self.budget_j)} by {self.total_j / self.budget_j - 1:.0%}"
+            else:
+                text += f", budget {format_energy(self.budget_j)} ({self.total_j / self.budget_j:.0%} used)"
+        return text
+
+    def end(self) -> None:
+        self.tracker.end_sweep(self)
+
+    def __enter__(self) -> "Sweep":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.tracker.end_sweep(self, status="FINISHED" if exc_type is None else
+                               ("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"))
+
+
+@dataclass
+class Run:
+    """One MLflow run: a window of energy, its cells, stages and units of work."""
+
+    tracker: "Tracker"
+    name: str
+    uid: str
+    params: dict[str, str]
+    sweep: Sweep | None
+    window: Any
+    implicit: bool = False
+    stages: dict[str, tuple[float, float]] = field(default_factory=dict)
+    units: dict[str, float] = field(default_factory=dict)
+    cells: int = 0
+    measurement: Measurement | None = None
+    status: str | None = None
+    logged: bool = True
+    discarded: bool = False
+
+    @property
+    def energy_j(self) -> float:
+        """Energy so far (running) or final."""
+        m = self.measurement or self.window.snapshot()
+        return m.energy_j
+
+    @property
+    def running(self) -> bool:
+        return self.measurement is None
+
+    def add_units(self, n: float, unit: str = "samples") -> None:
+        """Declare ``n`` units of work done in this run (summed per unit) for ``energy_per_<unit>_j``."""
+        n, unit = check_units(n, unit)
+        self.units[unit] = self.units.get(unit, 0.0) + n
+
+    def end(self, status: str = "FINISHED") -> Measurement:
+        return self.tracker.end_run(self, status)
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        status = "FINISHED"
+        if exc_type is not None:
+            status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
+        self.tracker.end_run(self, status)
+
+
+@dataclass
+class Stage:
+    """A named part of a run (``data``, ``forward``, ``backward``); its energy adds to ``stage_<name>_energy_j``."""
+
+    tracker: "Tracker"
+    name: str
+    run: Run | None
+    window: Any
+    measurement: Measurement | None = None
+
+    @property
+    def energy_j(self) -> float:
+        return (self.measurement or self.window.snapshot()).energy_j
+
+    def __enter__(self) -> "Stage":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.measurement = self.window.end()
+        if self.run is not None and self.run.measurement is None:
+            layout.combine_stage(self.run.stages, self.name, self.measurement)
+
+
+class Tracker:
+    """Everything one process needs to measure and log: meter, writer, active sweep and run."""
+
+    def __init__(self, config: Config, *, cwd: str | None = None, meter=None, writer=None,
+                 session: str | None = None, register: bool = True):
+        from .sensors import discover
+        from .meter import Meter
+
+        self.config = config
+        self.session = session or uuid.uuid4().hex[:16]
+        self.cwd = cwd or os.getcwd()
+        self.tracking_uri = config.resolved_tracking_uri(self.cwd)
+        self.notes: list[str] = []
+        if meter is None:
+            found = discover(config.sensors, cpu_model_options={
+                "idle_w_per_core": config.cpu_idle_w_per_core,
+                "active_w_per_core": config.cpu_active_w_per_core,
+                "tdp_w": config.cpu_tdp_w,
+            })
+            meter = Meter(found.sensors, interval_s=config.interval_s, idle_power_w=config.idle_power_w,
+                          pue=config.pue, carbon_g_per_kwh=config.carbon_g_per_kwh, notes=found.notes)
+        self.meter = meter
+        self.meter.start()
+        self._writer = writer
+        self._lock = threading.RLock()
+        self.sweep: Sweep | None = None
+        self.run: Run | None = None
+        self.open_runs: list[Run] = []
+        self.sweeps: dict[str, Sweep] = {}
+        self.run_counter = 0
+        self._warned_outage = False
+        self._stop_live = threading.Event()
+        self._live_thread: threading.Thread | None = None
+        self._registered = False
+        if register:
+            self._register()
+        self._start_live()
+        atexit.register(self.close)
+
+    # ---- lazily made parts ------------------------------------------------------------------
+    @property
+    def writer(self):
+        if self._writer is None:
+            from .spool import Spool, SpoolError
+            from .writer import Writer
+
+            try:
+                spool = Spool.create(self.session)
+            except SpoolError as exc:
+                self.notes.append(f"no durable spool ({exc}); measurements are kept in memory until MLflow has them")
+                spool = None
+            self._writer = Writer(spool)
+        return self._writer
+
+    def start_background(self) -> None:
+        """Start the writer (replays dead kernels' spools) without waiting for it."""
+        if self.config.log:
+            self.writer.start()
+
+    # ---- sweeps ------------------------------------------------------------------------------
+    def start_sweep(self, name: str, *, planned: int | None = None, budget_j: float | None = None,
+                    stop_at_budget: bool = False, log: bool | None = None) -> Sweep:
+        name = check_name(name, "sweep")
+        if planned is not None:
+            if isinstance(planned, bool) or not isinstance(planned, int) or planned <= 0 or planned > 10_000_000:
+                raise ValueError(f"planned must be a positive whole number of runs, not {planned!r}")
+        if budget_j is not None:
+            if isinstance(budget_j, bool) or not isinstance(budget_j, (int, float)) \
+                    or not math.isfinite(budget_j) or budget_j <= 0:
+                raise ValueError(f"budget_j must be a positive finite number of joules, not {budget_j!r}")
+            budget_j = float(budget_j)
+        with self._lock:
+            current = self.sweeps.get(name)
+            if current is not None and not current.ended:
+                if planned is not None:
+                    current.planned = planned
+                if budget_j is not None:
+                    current.budget_j = budget_j
+                current.stop_at_budget = current.stop_at_budget or stop_at_budget
+                self.sweep = current
+                return current
+            sweep = Sweep(self, name, uuid.uuid4().hex, planned, budget_j, stop_at_budget)
+            self.sweeps[name] = sweep
+            self.sweep = sweep
+        if self.config.log if log is None else log:
+            self._submit({"type": "sweep_start", "uid": sweep.uid, "name": name, "planned": planned,
+                          "budget_j": budget_j, "t_ms": _now_ms(), "session": self.session,
+                          "tracking_uri": self.tracking_uri, "experiment": self.config.experiment,
+                          "tags": self._host_tags()})
+        return sweep
+
+    def end_sweep(self, sweep: Sweep | None = None, status: str = "FINISHED") -> Sweep | None:
+        with self._lock:
+            sweep = sweep or self.sweep
+            if sweep is None or sweep.ended:
+                return sweep
+            if self.run is not None and self.run.sweep is sweep:
+                self.end_run(self.run, status)
+            sweep.ended = True
+            if self.sweep is sweep:
+                self.sweep = None
+        if self.config.log:
+            self._submit({"type": "sweep_end", "uid": sweep.uid, "status": status, "t_ms": _now_ms()})
+        return sweep
+
+    # ---- runs -------------------------------------------------------------------------------
+    def start_run(self, name: str | None = None, params: Mapping[str, Any] | None = None, *,
+                  sweep: Sweep | None = None, activate: bool = False, implicit: bool = False,
+                  log: bool | None = None) -> Run:
+        params = check_params(params)
+        if name is not None:
+            name = check_name(name, "run")
+        with self._lock:
+            sweep = sweep if sweep is not None else self.sweep
+            if sweep is not None and sweep.ended:
+                sweep = None
+            if sweep is not None and sweep.stop_at_budget and sweep.over_budget:
+                raise BudgetExceeded(
+                    f"sweep {sweep.name!r} has used {format_energy(sweep.total_j)} of its "
+                    f"{format_energy(sweep.budget_j)} budget; no further runs are started. "
+                    f"Raise the budget with %energy sweep {sweep.name} --budget …, or end the sweep.")
+            if not implicit:
+                # A real run opened inside a cell that was going to be its own run takes its place.
+                for run in self.open_runs:
+                    if run.implicit and not run.discarded:
+                        run.discarded = True
+            self.run_counter += 1
+            if name is None:
+                name = ", ".join(f"{k}={v}" for k, v in params.items()) or f"run {self.run_counter}"
+            window = self.meter.begin(name)
+            run = Run(self, name, uuid.uuid4().hex, params, sweep, window, implicit=implicit)
+            run.logged = self.config.log if log is None else log
+            self.open_runs.append(run)
+            if sweep is not None:
+                sweep.runs.append(run)
+            if activate:
+                if self.run is not None and self.run.measurement is None:
+                    self.end_run(self.run)
+                self.run = run
+        if run.logged:
+            state = ",".join(f"{d}={s['temperature_c']}" for d, s in window_state(window).items()
+                             if "temperature_c" in s)
+            tags = {"energy.session": self.session, "energy.interval_s": f"{self.meter.interval_s:g}"}
+            if state:
+                tags["energy.start_temperature_c"] = state
+            tags.update(self._host_tags())
+            self._submit({"type": "run_start", "uid": run.uid, "name": name,
+                          "sweep_uid": sweep.uid if sweep is not None else None,
+                          "params": params, "tags": tags, "t_ms": _now_ms(),
+                          "tracking_uri": self.tracking_uri, "experiment": self.config.experiment})
+        return run
+
+    def end_run(self, run: Run | None = None, status: str = "FINISHED") -> Measurement | None:
+        with self._lock:
+            run = run or self.run
+            if run is None:
+                return None
+            if run.measurement is not None:
+                return run.measurement
+            run.measurement = run.window.end()
+            run.status = status
+            if run in self.open_runs:
+                self.open_runs.remove(run)
+            if self.run is run:
+                self.run = None
+            if run.sweep is not None and not run.discarded:
+                run.sweep.total_j += run.measurement.energy_j
+            elif run.sweep is not None and run in run.sweep.runs:
+                run.sweep.runs.remove(run)
+        if run.logged:
+            m = run.measurement
+            if run.discarded:
+                self._submit({"type": "run_end", "uid": run.uid, "status": "KILLED", "t_ms": _now_ms(),
+                              "metrics": [], "tags": {"energy.superseded": "true"}, "delete": True})
+                return m
+            unit = next(iter(run.units), None)
+            metrics = layout.run_metrics(m, units=run.units, stages=run.stages)
+            tags = layout.provenance_tags(m, idle_source=self.meter.idle_source, unit=unit)
+            self._submit({"type": "run_end", "uid": run.uid, "status": status, "t_ms": _now_ms(),
+                          "metrics": layout.rows(metrics, 0, _now_ms()), "tags": tags})
+        return run.measurement
+
+    def log_cell(self, run: Run, m: Measurement, execution_count: int | None) -> None:
+        """Per-cell metrics of ``run`` at step = execution count."""
+        run.cells += 1
+        if run.logged and self.config.log:
+            step = execution_count if execution_count is not None else run.cells
+            self._submit({"type": "metrics", "uid": run.uid,
+                          "metrics": layout.rows(layout.cell_metrics(m), step, _now_ms())})
+
+    # ---- stages -------------------------------------------------------------------------------
+    def stage(self, name: str) -> Stage:
+        name = check_name(name, "stage")
+        with self._lock:
+            run = self.open_runs[-1] if self.open_runs else None
+            return Stage(self, name, run, self.meter.begin(f"stage {name}"))
+
+    # ---- live --------------------------------------------------------------------------------
+    def _start_live(self) -> None:
+        self._live_thread = threading.Thread(target=self._live_loop, name="ipython-energy-live", daemon=True)
+        self._live_thread.start()
+
+    def _live_loop(self) -> None:
+        last_flush = time.monotonic()
+        while not self._stop_live.wait(1.0):
+            try:
+                self.write_live_file()
+            except OSError:
+                pass
+            now = time.monotonic()
+            if now - last_flush >= self.config.live_interval_s:
+                last_flush = now
+                self.flush_live()
+
+    def flush_live(self) -> None:
+        """Log the running energy of each open run (``live_energy_j``/``live_power_w``)."""
+        with self._lock:
+            runs = [r for r in self.open_runs if r.logged and not r.discarded]
+        for run in runs:
+            snap = run.window.snapshot()
+            step = int(snap.duration_s)
+            power = sum(self.meter.power_now().values())
+            self._submit({"type": "metrics", "uid": run.uid, "metrics": [
+                ["live_energy_j", snap.energy_j, step, _now_ms()],
+                ["live_power_w", power, step, _now_ms()]]})
+
+    def live_state(self) -> dict[str, Any]:
+        power = self.meter.power_now()
+        session = self.meter.session()
+        run = self.run or (self.open_runs[-1] if self.open_runs else None)
+        return {
+            "session": self.session, "pid": os.getpid(), "updated_at": time.time(),
+            "power_w": sum(power.values()), "domains": power,
+            "methods": {d.name: d.method for d in self.meter.domains},
+            "estimated": any(d.estimated for d in self.meter.domains),
+            "tracking_uri": self.tracking_uri, "experiment": self.config.experiment,
+            **{k: session[k] for k in ("duration_s", "total_j", "cells_j", "between_cells_j") if k in session},
+            "active_run": None if run is None else {"name": run.name, "uid": run.uid, "energy_j": run.energy_j},
+            "active_sweep": None if self.sweep is None else {
+                "name": self.sweep.name, "uid": self.sweep.uid, "total_j": self.sweep.total_j,
+                "runs": self.sweep.finished_runs},
+        }
+
+    def write_live_file(self) -> None:
+        from .paths import private_dir, write_json_atomic
+
+        write_json_atomic(private_dir("live") / f"{self.session}.json", self.live_state())
+
+    # ---- registration, flush, close --------------------------------------------------------
+    def _register(self) -> None:
+        from .paths import private_dir, write_json_atomic
+
+        try:
+            write_json_atomic(private_dir("kernels") / f"{self.session}.json", {
+                "session": self.session, "pid": os.getpid(), "tracking_uri": self.tracking_uri,
+                "experiment_name": self.config.experiment, "cwd": self.cwd, "started_at": time.time()})
+            self._registered = True
+        except OSError as exc:
+            self.notes.append(f"could not register with the sidebar ({exc})")
+
+    def _host_tags(self) -> dict[str, str]:
+        return {}  # added by the writer thread (hostinfo) to keep this path cheap
+
+    def _submit(self, event: dict[str, Any]) -> None:
+        self.writer.submit(event)
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        if self._writer is None:
+            return True
+        return self._writer.flush(timeout_s)
+
+    def backend_warning(self) -> str | None:
+        """One warning per outage of the MLflow backend (or the spool); None otherwise."""
+        if self._writer is None:
+            return None
+        status = self._writer.status()
+        if status.backend_ok and status.spool_ok:
+            if self._warned_outage:
+                self._warned_outage = False
+                return "ipython-energy: MLflow is answering again; spooled measurements are being written."
+            return None
+        if self._warned_outage:
+            return None
+        self._warned_outage = True
+        if not status.spool_ok:
+            return (f"ipython-energy: cannot write the local spool ({status.spool_error}); measurements are "
+                    "held in memory until MLflow takes them. Your cells are not affected.")
+        return (f"ipython-energy: MLflow at {self.tracking_uri} is not answering ({status.last_error}); "
+                "measurements are kept in the local spool and will be written when it answers. "
+                "Your cells are not affected.")
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """End open runs and sweeps (as KILLED for runs the user never closed), flush, stop threads."""
+        with self._lock:
+            for run in list(self.open_runs):
+                self.end_run(run, "KILLED")
+            for sweep in list(self.sweeps.values()):
+                if not sweep.ended:
+                    self.end_sweep(sweep)
+        self._stop_live.set()
+        if self._writer is not None:
+            self._writer.close(timeout_s)
+        self.meter.stop()
+        if self._registered:
+            from .paths import home
+
+            for sub in ("kernels", "live"):
+                try:
+                    (home() / sub / f"{self.session}.json").unlink()
+                except FileNotFoundError:
+                    pass
+            self._registered = False
+        try:
+            atexit.unregister(self.close)
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+def window_state(window: Any) -> Mapping[str, Mapping[str, str]]:
+    return getattr(window, "state", {}) or {}
+
+
+_tracker: Tracker | None = None
+_tracker_lock = threading.Lock()
+
+
+def get_tracker(config: Config | None = None) -> Tracker:
+    """The process's tracker, made on first use from the environment's configuration."""
+    global _tracker
+    if _tracker is None:
+        with _tracker_lock:
+            if _tracker is None:
+                if config is None:
+                    from .config import from_env
+
+                    config, _warnings = from_env()
+                _tracker = Tracker(config)
+    return _tracker
+
+
+def set_tracker(tracker: Tracker | None) -> None:
+    global _tracker
+    with _tracker_lock:
+        _tracker = tracker

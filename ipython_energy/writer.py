@@ -1,0 +1,465 @@
+"""The background writer: every event goes to the spool first, then to MLflow, off the cell's path.
+
+``submit()`` only appends to an in-memory queue (microseconds).  A named daemon thread
+journals each event (fsynced) and applies the events to MLflow in order.  While the
+backend is slow, down or erroring the events wait in the journal and are retried with
+backoff; they are applied in order and exactly once when it answers again, in this
+kernel or, after a crash, in the next kernel that loads the extension.
+
+Every application is idempotent when its outcome is in doubt (the request failed after
+it may have reached the server): runs are found again by their ``energy.uid`` tag and
+metric points already present are not logged twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .spool import Spool, SpoolError
+
+log = logging.getLogger("ipython_energy")
+
+RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
+
+
+@dataclass
+class WriterStatus:
+    backend_ok: bool
+    pending: int
+    spooled: int
+    last_error: str | None
+    outage_since: float | None
+    spool_ok: bool
+    spool_error: str | None
+
+
+class Writer:
+    """Journals events and applies them to MLflow from one background thread."""
+
+    def __init__(self, spool: Spool | None, *, adopt_orphans: bool = True,
+                 backend_factory: Callable[[str, str], "Backend"] | None = None,
+                 retry_max_s: float = 5.0):
+        self._spool = spool
+        self._adopt = adopt_orphans
+        self._backend_factory = backend_factory or Backend
+        self._backends: dict[tuple[str, str], Backend] = {}
+        self._inbox: deque[dict[str, Any]] = deque()
+        self._pending: deque[tuple[int, dict[str, Any]]] = deque()
+        self._memory_seq = 0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._idle = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._retry_max_s = retry_max_s
+        self._context: dict[str, dict[str, Any]] = {}  # uid -> start event (uri, experiment, kind, sweep)
+        self.backend_ok = True
+        self.last_error: str | None = None
+        self.outage_since: float | None = None
+        self.spool_error: str | None = None
+        self.applied = 0
+        self.listeners: list[Callable[[dict[str, Any], str], None]] = []
+
+    # ---- producer side (the user's thread) -----------------------------------------------
+    def submit(self, event: dict[str, Any]) -> None:
+        """Queue ``event``; returns at once."""
+        self._inbox.append(event)
+        self._wake.set()
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._loop, name="ipython-energy-writer", daemon=True)
+                    self._thread.start()
+
+    def start(self) -> None:
+        """Start the thread now (it also adopts dead sessions' journals)."""
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._loop, name="ipython-energy-writer", daemon=True)
+                    self._thread.start()
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """Wait until every submitted event is in MLflow; False if that did not happen in time."""
+        if self._thread is None and not self._inbox:
+            return True
+        self.start()
+        deadline = time.monotonic() + timeout_s
+        self._wake.set()
+        with self._idle:
+            while self._inbox or self._pending or self._busy:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(min(left, 0.2))
+        return True
+
+    def status(self) -> WriterStatus:
+        return WriterStatus(
+            backend_ok=self.backend_ok,
+            pending=len(self._inbox) + len(self._pending),
+            spooled=len(self._pending),
+            last_error=self.last_error,
+            outage_since=self.outage_since,
+            spool_ok=self.spool_error is None,
+            spool_error=self.spool_error,
+        )
+
+    def close(self, timeout_s: float = 5.0) -> bool:
+        """Flush for up to ``timeout_s``, stop the thread, and retire the journal if all is in MLflow."""
+        done = self.flush(timeout_s)
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=1.0)
+        if self._spool is not None:
+            self._spool.close(retire=done)
+        return done
+
+    # ---- the thread -----------------------------------------------------------------------
+    _busy = False
+
+    def _loop(self) -> None:
+        if self._adopt and self._spool is not None:
+            self._busy = True
+            try:
+                self._adopt_orphans()
+            except Exception as exc:  # noqa: BLE001 - recovery must never kill the writer
+                log.warning("ipython-energy: could not replay an old spool: %r", exc)
+            finally:
+                self._busy = False
+        backoff = 0.25
+        while not self._stop.is_set():
+            self._busy = True
+            self._journal_inbox()
+            if self._pending:
+                seq, event = self._pending[0]
+                if self._apply_safely(event, in_doubt=event.get("_in_doubt", False)):
+                    self._pending.popleft()
+                    if self._spool is not None and seq > 0 and self.spool_error is None:
+                        self._spool.ack(seq)
+                    backoff = 0.25
+                    continue
+                event["_in_doubt"] = True
+                self._busy = False
+                self._notify_idle()
+                self._wake.wait(backoff)
+                self._wake.clear()
+                backoff = min(backoff * 2, self._retry_max_s)
+                continue
+            self._busy = False
+            self._notify_idle()
+            self._wake.wait(1.0)
+            self._wake.clear()
+        self._busy = False
+        self._notify_idle()
+
+    def _notify_idle(self) -> None:
+        with self._idle:
+            self._idle.notify_all()
+
+    def _journal_inbox(self) -> None:
+        while self._inbox:
+            event = self._inbox.popleft()
+            seq = 0
+            if self._spool is not None:
+                try:
+                    seq = self._spool.append(event)
+                    self.spool_error = None
+                except SpoolError as exc:
+                    if self.spool_error is None:
+                        log.warning("ipython-energy: %s; keeping measurements in memory", exc)
+                    self.spool_error = str(exc)
+            self._pending.append((seq, event))
+
+    def _apply_safely(self, event: dict[str, Any], in_doubt: bool) -> bool:
+        try:
+            self._apply(event, in_doubt)
+        except Exception as exc:  # noqa: BLE001 - any backend failure means: keep it and retry
+            if self.backend_ok:
+                self.outage_since = time.time()
+            self.backend_ok = False
+            self.last_error = f"{type(exc).__name__}: {exc}"[:500]
+            log.debug("ipython-energy: MLflow write failed", exc_info=True)
+            return False
+        self.backend_ok = True
+        self.outage_since = None
+        self.applied += 1
+        for listener in list(self.listeners):
+            listener(event, "applied")
+        return True
+
+    # ---- applying events -------------------------------------------------------------------
+    def _backend_for(self, uid: str) -> "Backend":
+        ctx = self._context[uid]
+        key = (ctx["tracking_uri"], ctx["experiment"])
+        backend = self._backends.get(key)
+        if backend is None:
+            backend = self._backend_factory(*key)
+            self._backends[key] = backend
+        return backend
+
+    def _apply(self, event: dict[str, Any], in_doubt: bool) -> None:
+        kind = event["type"]
+        uid = event["uid"]
+        if kind in ("sweep_start", "run_start"):
+            self._context[uid] = event
+            self._backend_for(uid).start(event, self._context, in_doubt)
+        elif kind == "metrics":
+            self._backend_for(uid).log_metrics(uid, event["metrics"], in_doubt)
+        elif kind == "run_end":
+            backend = self._backend_for(uid)
+            backend.end_run(event, in_doubt)
+            sweep_uid = self._context[uid].get("sweep_uid")
+            if sweep_uid and not event.get("delete"):
+                backend.update_sweep(sweep_uid, self._context, in_doubt)
+        elif kind == "sweep_end":
+            self._backend_for(uid).end_sweep(event, self._context)
+        else:
+            log.warning("ipython-energy: unknown event type %r skipped", kind)
+
+    # ---- recovery of dead sessions -----------------------------------------------------------
+    def _adopt_orphans(self) -> None:
+        directory = self._spool.directory
+        for session in Spool.sessions(directory):
+            if session == self._spool.session:
+                continue
+            old = Spool.adopt(directory, session)
+            if old is None:
+                continue
+            try:
+                self._replay(old)
+            finally:
+                old.close(retire=old.acked >= old.last_seq)
+
+    def _replay(self, old: Spool) -> None:
+        events = old.events()
+        first_pending = True
+        open_runs: dict[str, dict[str, Any]] = {}
+        last_live: dict[str, dict[str, float]] = {}
+        for seq, ev in events:
+            uid = ev.get("uid")
+            if ev["type"] in ("sweep_start", "run_start"):
+                self._context[uid] = ev
+                if ev["type"] == "run_start":
+                    open_runs[uid] = ev
+            elif ev["type"] == "run_end":
+                open_runs.pop(uid, None)
+            elif ev["type"] == "metrics":
+                for key, value, step, _t in ev["metrics"]:
+                    if key in ("live_energy_j", "live_power_w"):
+                        last_live.setdefault(uid, {})[key] = value
+                        last_live[uid]["step"] = step
+            if seq <= old.acked:
+                continue
+            for _attempt in range(3):
+                if self._apply_safely(ev, in_doubt=first_pending):
+                    break
+                time.sleep(0.5)
+            else:
+                return  # backend still down: leave the journal for a later load
+            first_pending = False
+            old.ack(seq)
+        # Runs whose kernel died: close them as KILLED with the energy of the last live flush.
+        for uid, start in open_runs.items():
+            live = last_live.get(uid, {})
+            end = {
+                "type": "run_end", "uid": uid, "status": "KILLED", "t_ms": int(time.time() * 1000),
+                "metrics": [[k, live[k2], 0, int(time.time() * 1000)]
+                            for k, k2 in (("energy_j", "live_energy_j"), ("duration_s", "step"))
+                            if k2 in live],
+                "tags": {"energy.closed_by": "recovery: kernel died; energy up to the last live flush"},
+            }
+            seq = old.append(end)
+            if not self._apply_safely(end, in_doubt=True):
+                return
+            old.ack(seq)
+
+
+class Backend:
+    """MLflow operations for one (tracking URI, experiment), imported lazily in the writer thread."""
+
+    def __init__(self, tracking_uri: str, experiment: str):
+        from mlflow.tracking import MlflowClient  # the slow import happens here, off the cell's path
+
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self._experiment_id: str | None = None
+        self.run_ids: dict[str, str] = {}
+        self._host_tags: dict[str, str] | None = None
+
+    @property
+    def host_tags(self) -> dict[str, str]:
+        if self._host_tags is None:
+            from .hostinfo import host_tags
+
+            self._host_tags = host_tags()
+        return self._host_tags
+
+    # ---- helpers -----------------------------------------------------------------------------
+    @property
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            exp = self.client.get_experiment_by_name(self.experiment)
+            if exp is None:
+                from mlflow.exceptions import MlflowException
+
+                try:
+                    self._experiment_id = self.client.create_experiment(self.experiment)
+                except MlflowException:  # created meanwhile by another kernel
+                    self._experiment_id = self.client.get_experiment_by_name(self.experiment).experiment_id
+            else:
+                self._experiment_id = exp.experiment_id
+        return self._experiment_id
+
+    def _find_by_uid(self, uid: str) -> str | None:
+        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`energy.uid` = '{uid}'",
+                                       max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def run_id(self, uid: str) -> str:
+        run_id = self.run_ids.get(uid)
+        if run_id is None:
+            run_id = self._find_by_uid(uid)
+            if run_id is None:
+                raise LookupError(f"no MLflow run carries energy.uid={uid}")
+            self.run_ids[uid] = run_id
+        return run_id
+
+    def _metrics(self, rows, run_id: str | None, in_doubt: bool):
+        from mlflow.entities import Metric
+
+        metrics = [Metric(str(k), float(v), int(t), int(step)) for k, v, step, t in rows]
+        if in_doubt and run_id is not None and metrics:
+            present: set[tuple[str, int, int]] = set()
+            for key in {m.key for m in metrics}:
+                present |= {(key, m.step, m.timestamp) for m in self.client.get_metric_history(run_id, key)}
+            metrics = [m for m in metrics if (m.key, m.step, m.timestamp) not in present]
+        return metrics
+
+    # ---- operations ----------------------------------------------------------------------------
+    def start(self, event: dict[str, Any], context: dict[str, dict[str, Any]], in_doubt: bool) -> None:
+        from mlflow.entities import Param, RunTag
+
+        uid = event["uid"]
+        if uid in self.run_ids:
+            return
+        if event["type"] == "sweep_start":
+            run_id = self._join_sweep(event)
+            if run_id is not None:
+                self.run_ids[uid] = run_id
+                return
+        existing = self._find_by_uid(uid) if in_doubt else None
+        if existing is not None:
+            self.run_ids[uid] = existing
+            return
+        tags = {**self.host_tags, **(event.get("tags") or {})}
+        tags["energy.uid"] = uid
+        tags["energy.kind"] = "sweep" if event["type"] == "sweep_start" else "run"
+        if event.get("sweep_uid"):
+            parent = self.run_id(event["sweep_uid"])
+            tags["mlflow.parentRunId"] = parent
+            tags["energy.sweep"] = context[event["sweep_uid"]]["name"]
+            tags["energy.run_index"] = str(self._count_children(parent) + 1)
+        if event["type"] == "sweep_start":
+            tags["energy.sweep"] = event["name"]
+            if event.get("planned") is not None:
+                tags["energy.planned"] = str(event["planned"])
+            if event.get("budget_j") is not None:
+                tags["energy.budget_j"] = repr(float(event["budget_j"]))
+                tags["energy.budget_state"] = "ok"
+        run = self.client.create_run(self.experiment_id, start_time=event["t_ms"],
+                                     tags={k: str(v) for k, v in tags.items()}, run_name=event["name"])
+        run_id = run.info.run_id
+        self.run_ids[uid] = run_id
+        params = [Param(str(k), str(v)) for k, v in (event.get("params") or {}).items()]
+        metrics = []
+        if event["type"] == "sweep_start" and event.get("budget_j") is not None:
+            metrics = self._metrics([["sweep_budget_j", event["budget_j"], 0, event["t_ms"]]], None, False)
+        if params or metrics:
+            self.client.log_batch(run_id, metrics=metrics, params=params)
+
+    def _join_sweep(self, event: dict[str, Any]) -> str | None:
+        """A running sweep of the same name in this experiment (another kernel's), if any."""
+        name = event["name"].replace("'", "\\'")
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`energy.kind` = 'sweep' and tags.`energy.sweep` = '{name}' "
+                          f"and attributes.status = 'RUNNING'",
+            max_results=1, order_by=["attributes.start_time DESC"])
+        return runs[0].info.run_id if runs else None
+
+    def _children(self, parent_run_id: str):
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id],
+                                           filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+                                           max_results=1000, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def _count_children(self, parent_run_id: str) -> int:
+        return len(self._children(parent_run_id))
+
+    def log_metrics(self, uid: str, rows, in_doubt: bool) -> None:
+        run_id = self.run_id(uid)
+        metrics = self._metrics(rows, run_id, in_doubt)
+        if metrics:
+            self.client.log_batch(run_id, metrics=metrics)
+
+    def end_run(self, event: dict[str, Any], in_doubt: bool) -> None:
+        from mlflow.entities import RunTag
+
+        run_id = self.run_id(event["uid"])
+        metrics = self._metrics(event.get("metrics") or [], run_id, in_doubt)
+        tags = [RunTag(str(k), str(v)[:5000]) for k, v in (event.get("tags") or {}).items()]
+        if metrics or tags:
+            self.client.log_batch(run_id, metrics=metrics, tags=tags)
+        self.client.set_terminated(run_id, status=event["status"], end_time=event["t_ms"])
+        if event.get("delete"):
+            # A cell's own run that a real run opened inside the cell took the place of.
+            self.client.delete_run(run_id)
+
+    def update_sweep(self, sweep_uid: str, context: dict[str, dict[str, Any]], in_doubt: bool) -> None:
+        """Recompute the sweep's totals from its finished children, as MLflow has them."""
+        from mlflow.entities import RunTag
+
+        parent = self.run_id(sweep_uid)
+        done = [r for r in self._children(parent) if r.info.status in RUN_STATUSES and "energy_j" in r.data.metrics]
+        n = len(done)
+        if n == 0:
+            return
+        total = sum(r.data.metrics["energy_j"] for r in done)
+        now = int(time.time() * 1000)
+        rows = [["sweep_energy_j", total, n, now], ["sweep_runs", n, n, now],
+                ["sweep_mean_energy_per_run_j", total / n, n, now]]
+        start = context.get(sweep_uid, {})
+        planned = start.get("planned")
+        if planned:
+            rows.append(["sweep_forecast_energy_j", total / n * max(int(planned), n), n, now])
+        tags = []
+        budget = start.get("budget_j")
+        if budget is not None:
+            tags.append(RunTag("energy.budget_state", "over" if total > float(budget) else "ok"))
+        history = {(m.step, m.value) for m in self.client.get_metric_history(parent, "sweep_energy_j")}
+        if (n, total) in history:
+            rows = []  # this exact total was logged already (a replay, or another kernel)
+        metrics = self._metrics(rows, parent, False)
+        if metrics or tags:
+            self.client.log_batch(parent, metrics=metrics, tags=tags)
+
+    def end_sweep(self, event: dict[str, Any], context: dict[str, dict[str, Any]]) -> None:
+        run_id = self.run_id(event["uid"])
+        artifact = event.get("chart_html")
+        if artifact:
+            self.client.log_text(run_id, artifact, "energy_sweep.html")
+        if event.get("owner", True):
+            self.client.set_terminated(run_id, status=event.get("status", "FINISHED"), end_time=event["t_ms"])
