@@ -82,6 +82,8 @@ class Spool:
         try:
             if self._fd is None:
                 self._fd = open_private(self.path)
+                if _ends_torn(self.path):
+                    os.write(self._fd, b"\n")  # start clean after a line a crash cut short
             written = os.write(self._fd, line)
             if written != len(line):
                 raise OSError(28, "short write to spool")
@@ -162,3 +164,15 @@ class Spool:
                 pass
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _ends_torn(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() == 0:
+                return False
+            f.seek(-1, os.SEEK_END)
+            return f.read(1) != b"\n"
+    except OSError:
+        return False

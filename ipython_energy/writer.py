@@ -63,6 +63,9 @@ class Writer:
         self.outage_since: float | None = None
         self.spool_error: str | None = None
         self.applied = 0
+        self._applying_since: float | None = None
+        self._last_ok = float("-inf")
+        self.slow_after_s = 5.0
         self.listeners: list[Callable[[dict[str, Any], str], None]] = []
 
     # ---- producer side (the user's thread) -----------------------------------------------
@@ -100,8 +103,12 @@ class Writer:
         return True
 
     def status(self) -> WriterStatus:
+        since = self._applying_since
+        slow = since is not None and time.monotonic() - since > self.slow_after_s
+        if slow and self.last_error is None:
+            self.last_error = f"no answer for {time.monotonic() - since:.0f} s"
         return WriterStatus(
-            backend_ok=self.backend_ok,
+            backend_ok=self.backend_ok and not slow,
             pending=len(self._inbox) + len(self._pending),
             spooled=len(self._pending),
             last_error=self.last_error,
@@ -178,7 +185,10 @@ class Writer:
             self._pending.append((seq, event))
 
     def _apply_safely(self, event: dict[str, Any], in_doubt: bool) -> bool:
+        self._applying_since = time.monotonic()
         try:
+            if not self.backend_ok or time.monotonic() - self._last_ok > 5.0:
+                self._probe(event)
             self._apply(event, in_doubt)
         except Exception as exc:  # noqa: BLE001 - any backend failure means: keep it and retry
             if self.backend_ok:
@@ -187,12 +197,28 @@ class Writer:
             self.last_error = f"{type(exc).__name__}: {exc}"[:500]
             log.debug("ipython-energy: MLflow write failed", exc_info=True)
             return False
+        finally:
+            self._applying_since = None
         self.backend_ok = True
+        self._last_ok = time.monotonic()
         self.outage_since = None
+        self.last_error = None
         self.applied += 1
         for listener in list(self.listeners):
             listener(event, "applied")
         return True
+
+    def _probe(self, event: dict[str, Any]) -> None:
+        """During an outage, ask an HTTP tracking server's /health (2 s) before MLflow's long retries."""
+        uid = event.get("uid")
+        ctx = event if event.get("tracking_uri") else self._context.get(uid, {})
+        uri = ctx.get("tracking_uri", "")
+        if uri.startswith(("http://", "https://")):
+            import urllib.request
+
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=2.0) as response:
+                if response.status != 200:
+                    raise ConnectionError(f"{uri} answered {response.status} to /health")
 
     # ---- applying events -------------------------------------------------------------------
     def _backend_for(self, uid: str) -> "Backend":
@@ -239,7 +265,6 @@ class Writer:
 
     def _replay(self, old: Spool) -> None:
         events = old.events()
-        first_pending = True
         open_runs: dict[str, dict[str, Any]] = {}
         last_live: dict[str, dict[str, float]] = {}
         for seq, ev in events:
@@ -258,12 +283,13 @@ class Writer:
             if seq <= old.acked:
                 continue
             for _attempt in range(3):
-                if self._apply_safely(ev, in_doubt=first_pending):
+                # Every un-acked event of a dead session may have reached MLflow (an ack can be
+                # lost to a crash or a full disk): check before writing.
+                if self._apply_safely(ev, in_doubt=True):
                     break
                 time.sleep(0.5)
             else:
                 return  # backend still down: leave the journal for a later load
-            first_pending = False
             old.ack(seq)
         # Runs whose kernel died: close them as KILLED with the energy of the last live flush.
         for uid, start in open_runs.items():

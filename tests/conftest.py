@@ -1,0 +1,107 @@
+"""Shared fixtures.  Everything above the hardware seam is real: MLflow's sqlite store or a real
+``mlflow server`` process, a real IPython shell, real threads.  Hardware is replaced only by the
+replay sensor (a synthetic power trace played against the monotonic clock) or by fakes at the
+sensor seam, and each test that does so says it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def energy_home(tmp_path, monkeypatch):
+    """A private IPYTHON_ENERGY_HOME for the test; no settings leak in from the environment."""
+    home = tmp_path / "energy-home"
+    monkeypatch.setenv("IPYTHON_ENERGY_HOME", str(home))
+    for key in list(os.environ):
+        if key.startswith("IPYTHON_ENERGY_") and key != "IPYTHON_ENERGY_HOME":
+            monkeypatch.delenv(key)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    return home
+
+
+def write_trace(path: Path, watts: dict[str, float], seconds: float = 3600.0) -> Path:
+    """A flat synthetic power trace (replay sensor input): one column per domain, in watts."""
+    cols = list(watts)
+    lines = ["t_s," + ",".join(f"{c}_w" for c in cols)]
+    for t in (0.0, seconds):
+        lines.append(f"{t}," + ",".join(str(watts[c]) for c in cols))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def flat_trace(tmp_path) -> Path:
+    """Replay sensor input: gpu0 at a steady 100 W and cpu at 20 W (no hardware here)."""
+    return write_trace(tmp_path / "flat.csv", {"gpu0": 100.0, "cpu": 20.0})
+
+
+@pytest.fixture
+def sqlite_uri(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """A real ``mlflow server`` process on 127.0.0.1 that a test can kill and restart."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 90.0) -> None:
+        log = open(self.workdir / "mlflow-server.log", "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--backend-store-uri", f"sqlite:///{self.workdir / 'server.db'}",
+             "--default-artifact-root", str(self.workdir / "artifacts"), "--workers", "1"],
+            cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        import urllib.request
+
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited: {(self.workdir / 'mlflow-server.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(self.uri + "/health", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError("mlflow server did not come up")
+
+    def kill(self) -> None:
+        """SIGKILL the whole server process group (no clean shutdown)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self.proc = None
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    server = MlflowServer(tmp_path)
+    server.start()
+    yield server
+    server.kill()

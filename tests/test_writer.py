@@ -1,0 +1,167 @@
+"""The background writer against a real MLflow sqlite store and a real ``mlflow server`` process."""
+
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from ipython_energy.spool import Spool
+from ipython_energy.writer import Writer
+
+
+def _t():
+    return int(time.time() * 1000)
+
+
+def sweep_events(uri, sweep_uid, energies, experiment="exp"):
+    events = [{"type": "sweep_start", "uid": sweep_uid, "name": "grid", "planned": len(energies) + 1,
+               "budget_j": 25.0, "t_ms": _t(), "tracking_uri": uri, "experiment": experiment}]
+    for i, energy in enumerate(energies):
+        uid = f"{sweep_uid}-run{i}"
+        events += [
+            {"type": "run_start", "uid": uid, "name": f"lr={i}", "sweep_uid": sweep_uid, "params": {"lr": i},
+             "tags": {}, "t_ms": _t(), "tracking_uri": uri, "experiment": experiment},
+            {"type": "metrics", "uid": uid, "metrics": [["cell_energy_j", energy / 2, 7, _t()],
+                                                        ["cell_energy_j", energy / 2, 8, _t() + 1]]},
+            {"type": "run_end", "uid": uid, "status": "FINISHED", "t_ms": _t(),
+             "metrics": [["energy_j", energy, 0, _t()]], "tags": {"energy.methods": "gpu0=replay"}},
+        ]
+    return events
+
+
+def runs_by_kind(uri, experiment="exp"):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id])
+    sweeps = [r for r in runs if r.data.tags.get("energy.kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("energy.kind") == "run"]
+    return client, sweeps, children
+
+
+def test_sweep_total_is_exact_sum_and_history_rises(energy_home, sqlite_uri):
+    energies = [3.25, 7.5, 0.125, 11.0]
+    writer = Writer(Spool.create("w1"))
+    for ev in sweep_events(sqlite_uri, "sw", energies):
+        writer.submit(ev)
+    assert writer.flush(120)
+    client, sweeps, children = runs_by_kind(sqlite_uri)
+    assert len(sweeps) == 1 and len(children) == 4
+    parent = sweeps[0]
+    assert parent.data.metrics["sweep_energy_j"] == sum(energies)
+    history = [(m.step, m.value) for m in client.get_metric_history(parent.info.run_id, "sweep_energy_j")]
+    assert history == [(1, 3.25), (2, 10.75), (3, 10.875), (4, 21.875)]
+    assert parent.data.tags["energy.budget_state"] == "ok"
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert sorted(c.data.tags["energy.run_index"] for c in children) == ["1", "2", "3", "4"]
+    assert all(c.data.tags["energy.host"] for c in children)
+    writer.close()
+
+
+def test_budget_state_over(energy_home, sqlite_uri):
+    writer = Writer(Spool.create("w2"))
+    for ev in sweep_events(sqlite_uri, "sw", [20.0, 10.0]):
+        writer.submit(ev)
+    assert writer.flush(120)
+    _, sweeps, _ = runs_by_kind(sqlite_uri)
+    assert sweeps[0].data.tags["energy.budget_state"] == "over"
+
+
+def test_unreachable_backend_spools_then_replays_once_in_next_kernel(energy_home, tmp_path, sqlite_uri):
+    """A backend that never answers: everything stays in the spool; the next session writes it once."""
+    dead = "http://127.0.0.1:9"  # discard port: connection refused at once
+    first = Writer(Spool.create("dead-session"), retry_max_s=0.2)
+    events = sweep_events(dead, "sw", [1.0, 2.0])
+    for ev in events:
+        first.submit(ev)
+    assert not first.flush(3)
+    assert first.status().backend_ok is False
+    assert first.status().pending == len(events)
+    first._stop.set()
+    first._spool.close()  # the kernel dies here: nothing reached MLflow, the journal holds all
+    # The journal names the dead URI; point the recovery at the real store (same events otherwise).
+    journal = (energy_home / "spool" / "dead-session.jsonl")
+    journal.write_text(journal.read_text().replace(dead, sqlite_uri))
+    second = Writer(Spool.create("next-session"))
+    second.start()
+    assert second.flush(120)
+    _, sweeps, children = runs_by_kind(sqlite_uri)
+    assert len(sweeps) == 1 and len(children) == 2
+    assert sweeps[0].data.metrics["sweep_energy_j"] == 3.0
+    assert not journal.exists()  # fully replayed and retired
+    second.close()
+
+
+def test_in_doubt_replay_does_not_duplicate(energy_home, sqlite_uri):
+    """Events applied to MLflow but never acked (crash between the two) are not written twice."""
+    writer = Writer(Spool.create("crashy"))
+    events = sweep_events(sqlite_uri, "sw", [4.0])
+    for ev in events:
+        writer.submit(ev)
+    assert writer.flush(120)
+    writer._stop.set()
+    spool = writer._spool
+    spool._acked = 0
+    spool.ack_path.unlink()  # as if the kernel died before writing any ack
+    spool.close()
+    again = Writer(Spool.create("after"))
+    again.start()
+    assert again.flush(120)
+    client, sweeps, children = runs_by_kind(sqlite_uri)
+    assert len(sweeps) == 1 and len(children) == 1
+    cell_points = client.get_metric_history(children[0].info.run_id, "cell_energy_j")
+    assert sorted(m.step for m in cell_points) == [7, 8]
+    assert [m.value for m in client.get_metric_history(sweeps[0].info.run_id, "sweep_energy_j")] == [4.0]
+
+
+def test_run_left_open_by_dead_kernel_is_closed_killed_with_last_live_energy(energy_home, sqlite_uri):
+    writer = Writer(Spool.create("killed"))
+    t = _t()
+    writer.submit({"type": "run_start", "uid": "open", "name": "training", "sweep_uid": None, "params": {},
+                   "tags": {}, "t_ms": t, "tracking_uri": sqlite_uri, "experiment": "exp"})
+    writer.submit({"type": "metrics", "uid": "open", "metrics": [["live_energy_j", 50.0, 2, t],
+                                                                 ["live_power_w", 25.0, 2, t]]})
+    writer.submit({"type": "metrics", "uid": "open", "metrics": [["live_energy_j", 100.0, 4, t + 2000],
+                                                                 ["live_power_w", 25.0, 4, t + 2000]]})
+    assert writer.flush(120)
+    writer._stop.set()
+    writer._spool.close()  # SIGKILL-equivalent: no run_end was ever written
+    Writer(Spool.create("restarted")).flush(0)  # not started yet
+    recovery = Writer(Spool.create("restarted2"))
+    recovery.start()
+    assert recovery.flush(120)
+    client, _, children = runs_by_kind(sqlite_uri)
+    (run,) = children
+    assert run.info.status == "KILLED"
+    assert run.data.metrics["energy_j"] == 100.0
+    assert run.data.metrics["duration_s"] == 4
+    assert "recovery" in run.data.tags["energy.closed_by"]
+
+
+@pytest.mark.server
+def test_server_killed_mid_sweep_and_restarted(energy_home, mlflow_server):
+    """A real mlflow server SIGKILLed mid-sweep: nothing raises, and after restart all is there once."""
+    uri = mlflow_server.uri
+    writer = Writer(Spool.create("srv"), retry_max_s=0.5)
+    events = sweep_events(uri, "sw", [1.0, 2.0, 3.0, 4.0])
+    for ev in events[:5]:
+        writer.submit(ev)
+    assert writer.flush(120)
+    mlflow_server.kill()
+    t0 = time.perf_counter()
+    for ev in events[5:]:
+        writer.submit(ev)
+    assert time.perf_counter() - t0 < 0.05  # submitting never waits on the backend
+    assert not writer.flush(2)
+    deadline = time.monotonic() + 15  # a call stuck in MLflow's own retries counts as an outage after 5 s
+    while writer.status().backend_ok and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert writer.status().backend_ok is False
+    mlflow_server.start()
+    assert writer.flush(180)
+    client, sweeps, children = runs_by_kind(uri)
+    assert len(sweeps) == 1 and len(children) == 4
+    assert sweeps[0].data.metrics["sweep_energy_j"] == 10.0
+    for child in children:
+        steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "cell_energy_j"))
+        assert steps == [7, 8], child.info.run_name
+    writer.close()
