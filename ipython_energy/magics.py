@@ -117,6 +117,7 @@ class EnergyMagics(Magics):
             %%energy --sweep mlp --param hidden=64 --param lr=0.01 --units 1797 --unit samples
             model.fit(X, y)
         """
+        __tracebackhide__ = True  # the user's traceback starts in their cell
         args = parse_argstring(self.energy, line)
         if args.output is not None and not args.output.isidentifier():
             raise UsageError(f"-o takes a Python name, not {args.output!r}")
@@ -147,7 +148,8 @@ class EnergyMagics(Magics):
             elif run_name is None and active is not None and sweep is None:
                 run, owns_run = active, False
             else:
-                run = tracker.start_run(run_name, params, sweep=sweep, implicit=run_name is None, log=log)
+                run = tracker.start_run(run_name, params, sweep=sweep, implicit=run_name is None, log=log,
+                                        cell=True, label=f"In [{self.shell.execution_count}]")
                 owns_run = True
         except BudgetExceeded as exc:
             raise UsageError(str(exc)) from None
@@ -157,7 +159,8 @@ class EnergyMagics(Magics):
             run.add_units(*units)
 
         count = self.shell.execution_count
-        window = tracker.meter.begin(f"In [{count}]", cell=True)
+        # A run made for this cell alone measures exactly the cell: one window serves both.
+        window = run.window if owns_run else tracker.meter.begin(f"In [{count}]", cell=True)
         live = _LiveReadout(window) if args.live else None
         status = "FINISHED"
         try:
@@ -169,11 +172,9 @@ class EnergyMagics(Magics):
             status = "FAILED"
             raise
         finally:
-            m = window.end()
+            m = tracker.end_run(run, status) if owns_run else window.end()
             if log:
                 tracker.log_cell(run, m, count)
-            if owns_run:
-                tracker.end_run(run, status)
             if args.output:
                 self.shell.user_ns[args.output] = m
             text = None if (args.quiet or tracker.config.quiet) else self.summary_line(m, run)
@@ -185,6 +186,7 @@ class EnergyMagics(Magics):
 
     def _execute(self, cell: str) -> Any:
         """Run the cell in the user namespace, returning its last expression like a plain cell."""
+        __tracebackhide__ = True
         shell = self.shell
         source = shell.transform_cell(cell)
         tree = shell.transform_ast(shell.compile.ast_parse(source))
@@ -192,9 +194,10 @@ class EnergyMagics(Magics):
         if tree.body and isinstance(tree.body[-1], ast.Expr):
             last = ast.Expression(tree.body.pop().value)
         ns = shell.user_ns
-        exec(shell.compile(tree, "<energy cell>", "exec"), ns, ns)
+        filename = shell.compile.cache(source, shell.execution_count, raw_code=cell)  # tracebacks show the cell
+        exec(shell.compile(tree, filename, "exec"), ns, ns)
         if last is not None:
-            return eval(shell.compile(last, "<energy cell>", "eval"), ns, ns)
+            return eval(shell.compile(last, filename, "eval"), ns, ns)
         return None
 
     def summary_line(self, m: Measurement, run: Run) -> str:
@@ -255,7 +258,7 @@ class EnergyMagics(Magics):
         p.add_argument("--planned", type=str)
         p.add_argument("--budget", type=str)
         p.add_argument("--stop-at-budget", action="store_true")
-        a = p.parse_argstring(words)
+        a = p.parse_args(words)
         planned = None
         if a.planned is not None:
             try:
@@ -281,7 +284,7 @@ class EnergyMagics(Magics):
         p = self._parser("run")
         p.add_argument("name")
         p.add_argument("--param", action="append", default=[])
-        a = p.parse_argstring(words)
+        a = p.parse_args(words)
         params = _parse_params(a.param)
         try:
             run = self.tracker.start_run(_name(a.name, "run"), params, activate=True)
@@ -319,7 +322,7 @@ class EnergyMagics(Magics):
     def _cmd_flush(self, words: list[str]):
         p = self._parser("flush")
         p.add_argument("--timeout", type=str, default="30")
-        a = p.parse_argstring(words)
+        a = p.parse_args(words)
         timeout = _parse_count(a.timeout, "--timeout")
         ok = self.tracker.flush(timeout)
         print("ipython-energy: MLflow has every measurement" if ok else

@@ -309,7 +309,7 @@ class Tracker:
     # ---- runs -------------------------------------------------------------------------------
     def start_run(self, name: str | None = None, params: Mapping[str, Any] | None = None, *,
                   sweep: Sweep | None = None, activate: bool = False, implicit: bool = False,
-                  log: bool | None = None) -> Run:
+                  log: bool | None = None, cell: bool = False, label: str | None = None) -> Run:
         params = check_params(params)
         if name is not None:
             name = check_name(name, "run")
@@ -330,7 +330,7 @@ class Tracker:
             self.run_counter += 1
             if name is None:
                 name = ", ".join(f"{k}={v}" for k, v in params.items()) or f"run {self.run_counter}"
-            window = self.meter.begin(name)
+            window = self.meter.begin(label or name, cell=cell)
             run = Run(self, name, uuid.uuid4().hex, params, sweep, window, implicit=implicit)
             run.logged = self.config.log if log is None else log
             self.open_runs.append(run)

@@ -313,6 +313,11 @@ class Backend:
     def __init__(self, tracking_uri: str, experiment: str):
         from mlflow.tracking import MlflowClient  # the slow import happens here, off the cell's path
 
+        # MLflow announces creating a new sqlite store's tables at INFO; from this thread that
+        # text would land in whatever cell is running.
+        for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
         self.tracking_uri = tracking_uri
         self.experiment = experiment
         self.client = MlflowClient(tracking_uri=tracking_uri)
