@@ -1,0 +1,150 @@
+"""CPU power *estimate* for machines where no CPU energy sensor is readable.  Method ``estimated``.
+
+The model (documented in ``docs/sensors.md``)::
+
+    u(t)  = d(process CPU seconds) / d(wall seconds)      # busy logical CPUs used by this process,
+                                                            # all its threads, clamped to [0, n_cpus]
+    P(t)  = n_cpus * idle_w_per_cpu + u(t) * (active_w_per_cpu - idle_w_per_cpu)
+    E(t)  = integral of P over the monotonic clock          # the cumulative energy_j we report
+
+``process CPU seconds`` is :func:`time.process_time` (user + system time of every
+thread of this process; children are not included).  Defaults are 1.5 W idle and
+8 W busy per logical CPU; with ``tdp_w`` the busy figure becomes ``tdp_w / n_cpus``
+and the idle figure ``idle_fraction * tdp_w / n_cpus``.
+
+It is a labelled first-order estimate: it knows nothing about frequency, vector
+units, memory traffic or other processes, and two loads with the same CPU time
+can differ 2-3x in real power.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+from .base import DomainInfo, DomainReading
+
+#: Default watts per logical CPU when idle (package floor share, uncore included).
+DEFAULT_IDLE_W_PER_CPU = 1.5
+#: Default watts per logical CPU when fully busy.
+DEFAULT_ACTIVE_W_PER_CPU = 8.0
+#: With ``tdp_w``: idle power as a fraction of TDP.
+DEFAULT_IDLE_FRACTION = 0.2
+
+
+def _visible_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class CpuModelOptions:
+    """Parameters of the CPU estimate.
+
+    Attributes:
+        idle_w_per_cpu: Watts per logical CPU when idle.
+        active_w_per_cpu: Watts per logical CPU when busy.
+        tdp_w: If set, overrides both: busy = ``tdp_w / n_cpus``, idle = ``idle_fraction`` of that.
+        idle_fraction: Idle power as a fraction of TDP (only with ``tdp_w``).
+        n_cpus: Logical CPUs the model covers (default: CPUs this process may run on).
+    """
+
+    idle_w_per_cpu: float = DEFAULT_IDLE_W_PER_CPU
+    active_w_per_cpu: float = DEFAULT_ACTIVE_W_PER_CPU
+    tdp_w: float | None = None
+    idle_fraction: float = DEFAULT_IDLE_FRACTION
+    n_cpus: int | None = None
+
+    @classmethod
+    def from_mapping(cls, options: "CpuModelOptions | Mapping[str, float] | None") -> "CpuModelOptions":
+        if options is None:
+            return cls()
+        if isinstance(options, CpuModelOptions):
+            return options
+        return cls(**dict(options))
+
+    def resolved(self) -> tuple[int, float, float]:
+        """``(n_cpus, idle_w_per_cpu, active_w_per_cpu)`` after applying ``tdp_w``."""
+        n = self.n_cpus or _visible_cpus()
+        if self.tdp_w is not None:
+            active = self.tdp_w / n
+            return n, self.idle_fraction * active, active
+        return n, self.idle_w_per_cpu, self.active_w_per_cpu
+
+
+class CpuModelSensor:
+    """Labelled estimate of CPU power from this process's CPU time.  Domain ``cpu``.
+
+    Args:
+        options: Model parameters (:class:`CpuModelOptions` or a mapping of its fields).
+        clock: Monotonic clock (seconds).
+        cpu_time: Process CPU seconds, all threads (default :func:`time.process_time`).
+    """
+
+    name = "cpu-model"
+
+    def __init__(
+        self,
+        options: CpuModelOptions | Mapping[str, float] | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        cpu_time: Callable[[], float] = time.process_time,
+    ):
+        self.options = CpuModelOptions.from_mapping(options)
+        self.n_cpus, self.idle_w_per_cpu, self.active_w_per_cpu = self.options.resolved()
+        if self.active_w_per_cpu < self.idle_w_per_cpu or self.idle_w_per_cpu < 0:
+            raise ValueError("cpu-model needs 0 <= idle_w_per_cpu <= active_w_per_cpu")
+        self._clock = clock
+        self._cpu_time = cpu_time
+        self._lock = threading.Lock()
+        self._t = clock()
+        self._cpu = cpu_time()
+        self._energy_j = 0.0
+        self._power_w = self.n_cpus * self.idle_w_per_cpu
+        details = {
+            "model": "n_cpus*idle_w + busy_cpus*(active_w-idle_w); busy_cpus from process CPU time",
+            "n_cpus": str(self.n_cpus),
+            "idle_w_per_cpu": f"{self.idle_w_per_cpu:g}",
+            "active_w_per_cpu": f"{self.active_w_per_cpu:g}",
+        }
+        if self.options.tdp_w is not None:
+            details["tdp_w"] = f"{self.options.tdp_w:g}"
+        self._domain = DomainInfo(
+            name="cpu",
+            kind="cpu",
+            method="estimated",
+            sensor="cpu-model",
+            update_period_s=0.0,
+            averaging_s=0.0,
+            details=details,
+        )
+
+    def power_for(self, busy_cpus: float) -> float:
+        """Model power in watts for a number of busy logical CPUs."""
+        u = min(max(busy_cpus, 0.0), float(self.n_cpus))
+        return self.n_cpus * self.idle_w_per_cpu + u * (self.active_w_per_cpu - self.idle_w_per_cpu)
+
+    def domains(self) -> list[DomainInfo]:
+        return [self._domain]
+
+    def read(self) -> dict[str, DomainReading]:
+        with self._lock:
+            t = self._clock()
+            cpu = self._cpu_time()
+            dt = t - self._t
+            if dt > 0:
+                self._power_w = self.power_for((cpu - self._cpu) / dt)
+                self._energy_j += self._power_w * dt
+                self._t, self._cpu = t, cpu
+            return {"cpu": DomainReading(energy_j=self._energy_j, power_w=self._power_w)}
+
+    def state(self) -> dict[str, str]:
+        return {}
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,197 @@
+"""Intel/AMD RAPL energy counters through the Linux powercap sysfs.  Method ``counter``.
+
+Layout read (``root`` defaults to ``/sys/class/powercap``)::
+
+    intel-rapl:0/        name=package-0   energy_uj  max_energy_range_uj
+    intel-rapl:0:0/      name=core        (inside package-0: skipped)
+    intel-rapl:0:1/      name=uncore      (inside package-0: skipped)
+    intel-rapl:0:2/      name=dram        -> dram0
+    intel-rapl:1/        name=psys        (contains the packages: used only if there is no package zone)
+
+RAPL domains nest (psys ⊃ package ⊃ core/uncore), so summing them double
+counts.  We report ``package<N>`` and ``dram<N>`` per socket, skip ``core`` and
+``uncore``, fall back to ``psys`` only when no package zone exists, and ignore
+``intel-rapl-mmio:*`` zones, which expose the same package counter a second time.
+Counters wrap at ``max_energy_range_uj``; reads unwrap them (a wrap takes tens
+of minutes even at full power, far longer than the sampler interval).
+
+Most current kernels make ``energy_uj`` readable by root only.  Discovery then
+records a note with the fix; asking for ``rapl`` explicitly raises
+:class:`SensorError` with the same fix.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from .base import DomainInfo, DomainReading, SensorError
+
+DEFAULT_ROOT = "/sys/class/powercap"
+#: RAPL counters update about every millisecond: effectively fresh at our read rates.
+RAPL_UPDATE_PERIOD_S = 0.001
+
+PERMISSION_FIX = (
+    "run `sudo chmod a+r /sys/class/powercap/intel-rapl:*/energy_uj "
+    "/sys/class/powercap/intel-rapl:*:*/energy_uj` (lasts until reboot), or make it permanent "
+    "with a udev rule such as "
+    "`SUBSYSTEM==\"powercap\", ACTION==\"add\", RUN+=\"/bin/chmod a+r /sys%p/energy_uj\"` "
+    "in /etc/udev/rules.d/90-powercap.rules; until then CPU energy is a labelled estimate (cpu-model)"
+)
+
+
+def _read_file(path: Path) -> str:
+    """Read one sysfs attribute.  The hardware seam: tests point ``root`` at a tree in tmp_path."""
+    with open(path) as f:
+        return f.read()
+
+
+@dataclass
+class _Zone:
+    domain: str
+    kind: str
+    path: Path
+    zone_name: str
+    max_range_uj: int
+    last_raw_uj: int = -1
+    wraps: int = 0
+
+
+class RaplSensor:
+    """RAPL package and DRAM counters for every socket.
+
+    Build it with :func:`open_rapl` (explicit, raises) or :func:`discover_rapl` (never raises).
+    """
+
+    name = "rapl"
+
+    def __init__(self, zones: list[_Zone], root: str):
+        self._zones = zones
+        self.root = root
+        self._lock = threading.Lock()
+        self._domains = [
+            DomainInfo(
+                name=z.domain,
+                kind=z.kind,
+                method="counter",
+                sensor="rapl",
+                update_period_s=RAPL_UPDATE_PERIOD_S,
+                averaging_s=0.0,
+                details={
+                    "zone": z.zone_name,
+                    "path": str(z.path),
+                    "max_energy_range_uj": str(z.max_range_uj),
+                },
+            )
+            for z in zones
+        ]
+
+    def domains(self) -> list[DomainInfo]:
+        return list(self._domains)
+
+    def read(self) -> dict[str, DomainReading]:
+        out: dict[str, DomainReading] = {}
+        with self._lock:
+            for z in self._zones:
+                raw = int(_read_file(z.path / "energy_uj").strip())
+                if z.last_raw_uj >= 0 and raw < z.last_raw_uj:
+                    z.wraps += 1  # counter wrapped at max_energy_range_uj
+                z.last_raw_uj = raw
+                total_uj = raw + z.wraps * z.max_range_uj
+                out[z.domain] = DomainReading(energy_j=total_uj * 1e-6, power_w=None)
+        return out
+
+    def state(self) -> dict[str, str]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+_ZONE_RE = re.compile(r"^intel-rapl:(\d+)(?::(\d+))?$")
+
+
+def _scan(root: Path) -> tuple[list[_Zone], list[str]]:
+    """Pick non-overlapping zones.  Returns (zones, problems); raises nothing for a missing tree."""
+    problems: list[str] = []
+    if not root.is_dir():
+        return [], [f"RAPL: {root} does not exist (no powercap driver, not Linux, or a container without /sys)"]
+    tops: dict[int, tuple[str, Path]] = {}
+    subs: dict[int, list[tuple[str, Path]]] = {}
+    for entry in sorted(root.iterdir()):
+        m = _ZONE_RE.match(entry.name)
+        if not m:
+            continue  # intel-rapl-mmio:* duplicates the package counter; other control types are not RAPL
+        try:
+            zname = _read_file(entry / "name").strip()
+        except OSError as exc:
+            problems.append(f"RAPL: cannot read {entry / 'name'}: {exc}")
+            continue
+        top = int(m.group(1))
+        if m.group(2) is None:
+            tops[top] = (zname, entry)
+        else:
+            subs.setdefault(top, []).append((zname, entry))
+    chosen: list[tuple[str, str, Path, str]] = []  # (domain, kind, path, zone name)
+    packages = {i: v for i, v in tops.items() if v[0].startswith("package")}
+    for i, (zname, path) in sorted(packages.items()):
+        m = re.match(r"package-(\d+)", zname)
+        socket = int(m.group(1)) if m else i
+        chosen.append((f"package{socket}", "cpu", path, zname))
+        for sname, spath in sorted(subs.get(i, [])):
+            if sname == "dram":
+                chosen.append((f"dram{socket}", "dram", spath, sname))
+            # core / uncore are inside the package: skipped to avoid double counting
+    for i, (zname, path) in sorted(tops.items()):
+        if zname == "dram":  # some platforms expose DRAM as a top-level zone
+            n = sum(1 for c in chosen if c[1] == "dram")
+            chosen.append((f"dram{n}", "dram", path, zname))
+    if not packages:
+        for i, (zname, path) in sorted(tops.items()):
+            if zname == "psys":
+                chosen.append(("psys", "cpu", path, zname))
+                break
+    if not chosen and not problems:
+        problems.append(f"RAPL: no package, dram or psys zone under {root}")
+    return [
+        _Zone(domain=d, kind=k, path=p, zone_name=zn, max_range_uj=0) for d, k, p, zn in chosen
+    ], problems
+
+
+def open_rapl(root: str | os.PathLike = DEFAULT_ROOT) -> RaplSensor:
+    """Open RAPL explicitly.
+
+    Raises:
+        SensorError: no usable zone, or energy_uj not readable (the message gives the fix).
+    """
+    rootp = Path(root)
+    zones, problems = _scan(rootp)
+    if not zones:
+        raise SensorError("; ".join(problems) or f"RAPL: nothing usable under {rootp}")
+    usable: list[_Zone] = []
+    for z in zones:
+        try:
+            z.max_range_uj = int(_read_file(z.path / "max_energy_range_uj").strip())
+            z.last_raw_uj = int(_read_file(z.path / "energy_uj").strip())
+        except PermissionError as exc:
+            raise SensorError(
+                f"RAPL: permission denied reading {z.path / 'energy_uj'} ({exc.strerror}); {PERMISSION_FIX}"
+            ) from exc
+        except (OSError, ValueError) as exc:
+            problems.append(f"RAPL: cannot read {z.path}: {exc}")
+            continue
+        usable.append(z)
+    if not usable:
+        raise SensorError("; ".join(problems))
+    return RaplSensor(usable, str(rootp))
+
+
+def discover_rapl(root: str | os.PathLike = DEFAULT_ROOT) -> tuple[RaplSensor | None, list[str]]:
+    """Like :func:`open_rapl` but never raises: returns ``(sensor or None, notes)``."""
+    try:
+        return open_rapl(root), []
+    except SensorError as exc:
+        return None, [str(exc)]
