@@ -1,21 +1,197 @@
-"""Authenticated API handlers for the sidebar (skeleton, filled in below)."""
+"""Authenticated, read-only API for the sidebar, under ``/ipython-energy/api/``.
+
+=========================================  ============================================
+``GET experiments``                        the sources this server shows (+ empty hint)
+``GET experiments/<source>``               sweeps side by side, rebound flags, chart
+``GET sweeps/<source>/<sweep run id>``     one sweep: totals, runs, chart
+``GET session``                            live kernels: power, cells vs idle energy
+=========================================  ============================================
+
+``<source>`` is an opaque id from ``GET experiments``; the tracking URI itself comes only
+from server config and discovery, never from a request.  MLflow reads run in a thread
+pool, off the event loop.
+"""
 
 from __future__ import annotations
 
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
 
 import tornado.web
 from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
+from tornado.ioloop import IOLoop
+from traitlets import Int, Unicode
+from traitlets.config import Configurable
+
+from .. import query
+
+_SOURCE_ID = r"(?P<source_id>[0-9a-f]{12})"
+_RUN_ID = r"(?P<run_id>[0-9a-fA-F]{32})"
 
 
-class PingHandler(APIHandler):
+class EnergySidebar(Configurable):
+    """Server-side settings of the ipython-energy sidebar (``c.EnergySidebar.<name>``)."""
+
+    tracking_uri = Unicode(
+        None, allow_none=True, config=True,
+        help="MLflow tracking URI to show. Unset: the URIs the kernels registered under "
+             "IPYTHON_ENERGY_HOME/kernels, then MLFLOW_TRACKING_URI, then <root_dir>/mlflow.db.")
+    experiment = Unicode(
+        None, allow_none=True, config=True,
+        help="MLflow experiment to show. Unset: each kernel's own (MLFLOW_EXPERIMENT_NAME or ipython-energy).")
+    max_workers = Int(2, config=True, help="Threads that read MLflow for the sidebar.")
+
+
+class SidebarState:
+    """What the handlers share: config, discovered sources, one cached reader per URI."""
+
+    def __init__(self, settings: EnergySidebar, root_dir: str | None):
+        self.settings = settings
+        self.root_dir = root_dir
+        self.executor = ThreadPoolExecutor(max_workers=settings.max_workers,
+                                           thread_name_prefix="ipython-energy-api")
+        self._known: dict[str, query.Source] = {}
+        self._readers: dict[str, query.SourceReader] = {}
+
+    def sources(self) -> list[query.Source]:
+        """Sources discovered now, then those seen earlier in this server's life (their kernels ended)."""
+        now = query.discover_sources(tracking_uri=self.settings.tracking_uri,
+                                     experiment=self.settings.experiment, root_dir=self.root_dir)
+        current = {s.id: s for s in now}
+        for sid, src in list(self._known.items()):
+            if sid not in current:
+                current[sid] = query.Source(src.tracking_uri, src.experiment_name, src.origin, ())
+        self._known = current
+        return list(current.values())
+
+    def source(self, source_id: str) -> query.Source:
+        src = self._known.get(source_id) or {s.id: s for s in self.sources()}.get(source_id)
+        if src is None:
+            raise tornado.web.HTTPError(404, "unknown source")
+        return src
+
+    def reader(self, src: query.Source) -> query.SourceReader:
+        reader = self._readers.get(src.tracking_uri)
+        if reader is None:
+            reader = self._readers[src.tracking_uri] = query.SourceReader(src.tracking_uri)
+        return reader
+
+    # -- what the routes return (called in the executor) -----------------------------------
+    def list_experiments(self) -> dict[str, Any]:
+        listed = []
+        for src in self.sources():
+            entry = src.public()
+            reader = self.reader(src)
+            entry["exists"] = reader.experiment_id(src.experiment_name) is not None
+            listed.append(entry)
+        return {"sources": listed, "hint": query.EMPTY_HINT}
+
+    def experiment(self, source_id: str) -> dict[str, Any]:
+        from .. import charts
+
+        src = self.source(source_id)
+        data = self.reader(src).experiment_data(src.experiment_name)
+        data["source"] = src.public()
+        data["chart"] = charts.experiment_spec(data) if data["sweeps"] else None
+        return data
+
+    def sweep(self, source_id: str, run_id: str) -> dict[str, Any]:
+        from .. import charts
+
+        src = self.source(source_id)
+        data = self.reader(src).sweep_data(src.experiment_name, run_id)
+        return {
+            "source": src.public(),
+            "sweep": data["sweep"],
+            "totals": data["totals"],
+            "runs": [{k: r.get(k) for k in ("index", "run_id", "name", "status", "energy_j", "live")}
+                     for r in data["runs"]],
+            "chart": charts.sweep_spec(data),
+        }
+
+    def session(self) -> dict[str, Any]:
+        return query.session_view()
+
+    def warm_up(self) -> None:
+        """Import mlflow and altair in the pool so the first sidebar request is not slow."""
+        import altair  # noqa: F401
+        import mlflow.tracking  # noqa: F401
+
+
+class EnergyHandler(APIHandler):
+    """Base: JSON out, work in the executor, MLflow failures as 503 with a message."""
+
+    @property
+    def state(self) -> SidebarState:
+        return self.settings["ipython_energy"]
+
+    async def answer(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            data = await IOLoop.current().run_in_executor(self.state.executor, _call, fn, args)
+        except query.NotFound as exc:
+            raise tornado.web.HTTPError(404, str(exc)) from exc
+        except _Unavailable as exc:
+            self.log.warning("ipython-energy: MLflow read failed: %s", exc)
+            raise tornado.web.HTTPError(503, f"MLflow is not answering: {exc}") from exc
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(data))
+
+
+class _Unavailable(RuntimeError):
+    """The tracking store could not be read."""
+
+
+def _call(fn: Callable[..., Any], args: tuple) -> Any:
+    """Run ``fn`` in the executor; MLflow and I/O failures become :class:`_Unavailable`.
+
+    mlflow is imported here, in the pool, never on the event loop.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return fn(*args)
+    except (MlflowException, OSError) as exc:
+        raise _Unavailable(str(exc)) from exc
+
+
+class ExperimentsHandler(EnergyHandler):
     @tornado.web.authenticated
-    def get(self) -> None:
-        self.finish(json.dumps({"ok": True}))
+    async def get(self) -> None:
+        await self.answer(self.state.list_experiments)
 
 
-def setup_handlers(serverapp) -> None:
+class ExperimentHandler(EnergyHandler):
+    @tornado.web.authenticated
+    async def get(self, source_id: str) -> None:
+        await self.answer(self.state.experiment, source_id)
+
+
+class SweepHandler(EnergyHandler):
+    @tornado.web.authenticated
+    async def get(self, source_id: str, run_id: str) -> None:
+        await self.answer(self.state.sweep, source_id, run_id)
+
+
+class SessionHandler(EnergyHandler):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        await self.answer(self.state.session)
+
+
+def setup_handlers(serverapp) -> SidebarState:
     web_app = serverapp.web_app
+    settings = EnergySidebar(config=serverapp.config, parent=serverapp)
+    state = SidebarState(settings, getattr(serverapp, "root_dir", None) or os.getcwd())
+    web_app.settings["ipython_energy"] = state
     base = url_path_join(web_app.settings["base_url"], "ipython-energy", "api")
-    web_app.add_handlers(".*$", [(url_path_join(base, "ping"), PingHandler)])
+    web_app.add_handlers(".*$", [
+        (url_path_join(base, "experiments") + "/?", ExperimentsHandler),
+        (url_path_join(base, "experiments", _SOURCE_ID) + "/?", ExperimentHandler),
+        (url_path_join(base, "sweeps", _SOURCE_ID, _RUN_ID) + "/?", SweepHandler),
+        (url_path_join(base, "session") + "/?", SessionHandler),
+    ])
+    state.executor.submit(state.warm_up)
+    return state

@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""Static check: every HTTP method of every handler in ipython_energy/server carries
+``@tornado.web.authenticated``.  Exits 1 and names the offenders otherwise.
+
+A handler is a class whose bases include a name ending in ``Handler``; its HTTP methods
+are ``get``, ``head``, ``post``, ``put``, ``patch``, ``delete`` and ``options``.
+Usage: python .ci/check_handlers.py [FILES...]  (default: ipython_energy/server/*.py)
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+HTTP_METHODS = {"get", "head", "post", "put", "patch", "delete", "options"}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _name(node: ast.expr) -> str:
+    """Dotted name of a decorator or base (``tornado.web.authenticated``), or ``""``."""
+    if isinstance(node, ast.Call):
+        return _name(node.func)
+    if isinstance(node, ast.Attribute):
+        inner = _name(node.value)
+        return f"{inner}.{node.attr}" if inner else node.attr
+    if isinstance(node, ast.Name):
+        return node.id
+    return ""
+
+
+def _authenticated_aliases(tree: ast.Module) -> set[str]:
+    """Names that mean tornado.web.authenticated in this module."""
+    names = {"tornado.web.authenticated"}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module == "tornado.web":
+            names |= {a.asname or a.name for a in node.names if a.name == "authenticated"}
+        if isinstance(node, ast.ImportFrom) and node.module == "tornado":
+            names |= {f"{a.asname or a.name}.authenticated" for a in node.names if a.name == "web"}
+    return names
+
+
+def check(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    ok_names = _authenticated_aliases(tree)
+    problems = []
+    for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+        if not any(_name(b).endswith("Handler") for b in cls.bases):
+            continue
+        for fn in cls.body:
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) and fn.name in HTTP_METHODS:
+                if not any(_name(d) in ok_names for d in fn.decorator_list):
+                    problems.append(f"{path}:{fn.lineno}: {cls.name}.{fn.name} lacks @tornado.web.authenticated")
+    return problems
+
+
+def main(argv: list[str]) -> int:
+    files = [Path(a) for a in argv] or sorted((ROOT / "ipython_energy" / "server").glob("*.py"))
+    problems = [p for f in files for p in check(f)]
+    for p in problems:
+        print(p)
+    if not problems:
+        print(f"check_handlers: every handler method is authenticated ({len(files)} files)")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,310 @@
+"""The sweep and experiment charts: one definition, Vega-Lite v5 via altair 5.
+
+Used by the JupyterLab sidebar (the server sends :func:`sweep_spec`), by
+``%energy chart`` (which returns :func:`sweep_chart`) and by the sweep's MLflow artifact
+``energy_sweep.html`` (:func:`sweep_html`).  All take the dict that
+:func:`ipython_energy.query.build_sweep_data` returns (``query.SourceReader.sweep_data``
+returns the same).
+
+altair is pinned ``<6``: altair 6 emits Vega-Lite 6, which JupyterLab 4.6's built-in
+renderer (vega-lite 5.6, mime ``application/vnd.vegalite.v5+json``) does not render.
+See docs/sidebar.md.
+
+Names (sweep, run, param) only ever travel as data values or text; the HTML artifact
+escapes ``<``, ``>`` and ``&`` inside its embedded JSON so a run called
+``</script><script>…`` stays text.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import json
+import math
+from typing import Any, Mapping
+
+VEGALITE_MIME = "application/vnd.vegalite.v5+json"
+
+#: Run status -> colour; the same four everywhere (bars, legend, sidebar list).
+STATUS_COLORS = {
+    "running": "#e8a317",
+    "finished": "#3a7bd5",
+    "failed": "#d64545",
+    "killed": "#8a8f98",
+}
+
+_PROVENANCE_ORDER = ("methods", "sensors", "coverage", "estimated", "interval_s", "short_window",
+                     "idle_source", "gaps", "start_temperature_c", "gpu_model", "host")
+
+
+def format_energy(joules: float | None) -> str:
+    """``1234.5`` -> ``"1.23 kJ"``; None -> ``"–"``."""
+    if joules is None or not math.isfinite(joules):
+        return "\u2013"
+    for factor, unit in ((1e9, "GJ"), (1e6, "MJ"), (1e3, "kJ")):
+        if abs(joules) >= factor:
+            return f"{joules / factor:.3g} {unit}"
+    return f"{joules:.3g} J"
+
+
+def _params_text(params: Mapping[str, Any], limit: int = 400) -> str:
+    text = ", ".join(f"{k}={v}" for k, v in sorted(params.items()))
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def _provenance_text(prov: Mapping[str, Any]) -> str:
+    keys = [k for k in _PROVENANCE_ORDER if prov.get(k) not in (None, "")]
+    keys += sorted(k for k in prov if k not in _PROVENANCE_ORDER and prov.get(k) not in (None, ""))
+    return "; ".join(f"{k}={prov[k]}" for k in keys)
+
+
+def chart_rows(sweep_data: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """The chart's datasets: ``runs`` (one row per run), ``forecast`` and ``budget``."""
+    runs = []
+    for run in sweep_data["runs"]:
+        energy = run.get("energy_j")
+        runs.append({
+            "index": run["index"],
+            "x0": run["index"] - 0.42,
+            "x1": run["index"] + 0.42,
+            "name": str(run.get("name", "")),
+            "status": run.get("status", "finished") if not run.get("live") else "running",
+            "energy_j": energy,
+            "energy": format_energy(energy) + (" (live)" if run.get("live") else ""),
+            "cumulative_j": run.get("cumulative_j"),
+            "total": format_energy(run.get("cumulative_j")),
+            "duration_s": run.get("duration_s"),
+            "params": _params_text(run.get("params") or {}),
+            "provenance": _provenance_text(run.get("provenance") or {}),
+        })
+    totals = sweep_data["totals"]
+    forecast = []
+    planned, fc = totals.get("planned"), totals.get("forecast_energy_j")
+    if planned and fc is not None and runs and planned > runs[-1]["index"]:
+        forecast = [
+            {"index": runs[-1]["index"], "cumulative_j": runs[-1]["cumulative_j"], "label": "now"},
+            {"index": planned, "cumulative_j": fc, "label": f"forecast {format_energy(fc)} for {planned} runs"},
+        ]
+    budget = []
+    if totals.get("budget_j") is not None:
+        budget = [{"budget_j": totals["budget_j"], "label": f"budget {format_energy(totals['budget_j'])}"}]
+    return {"runs": runs, "forecast": forecast, "budget": budget}
+
+
+@functools.lru_cache(maxsize=64)
+def _sweep_skeleton(title: str, width: Any, height: int):
+    """The chart without data: layers read the named datasets ``runs``, ``forecast``, ``budget``."""
+    import altair as alt
+
+    x = alt.X("x0:Q", title="run (in order)", axis=alt.Axis(tickMinStep=1, format="d"),
+              scale=alt.Scale(nice=False, zero=False))
+    color = alt.Color("status:N", title="status",
+                      scale=alt.Scale(domain=list(STATUS_COLORS), range=list(STATUS_COLORS.values())),
+                      legend=alt.Legend(orient="bottom", direction="horizontal"))
+    tooltip = [
+        alt.Tooltip("index:Q", title="run #"),
+        alt.Tooltip("name:N", title="run"),
+        alt.Tooltip("status:N", title="status"),
+        alt.Tooltip("energy:N", title="energy"),
+        alt.Tooltip("total:N", title="sweep total so far"),
+        alt.Tooltip("duration_s:Q", title="duration (s)", format=".1f"),
+        alt.Tooltip("params:N", title="params"),
+        alt.Tooltip("provenance:N", title="provenance"),
+    ]
+    bars = alt.Chart(alt.NamedData("runs")).mark_bar().encode(
+        x=x, x2="x1:Q",
+        y=alt.Y("energy_j:Q", title="energy per run (J)", axis=alt.Axis(format="~s", titleColor="#3a7bd5")),
+        color=color, tooltip=tooltip)
+    total_y = alt.Y("cumulative_j:Q", title="sweep total (J)",
+                    axis=alt.Axis(format="~s", orient="right", titleColor="#1b1f24"))
+    line = alt.Chart(alt.NamedData("runs")).mark_line(color="#1b1f24", strokeWidth=2, interpolate="step-after"
+                                                       ).encode(x=alt.X("index:Q"), y=total_y)
+    points = alt.Chart(alt.NamedData("runs")).mark_point(color="#1b1f24", filled=True, size=18).encode(
+        x=alt.X("index:Q"), y=total_y, tooltip=tooltip)
+    forecast = alt.Chart(alt.NamedData("forecast")).mark_line(
+        color="#1b1f24", strokeDash=[5, 4], strokeWidth=1.5).encode(x=alt.X("index:Q"), y=total_y,
+                                                                      tooltip=[alt.Tooltip("label:N", title="")])
+    budget = alt.Chart(alt.NamedData("budget")).mark_rule(color="#d64545", strokeDash=[2, 2], strokeWidth=1.5
+                                                          ).encode(y=alt.Y("budget_j:Q"),
+                                                                   tooltip=[alt.Tooltip("label:N", title="")])
+    budget_text = alt.Chart(alt.NamedData("budget")).mark_text(
+        align="left", baseline="bottom", dx=3, dy=-2, color="#d64545", fontSize=10).encode(
+        y=alt.Y("budget_j:Q"), x=alt.value(0), text="label:N")
+    totals = alt.layer(line, points, forecast, budget, budget_text)
+    chart = alt.layer(bars, totals).resolve_scale(y="independent").properties(
+        width=width, height=height)
+    if title:
+        chart = chart.properties(title=alt.TitleParams(title, anchor="start", fontSize=12))
+    return chart
+
+
+def sweep_chart(sweep_data: Mapping[str, Any], *, width: int | str = 520, height: int = 240,
+                title: bool = True):
+    """The sweep as an altair chart (Vega-Lite v5).
+
+    A bar per run in run order (``energy_j``; the live value while a run is open), coloured
+    by status (running / finished / failed / killed); the sweep's cumulative total as a rising
+    line on the right axis; the forecast to the planned number of runs (dashed) and the
+    budget (red rule) when the sweep has them.  Hover shows a run's params and provenance.
+
+    ``sweep_data`` is what ``query.build_sweep_data`` / ``SourceReader.sweep_data`` return.
+    ``width="container"`` fills the surrounding element (the sidebar uses it).
+
+    For an HTML file use :func:`sweep_html` (offline-safe, escaped), not ``chart.save``.
+    """
+    name = str(sweep_data["sweep"].get("name", "")) if title else ""
+    return _sweep_skeleton(name, width, height).properties(datasets=chart_rows(sweep_data))
+
+
+def sweep_spec(sweep_data: Mapping[str, Any], *, width: int | str = "container", height: int = 220,
+               title: bool = False) -> dict[str, Any]:
+    """The Vega-Lite v5 spec of :func:`sweep_chart` as a dict, built fast.
+
+    The spec without data is made once per (title, width, height) and cached; only the
+    datasets change from poll to poll, so a 1,000-run sweep costs no schema validation.
+    """
+    name = str(sweep_data["sweep"].get("name", "")) if title else ""
+    spec = _skeleton_dict(name, width, height)
+    return {**spec, "datasets": chart_rows(sweep_data)}
+
+
+@functools.lru_cache(maxsize=64)
+def _skeleton_dict(title: str, width: Any, height: int) -> dict[str, Any]:
+    return _sweep_skeleton(title, width, height).to_dict()
+
+
+def experiment_chart(experiment_data: Mapping[str, Any], *, width: int | str = 520, height: int = 110):
+    """Sweeps side by side: mean J/run above, total J below; rebounding sweeps in red."""
+    import altair as alt
+
+    rows = []
+    for position, s in enumerate(experiment_data["sweeps"], start=1):
+        rows.append({
+            "sweep": f"{position}. {s['name']}" if len(s["name"]) <= 24 else f"{position}. {s['name'][:23]}\u2026",
+            "order": position,
+            "mean_j": s.get("mean_energy_per_run_j"),
+            "total_j": s.get("energy_j"),
+            "runs": s.get("runs"),
+            "rebound": "rebound" if s.get("rebound") else "no rebound",
+            "note": s["rebound"]["label"] + f" vs {s['rebound']['vs_name']}" if s.get("rebound") else "",
+        })
+    x = alt.X("sweep:N", sort=alt.EncodingSortField("order"), title=None, axis=alt.Axis(labelLimit=120))
+    color = alt.Color("rebound:N", scale=alt.Scale(domain=["no rebound", "rebound"], range=["#3a7bd5", "#d64545"]),
+                      legend=alt.Legend(orient="bottom", title=None))
+    tooltip = [alt.Tooltip("sweep:N"), alt.Tooltip("runs:Q"),
+               alt.Tooltip("mean_j:Q", title="mean J/run", format=",.4~s"),
+               alt.Tooltip("total_j:Q", title="total J", format=",.4~s"), alt.Tooltip("note:N", title="rebound")]
+    base = alt.Chart(alt.Data(values=rows)).mark_bar().encode(x=x, color=color, tooltip=tooltip)
+    mean = base.encode(y=alt.Y("mean_j:Q", title="mean J/run", axis=alt.Axis(format="~s"))).properties(
+        width=width, height=height)
+    total = base.encode(y=alt.Y("total_j:Q", title="total J", axis=alt.Axis(format="~s"))).properties(
+        width=width, height=height)
+    return alt.vconcat(mean, total)
+
+
+def experiment_spec(experiment_data: Mapping[str, Any], *, width: int | str = "container") -> dict[str, Any]:
+    """:func:`experiment_chart` as a Vega-Lite v5 dict (the sidebar's experiment view)."""
+    return experiment_chart(experiment_data, width=width).to_dict(validate=False)
+
+
+# ---------------------------------------------------------------------------------------
+# the MLflow artifact
+# ---------------------------------------------------------------------------------------
+_VEGA_CDN = (
+    "https://cdn.jsdelivr.net/npm/vega@5",
+    "https://cdn.jsdelivr.net/npm/vega-lite@5.20.1",
+    "https://cdn.jsdelivr.net/npm/vega-embed@6",
+)
+
+
+def script_safe_json(value: Any) -> str:
+    """JSON that cannot end a ``<script>`` element or open a comment inside it."""
+    text = json.dumps(value, allow_nan=False, default=str)
+    return (text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+
+
+def _inline_bundle() -> str | None:
+    """vega + vega-lite + vega-embed as one script, from vl-convert-python if installed."""
+    try:
+        import vl_convert
+    except ImportError:
+        return None
+    return vl_convert.javascript_bundle()
+
+
+def sweep_html(sweep_data: Mapping[str, Any], *, inline: bool | None = None) -> str:
+    """A self-describing HTML page of the sweep: the chart, and its numbers as a table.
+
+    The Vega-Lite spec is embedded as escaped JSON.  With ``vl-convert-python`` installed
+    (or ``inline=True``) vega itself is inlined and the page draws offline; otherwise it
+    loads vega from a CDN, and where that is unreachable the table below still gives every
+    number.  All names are HTML-escaped; none is ever parsed as markup or script.
+    """
+    spec = sweep_chart(sweep_data).to_dict(validate=False)
+    bundle = _inline_bundle() if inline is not False else None
+    if inline and bundle is None:
+        raise RuntimeError("sweep_html(inline=True) needs vl-convert-python (pip install vl-convert-python)")
+    sweep, totals = sweep_data["sweep"], sweep_data["totals"]
+    esc = html.escape
+    head_rows = [
+        ("runs", f"{totals['runs']} ({totals['ended_runs']} ended, {totals['running_runs']} running)"),
+        ("total energy", format_energy(totals["energy_j"])),
+        ("mean per ended run", format_energy(totals.get("mean_energy_per_run_j"))),
+    ]
+    if totals.get("planned"):
+        head_rows.append(("forecast", f"{format_energy(totals.get('forecast_energy_j'))} for {totals['planned']} runs"))
+    if totals.get("budget_j") is not None:
+        state = "OVER" if totals["over_budget"] else "within"
+        head_rows.append(("budget", f"{format_energy(totals['budget_j'])} ({state})"))
+    if totals.get("estimated"):
+        head_rows.append(("note", "some numbers are estimated (no hardware counter)"))
+    summary = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in head_rows)
+    run_rows = "".join(
+        "<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in (
+            r["index"], r.get("name", ""), r.get("status", ""), format_energy(r.get("energy_j")),
+            format_energy(r.get("cumulative_j")), _params_text(r.get("params") or {}),
+            _provenance_text(r.get("provenance") or {}))) + "</tr>"
+        for r in sweep_data["runs"])
+    if bundle is not None:
+        safe_bundle = bundle.replace("</script", "<\\/script")
+        scripts = f"<script>{safe_bundle}</script>"
+        loader = "vegaEmbed"
+    else:
+        scripts = "".join(f'<script src="{u}"></script>' for u in _VEGA_CDN)
+        loader = "window.vegaEmbed"
+    return f"""<!DOCTYPE html>
+<html><head><meta charset="utf-8">
+<title>{esc(str(sweep.get('name', '')))} – ipython-energy sweep</title>
+<style>body{{font-family:system-ui,sans-serif;margin:16px;color:#1b1f24}}
+table{{border-collapse:collapse;font-size:13px}}td,th{{border-bottom:1px solid #ddd;padding:3px 8px;text-align:left}}
+#chart-note{{color:#666;font-size:12px}}</style>
+{scripts}
+</head><body>
+<h2>{esc(str(sweep.get('name', '')))}</h2>
+<table>{summary}</table>
+<div id="chart"></div>
+<p id="chart-note"></p>
+<script type="application/json" id="energy-spec">{script_safe_json(spec)}</script>
+<script>
+(function () {{
+  var spec = JSON.parse(document.getElementById("energy-spec").textContent);
+  var note = document.getElementById("chart-note");
+  if (typeof {loader} !== "function") {{
+    note.textContent = "The chart needs vega (loaded from a CDN, unreachable here); the numbers are in the table below.";
+    return;
+  }}
+  {loader}("#chart", spec, {{actions: false}}).catch(function (err) {{ note.textContent = String(err); }});
+}})();
+</script>
+<h3>Runs</h3>
+<table><tr><th>#</th><th>run</th><th>status</th><th>energy</th><th>sweep total</th><th>params</th><th>provenance</th></tr>
+{run_rows}</table>
+</body></html>
+"""
+
+
+def save_sweep_html(sweep_data: Mapping[str, Any], path: str, **kwargs: Any) -> None:
+    """Write :func:`sweep_html` to ``path`` (UTF-8)."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(sweep_html(sweep_data, **kwargs))

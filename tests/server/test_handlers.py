@@ -1,0 +1,130 @@
+"""The sidebar API on a real in-process Jupyter server (pytest-jupyter), reading a real MLflow
+sqlite store that lives outside the server's root dir, found through a kernel registration."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import payload, register_kernel, write_live
+from layout_data import experiment_id, log_sweep
+from tornado.httpclient import HTTPClientError
+
+API = ("ipython-energy", "api")
+
+
+@pytest.fixture
+def logged(energy_home, tracking):
+    """Two sweeps (the second rebounds) in experiment 'exp', registered by a 'kernel' elsewhere."""
+    uri, client = tracking
+    exp = experiment_id(client, "exp")
+    big = log_sweep(client, exp, "big", [100.0] * 4, planned=4)
+    small = log_sweep(client, exp, "small <img src=x onerror=alert(1)>", [40.0] * 12, budget_j=400.0,
+                      params=[{"note": f"</script>{i}"} for i in range(12)])
+    register_kernel(energy_home, uri, "exp")
+    write_live(energy_home, "s1")
+    return {"uri": uri, "big": big, "small": small}
+
+
+async def routes(jp_fetch, logged):
+    listing = payload(await jp_fetch(*API, "experiments"))
+    sid = listing["sources"][0]["id"]
+    return [("experiments",), ("experiments", sid), ("sweeps", sid, logged["big"].run_id), ("session",)]
+
+
+async def test_every_route_refuses_requests_without_a_token(jp_fetch, logged):
+    for parts in await routes(jp_fetch, logged):
+        for headers in ({"Authorization": ""}, {"Authorization": "token wrong"}):
+            with pytest.raises(HTTPClientError) as err:
+                await jp_fetch(*API, *parts, headers=headers)
+            assert err.value.code == 403, parts
+
+
+async def test_every_route_answers_with_the_token(jp_fetch, logged):
+    for parts in await routes(jp_fetch, logged):
+        response = await jp_fetch(*API, *parts)
+        assert response.code == 200 and response.headers["Content-Type"].startswith("application/json"), parts
+
+
+async def test_experiments_lists_the_kernels_store_and_never_the_password(jp_fetch, logged):
+    data = payload(await jp_fetch(*API, "experiments"))
+    src = data["sources"][0]
+    assert src["tracking_uri"] == logged["uri"] and src["experiment"] == "exp"
+    assert src["origin"] == "kernel" and src["exists"] is True and src["live_sessions"] == 1
+    assert "%load_ext ipython_energy" in data["hint"]
+
+
+async def test_experiment_view_shape_and_rebound(jp_fetch, logged):
+    sid = payload(await jp_fetch(*API, "experiments"))["sources"][0]["id"]
+    data = payload(await jp_fetch(*API, "experiments", sid))
+    assert [s["name"] for s in data["sweeps"]] == ["big", "small <img src=x onerror=alert(1)>"]
+    small = data["sweeps"][1]
+    assert small["runs"] == 12 and small["mean_energy_per_run_j"] == pytest.approx(40.0)
+    assert small["rebound"]["label"] == "\u221260% J/run, +20% total"
+    assert data["chart"]["$schema"].startswith("https://vega.github.io/schema/vega-lite/v5")
+
+
+async def test_sweep_view_shape(jp_fetch, logged):
+    sid = payload(await jp_fetch(*API, "experiments"))["sources"][0]["id"]
+    data = payload(await jp_fetch(*API, "sweeps", sid, logged["small"].run_id))
+    assert data["totals"]["runs"] == 12 and data["totals"]["energy_j"] == pytest.approx(480.0)
+    assert data["totals"]["over_budget"] is True
+    assert data["runs"][0]["status"] == "finished" and data["runs"][0]["index"] == 1
+    chart = data["chart"]
+    assert chart["$schema"].startswith("https://vega.github.io/schema/vega-lite/v5")
+    assert len(chart["datasets"]["runs"]) == 12 and chart["datasets"]["budget"][0]["budget_j"] == 400.0
+    assert chart["datasets"]["runs"][0]["params"] == "note=</script>0"  # names travel as data, untouched
+
+
+async def test_unknown_ids_are_404(jp_fetch, logged):
+    sid = payload(await jp_fetch(*API, "experiments"))["sources"][0]["id"]
+    for parts in (("experiments", "0" * 12), ("sweeps", sid, "0" * 32), ("sweeps", "f" * 12, logged["big"].run_id),
+                  ("sweeps", sid, logged["big"].children[0])):
+        with pytest.raises(HTTPClientError) as err:
+            await jp_fetch(*API, *parts)
+        assert err.value.code == 404, parts
+
+
+async def test_no_route_takes_a_uri_or_path(jp_fetch, logged):
+    """A URI in the path does not match any route; query parameters are ignored."""
+    for parts in (("experiments", "sqlite:%2F%2F%2Fetc%2Fpasswd"), ("sweeps", "..", "..", "etc")):
+        with pytest.raises(HTTPClientError) as err:
+            await jp_fetch(*API, *parts)
+        assert err.value.code == 404
+    data = payload(await jp_fetch(*API, "experiments", params={"tracking_uri": "sqlite:////tmp/evil.db"}))
+    assert [s["tracking_uri"] for s in data["sources"]] == [logged["uri"]]
+
+
+async def test_session_view(jp_fetch, logged):
+    data = payload(await jp_fetch(*API, "session"))
+    s = data["sessions"][0]
+    assert s["session"] == "s1" and s["cells_j"] == 1000.0 and s["between_cells_j"] == 250.0 and s["estimated"]
+
+
+async def test_empty_state_without_any_data(jp_fetch, energy_home):
+    data = payload(await jp_fetch(*API, "experiments"))
+    assert data["sources"] == [] and "%%energy" in data["hint"]
+
+
+async def test_source_stays_listed_after_its_kernel_unregisters(jp_fetch, logged, energy_home):
+    first = payload(await jp_fetch(*API, "experiments"))["sources"]
+    for path in (energy_home / "kernels").glob("*.json"):
+        path.unlink()
+    again = payload(await jp_fetch(*API, "experiments"))["sources"]
+    assert [s["id"] for s in again] == [s["id"] for s in first] and again[0]["live_sessions"] == 0
+
+
+@pytest.fixture
+def configured(jp_server_config, tracking):
+    uri, client = tracking
+    exp = experiment_id(client, "configured-exp")
+    log_sweep(client, exp, "only", [5.0])
+    jp_server_config["EnergySidebar"] = {"tracking_uri": uri, "experiment": "configured-exp"}
+    return uri
+
+
+async def test_server_config_overrides_discovery(configured, jp_fetch, energy_home):
+    register_kernel(energy_home, "sqlite:////somewhere/else.db", "other")
+    data = payload(await jp_fetch(*API, "experiments"))
+    assert [(s["tracking_uri"], s["experiment"], s["origin"]) for s in data["sources"]] == [
+        (configured, "configured-exp", "config")]
+    view = payload(await jp_fetch(*API, "experiments", data["sources"][0]["id"]))
+    assert [s["name"] for s in view["sweeps"]] == ["only"]

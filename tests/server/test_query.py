@@ -1,0 +1,268 @@
+"""ipython_energy.query without a server: pure roll-ups, rebound logic, discovery, and the
+cached incremental reader against a real MLflow sqlite store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import register_kernel, write_live
+from layout_data import SweepLog, experiment_id, log_sweep
+
+from ipython_energy import query
+
+
+def row(i, status="finished", energy=None, live=None, **kw):
+    return {"run_id": f"{i:032x}", "name": f"r{i}", "status": status, "run_index": i, "energy_j": energy,
+            "live_energy_j": live, "params": {"lr": "0.1"}, "provenance": {}, **kw}
+
+
+# -- build_sweep_data --------------------------------------------------------------------
+def test_sweep_data_orders_by_run_index_and_accumulates():
+    rows = [row(3, energy=30.0), row(1, energy=10.0), row(2, status="failed", energy=20.0)]
+    d = query.build_sweep_data({"name": "s", "planned": 6, "budget_j": 50.0}, rows)
+    assert [r["index"] for r in d["runs"]] == [1, 2, 3]
+    assert [r["name"] for r in d["runs"]] == ["r1", "r2", "r3"]
+    assert [r["cumulative_j"] for r in d["runs"]] == [10.0, 30.0, 60.0]
+    t = d["totals"]
+    assert t["energy_j"] == 60.0 and t["ended_runs"] == 3 and t["mean_energy_per_run_j"] == 20.0
+    assert t["forecast_energy_j"] == 120.0  # mean x planned, as the writer's sweep_forecast_energy_j
+    assert t["over_budget"] is True and t["budget_used"] == pytest.approx(1.2)
+
+
+def test_running_run_counts_with_its_live_energy_but_not_in_the_mean():
+    d = query.build_sweep_data({"name": "s"}, [row(1, energy=10.0), row(2, status="running", live=4.0)])
+    live = d["runs"][1]
+    assert live["live"] is True and live["energy_j"] == 4.0 and live["cumulative_j"] == 14.0
+    assert d["totals"]["energy_j"] == 14.0
+    assert d["totals"]["mean_energy_per_run_j"] == 10.0 and d["totals"]["running_runs"] == 1
+    assert d["totals"]["forecast_energy_j"] is None  # no planned runs, no forecast
+
+
+def test_run_without_any_energy_is_kept_with_none():
+    d = query.build_sweep_data({"name": "s"}, [row(1, status="running")])
+    assert d["runs"][0]["energy_j"] is None and d["totals"]["energy_j"] == 0.0
+
+
+def test_estimated_provenance_marks_the_sweep():
+    d = query.build_sweep_data({"name": "s"}, [row(1, energy=1.0, provenance={"estimated": "true"})])
+    assert d["totals"]["estimated"] is True
+
+
+# -- rebound ----------------------------------------------------------------------------
+def sweep(rid, t, mean, total, name=None):
+    return {"run_id": rid, "name": name or rid, "start_time_ms": t, "mean_energy_per_run_j": mean, "energy_j": total}
+
+
+def test_rebound_is_lower_mean_with_higher_total_and_reports_both_numbers():
+    found = query.find_rebounds([sweep("b", 2, 42.0, 2100.0), sweep("a", 1, 100.0, 1000.0)])
+    assert len(found) == 1
+    r = found[0]
+    assert (r["run_id"], r["vs_run_id"]) == ("b", "a")
+    assert r["mean_change"] == pytest.approx(-0.58) and r["total_change"] == pytest.approx(1.10)
+    assert r["label"] == "\u221258% J/run, +110% total"
+
+
+@pytest.mark.parametrize("later", [
+    sweep("b", 2, 50.0, 900.0),    # cheaper per run and cheaper in total: a real saving
+    sweep("b", 2, 150.0, 3000.0),  # dearer per run: no rebound, just dearer
+    sweep("b", 2, 100.0, 2000.0),  # same J/run
+])
+def test_no_rebound_without_both_conditions(later):
+    assert query.find_rebounds([sweep("a", 1, 100.0, 1000.0), later]) == []
+
+
+def test_rebound_compares_with_the_latest_earlier_sweep_that_qualifies():
+    sweeps = [sweep("a", 1, 100.0, 1000.0), sweep("b", 2, 80.0, 5000.0), sweep("c", 3, 60.0, 3000.0)]
+    found = {r["run_id"]: r["vs_run_id"] for r in query.find_rebounds(sweeps)}
+    assert found == {"b": "a", "c": "a"}  # c is cheaper than b in total, so its rebound is against a
+
+
+def test_sweeps_without_finished_runs_take_no_part():
+    assert query.find_rebounds([sweep("a", 1, None, 0.0), sweep("b", 2, 10.0, 500.0)]) == []
+
+
+def test_format_percent_uses_a_true_minus():
+    assert query.format_percent(-0.584) == "\u221258%" and query.format_percent(1.1) == "+110%"
+
+
+# -- session ----------------------------------------------------------------------------
+def test_session_view_reads_live_files_and_drops_dead_kernels(energy_home, tmp_path):
+    write_live(energy_home, "alive", active_run={"name": "<b>x</b>", "energy_j": 3.0})
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    write_live(energy_home, "dead", pid=dead.pid)
+    view = query.session_view()
+    assert [s["session"] for s in view["sessions"]] == ["alive"]
+    s = view["sessions"][0]
+    assert s["power_w"] == 12.5 and s["cells_j"] == 1000.0 and s["between_cells_j"] == 250.0
+    assert s["estimated"] is True and s["active_run"] == {"name": "<b>x</b>", "energy_j": 3.0}
+    assert s["stale"] is False
+
+
+def test_session_view_marks_stale_files(energy_home):
+    import time
+
+    write_live(energy_home, "old", updated_at=time.time() - 60)
+    assert query.session_view()["sessions"][0]["stale"] is True
+
+
+def test_half_written_live_file_is_skipped(energy_home):
+    (energy_home / "live").mkdir(parents=True)
+    (energy_home / "live" / "x.json").write_text('{"session": "x", "pow')
+    assert query.session_view() == {"sessions": []}
+
+
+# -- discovery --------------------------------------------------------------------------
+def test_discovery_uses_kernel_registrations_before_environment(energy_home, tmp_path):
+    register_kernel(energy_home, "sqlite:////data/a/mlflow.db", "exp-a", session="k1")
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "mlflow.db").write_bytes(b"")
+    found = query.discover_sources(root_dir=root, environ={"MLFLOW_TRACKING_URI": "http://127.0.0.1:5999"})
+    assert [(s.tracking_uri, s.experiment_name, s.origin) for s in found] == [
+        ("sqlite:////data/a/mlflow.db", "exp-a", "kernel"),
+        ("http://127.0.0.1:5999", "ipython-energy", "environment"),
+        (f"sqlite:///{root.resolve() / 'mlflow.db'}", "ipython-energy", "server-root"),
+    ]
+    assert found[0].live_sessions == ("k1",)
+
+
+def test_discovery_dedups_and_puts_live_kernels_first(energy_home):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    register_kernel(energy_home, "sqlite:////old.db", "e", session="old", pid=dead.pid)
+    register_kernel(energy_home, "sqlite:////new.db", "e", session="n1")
+    register_kernel(energy_home, "sqlite:////new.db", "e", session="n2")
+    found = query.discover_sources(environ={})
+    assert [s.tracking_uri for s in found] == ["sqlite:////new.db", "sqlite:////old.db"]
+    assert set(found[0].live_sessions) == {"n1", "n2"} and found[1].live_sessions == ()
+
+
+def test_server_config_overrides_discovery(energy_home):
+    register_kernel(energy_home, "sqlite:////a.db", "e")
+    found = query.discover_sources(tracking_uri="http://mlflow:5000", experiment="mine", environ={})
+    assert [(s.tracking_uri, s.experiment_name, s.origin) for s in found] == [("http://mlflow:5000", "mine", "config")]
+
+
+def test_source_ids_are_opaque_and_uris_hide_credentials():
+    src = query.Source("https://user:secret@mlflow.example:8443/x", "e", "config")
+    assert len(src.id) == 12 and "secret" not in str(src.public())
+    assert src.public()["tracking_uri"] == "https://mlflow.example:8443/x"
+
+
+# -- the reader, on a real MLflow store ------------------------------------------------------
+def test_reader_does_not_create_a_missing_sqlite_store(tmp_path):
+    reader = query.SourceReader(f"sqlite:///{tmp_path / 'nothing.db'}")
+    assert reader.experiment_id("ipython-energy") is None
+    assert not (tmp_path / "nothing.db").exists()
+
+
+def test_reader_sweep_matches_what_was_logged(tracking):
+    uri, client = tracking
+    exp = experiment_id(client, "e")
+    s = log_sweep(client, exp, "grid", [100.0, 200.0, 300.0], statuses=["FINISHED", "FAILED", "KILLED"],
+                  params=[{"lr": 0.1}, {"lr": 0.01}, {"lr": 0.001}], planned=5, budget_j=1000.0, estimated=True)
+    reader = query.SourceReader(uri)
+    d = reader.sweep_data("e", s.run_id)
+    assert d["sweep"]["name"] == "grid" and d["sweep"]["planned"] == 5 and d["sweep"]["budget_j"] == 1000.0
+    assert [(r["status"], r["energy_j"]) for r in d["runs"]] == [("finished", 100.0), ("failed", 200.0),
+                                                                 ("killed", 300.0)]
+    assert d["runs"][2]["params"] == {"lr": "0.001"}
+    assert d["runs"][0]["provenance"]["methods"] == "cpu=estimated"
+    assert d["totals"]["energy_j"] == 600.0 and d["totals"]["forecast_energy_j"] == 1000.0
+    # the reader's own total agrees with the writer-style roll-up on the parent run
+    assert d["totals"]["ended_energy_j"] == d["sweep"]["logged_energy_j"]
+    with pytest.raises(query.NotFound):
+        reader.sweep_data("e", s.children[0])  # a child run is not a sweep
+    with pytest.raises(query.NotFound):
+        reader.sweep_data("e", "0" * 32)
+
+
+def test_reader_is_incremental_and_follows_a_running_sweep(tracking):
+    uri, client = tracking
+    exp = experiment_id(client, "e")
+    s = log_sweep(client, exp, "grid", [10.0] * 50, end=False)
+    reader = query.SourceReader(uri)
+    first = reader.sweep_data("e", s.run_id)
+    assert first["totals"]["runs"] == 50 and reader.stats["full_loads"] == 1
+
+    rid = s.start_run("live-one", {"lr": 1})
+    s.live(rid, 3.5, 7.0, 1)
+    d = reader.sweep_data("e", s.run_id)
+    assert d["totals"]["runs"] == 51 and d["runs"][-1]["live"] and d["runs"][-1]["energy_j"] == 3.5
+    s.live(rid, 8.0, 7.0, 2)
+    assert reader.sweep_data("e", s.run_id)["runs"][-1]["energy_j"] == 8.0
+    s.end_run(rid, 9.0, 1.2)
+    d = reader.sweep_data("e", s.run_id)
+    last = d["runs"][-1]
+    assert (last["status"], last["energy_j"], last["live"]) == ("finished", 9.0, False)
+    assert d["totals"]["energy_j"] == 509.0
+    assert reader.stats["full_loads"] == 1  # every refresh after the first was incremental
+
+    s.end()
+    assert reader.sweep_data("e", s.run_id)["sweep"]["status"] == "finished"
+    searches = reader.stats["searches"]
+    reader.sweep_data("e", s.run_id)
+    reader.sweep_data("e", s.run_id)
+    assert reader.stats["searches"] == searches  # an ended sweep costs only the parent's get_run
+
+
+def test_reader_catches_runs_written_late_from_the_spool(tracking):
+    """A run replayed long after it ended (old end_time) is found through the parent's sweep_runs."""
+    uri, client = tracking
+    exp = experiment_id(client, "e")
+    s = log_sweep(client, exp, "grid", [10.0, 10.0], end=False)
+    reader = query.SourceReader(uri)
+    assert reader.sweep_data("e", s.run_id)["totals"]["runs"] == 2
+    old = 1_000_000_000_000  # 2001: far outside any look-back margin
+    rid = s.start_run("replayed", start_ms=old)
+    s.end_run(rid, 99.0, 1.0, end_ms=old + 1000)
+    d = reader.sweep_data("e", s.run_id)
+    assert d["totals"]["runs"] == 3 and d["totals"]["energy_j"] == 119.0
+
+
+def test_reader_drops_a_deleted_running_run(tracking):
+    uri, client = tracking
+    exp = experiment_id(client, "e")
+    s = log_sweep(client, exp, "grid", [10.0], end=False)
+    rid = s.start_run("cell-run")
+    reader = query.SourceReader(uri)
+    assert reader.sweep_data("e", s.run_id)["totals"]["runs"] == 2
+    client.delete_run(rid)
+    assert reader.sweep_data("e", s.run_id)["totals"]["runs"] == 1
+
+
+def test_reader_experiment_view_flags_rebound(tracking):
+    uri, client = tracking
+    exp = experiment_id(client, "e")
+    log_sweep(client, exp, "big-model", [100.0] * 10)          # 100 J/run, 1000 J
+    log_sweep(client, exp, "small-model", [42.0] * 50)         # 42 J/run, 2100 J
+    data = query.SourceReader(uri).experiment_data("e")
+    names = [s["name"] for s in data["sweeps"]]
+    assert names == ["big-model", "small-model"]
+    small = data["sweeps"][1]
+    assert small["runs"] == 50 and small["mean_energy_per_run_j"] == pytest.approx(42.0)
+    assert small["energy_j"] == pytest.approx(2100.0)
+    assert small["rebound"]["vs_name"] == "big-model"
+    assert small["rebound"]["label"] == "\u221258% J/run, +110% total"
+    assert data["sweeps"][0]["rebound"] is None
+
+
+def test_reader_unknown_experiment(tracking):
+    uri, client = tracking
+    experiment_id(client, "e")
+    with pytest.raises(query.NotFound):
+        query.SourceReader(uri).experiment_data("no-such-experiment")
+
+
+def test_environment_is_not_needed_for_reading(tracking, monkeypatch):
+    """The reader uses only the URI it was given (not MLFLOW_TRACKING_URI)."""
+    uri, client = tracking
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    exp = experiment_id(client, "e")
+    s = log_sweep(client, exp, "grid", [1.0])
+    assert query.SourceReader(uri).sweep_data("e", s.run_id)["totals"]["runs"] == 1
+    assert os.environ["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:9"
