@@ -12,7 +12,7 @@ from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
-from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_arguments, parse_argstring
+from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_arguments
 from traitlets import Bool, Float, Unicode
 
 from . import config as cfg
@@ -118,7 +118,11 @@ class EnergyMagics(Magics):
             model.fit(X, y)
         """
         __tracebackhide__ = True  # the user's traceback starts in their cell
-        args = parse_argstring(self.energy, line)
+        try:  # POSIX quoting, so --sweep 'my sweep' names my sweep
+            words = shlex.split(line)
+        except ValueError as exc:
+            raise UsageError(f"%%energy: {exc}") from None
+        args = self.energy.parser.parse_args(words)
         if args.output is not None and not args.output.isidentifier():
             raise UsageError(f"-o takes a Python name, not {args.output!r}")
         params = _parse_params(args.param)

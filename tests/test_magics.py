@@ -1,0 +1,270 @@
+"""``%%energy`` and ``%energy`` through a real IPython shell.
+
+Hardware seam: the replay sensor plays a flat synthetic trace (gpu0 100 W, cpu 20 W), so the
+expected joules are known; everything above it (sampler, windows, writer, MLflow sqlite) is real.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+from IPython.testing.globalipapp import start_ipython
+from mlflow.tracking import MlflowClient
+
+import ipython_energy
+from ipython_energy.measurement import Measurement
+
+
+@pytest.fixture
+def ip(energy_home, flat_trace, sqlite_uri, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("IPYTHON_ENERGY_SENSORS", f"replay:{flat_trace}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri)
+    monkeypatch.chdir(tmp_path)
+    start_ipython()
+    shell = InteractiveShell.instance()
+    ipython_energy.load_ipython_extension(shell)
+    yield shell
+    ipython_energy.unload_ipython_extension(shell)
+
+
+def run_cell(shell, source: str):
+    result = shell.run_cell(source)
+    return result
+
+
+def mlflow_runs(uri, experiment="ipython-energy"):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    return client, ([] if exp is None else client.search_runs([exp.experiment_id]))
+
+
+def test_load_prints_sensors_and_methods(ip, capsys):
+    out = capsys.readouterr().out
+    assert "ipython-energy: sensors: gpu0 replay, cpu replay" in out
+    assert "every 0.1 s" in out
+
+
+def test_load_does_not_import_mlflow(energy_home, flat_trace):
+    code = textwrap.dedent(f"""
+        import os, sys, time
+        os.environ["IPYTHON_ENERGY_SENSORS"] = "replay:{flat_trace}"
+        from IPython.core.interactiveshell import InteractiveShell
+        ip = InteractiveShell.instance()
+        ip.run_line_magic("load_ext", "ipython_energy")
+        print("MLFLOW_IMPORTED", "mlflow" in sys.modules, "ALTAIR", "altair" in sys.modules)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
+    assert "MLFLOW_IMPORTED False ALTAIR False" in out
+
+
+def test_help_is_real(ip):
+    doc = ip.find_cell_magic("energy").__doc__
+    for option in ("--run", "--sweep", "--param", "--units", "--unit", "--quiet", "--no-log", "--live", "-o"):
+        assert option in doc
+
+
+def test_cell_measures_prints_and_hands_out_measurement(ip, capsys, sqlite_uri):
+    result = run_cell(ip, "%%energy -o m --param lr=0.1\nimport time\ntime.sleep(0.4)\n40 + 2")
+    assert result.success and result.result == 42
+    m = ip.user_ns["m"]
+    assert isinstance(m, Measurement)
+    # Replay trace: 120 W in total; the window is at least the 0.4 s sleep.
+    assert m.duration_s >= 0.4
+    assert m.energy_j == pytest.approx(120 * m.duration_s, rel=0.02)
+    assert set(m.domains) == {"gpu0", "cpu"}
+    out = capsys.readouterr().out
+    line = next(l for l in out.splitlines() if l.startswith("⚡"))
+    assert "gpu0" in line and "replay" in line and "mean 120" in line
+    assert ipython_energy.flush(120)
+    client, runs = mlflow_runs(sqlite_uri)
+    (run,) = runs
+    assert run.data.params == {"lr": "0.1"}
+    assert run.data.metrics["energy_j"] == pytest.approx(m.energy_j)
+    assert run.data.metrics["cell_energy_j"] == pytest.approx(m.energy_j)
+    assert run.data.tags["energy.methods"] == "gpu0=replay,cpu=replay"
+    assert run.info.status == "FINISHED"
+
+
+BAD_CELL_ARGS = [
+    ("--param lr", "KEY=VALUE"),
+    ("--param =3", "must not be empty"),
+    ("--param a=1 --param a=2", "twice"),
+    ("--units -3", "positive"),
+    ("--units nan", "positive finite"),
+    ("--units 1e400", "positive finite"),
+    ("--units ten", "number"),
+    ("--unit tokens", "--units"),
+    ("-o 1abc", "Python name"),
+    ("--run ''", "empty"),
+    ("--sweep '  '", "empty"),
+    ("--bogus", "unrecognized"),
+    ("--units", "expected one argument"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_CELL_ARGS)
+def test_bad_cell_arguments_raise_usage_error_and_log_nothing(ip, args, message, sqlite_uri):
+    with pytest.raises(UsageError, match=message):
+        ip.run_cell_magic("energy", args, "ran = True")
+    assert "ran" not in ip.user_ns  # the cell did not run
+    assert ipython_energy.flush(60)
+    assert mlflow_runs(sqlite_uri)[1] == []
+
+
+BAD_LINE_ARGS = [
+    ("bogus", "unknown command"),
+    ("sweep", "required: name"),
+    ("sweep s --planned -1", "positive whole number"),
+    ("sweep s --planned 2.5", "whole number"),
+    ("sweep s --budget '5 parsecs'", "unknown energy unit"),
+    ("sweep s --budget -5kJ", "expected one argument"),
+    ("sweep s --budget=-5kJ", "not an energy"),
+    ("sweep s --budget 0", "positive"),
+    ("sweep s --budget nan", "not an energy"),
+    ("sweep s --stop-at-budget", "needs --budget"),
+    ("sweep ''", "empty"),
+    ("run", "required: name"),
+    ("run r --param x", "KEY=VALUE"),
+    ("end", "no run or sweep"),
+    ("end run", "no run is active"),
+    ("end everything", "nothing, 'run' or 'sweep'"),
+    ("autolog maybe", "on or off"),
+    ("chart nosuch", "no sweep"),
+    ("flush --timeout nan", "positive finite"),
+    ("sweep 'unclosed", "quotation"),
+]
+
+
+@pytest.mark.parametrize("line,message", BAD_LINE_ARGS)
+def test_bad_line_arguments_raise_usage_error(ip, line, message, sqlite_uri):
+    with pytest.raises(UsageError, match=message):
+        ip.run_line_magic("energy", line)
+    assert ipython_energy.flush(60)
+    assert mlflow_runs(sqlite_uri)[1] == []
+
+
+def test_user_exception_propagates_unchanged_and_run_is_failed(ip, sqlite_uri, capsys):
+    result = run_cell(ip, "%%energy --run flaky\nclass Boom(Exception): pass\nraise Boom('bad data')")
+    assert type(result.error_in_exec).__name__ == "Boom"
+    assert str(result.error_in_exec) == "bad data"
+    assert "⚡" in capsys.readouterr().out  # the measurement is still reported
+    assert ipython_energy.flush(120)
+    _, (run,) = mlflow_runs(sqlite_uri)
+    assert run.info.status == "FAILED"
+    assert run.data.metrics["energy_j"] > 0
+
+
+def test_keyboard_interrupt_marks_run_killed(ip, sqlite_uri):
+    result = run_cell(ip, "%%energy --run interrupted\nraise KeyboardInterrupt")
+    assert isinstance(result.error_in_exec, KeyboardInterrupt)
+    assert ipython_energy.flush(120)
+    _, (run,) = mlflow_runs(sqlite_uri)
+    assert run.info.status == "KILLED"
+    assert run.data.metrics["energy_j"] > 0
+
+
+def test_sweep_total_equals_sum_of_children_exactly(ip, sqlite_uri, capsys):
+    ip.run_line_magic("energy", "sweep grid --planned 4 --budget 1kJ")
+    for lr in ("0.1", "0.01", "0.001"):
+        assert run_cell(ip, f"%%energy --param lr={lr}\nimport time\ntime.sleep(0.1)").success
+    out = capsys.readouterr().out
+    assert "sweep 'grid'" in out and "over 3 run(s)" in out and "forecast" in out
+    ip.run_line_magic("energy", "end")
+    assert ipython_energy.flush(120)
+    client, runs = mlflow_runs(sqlite_uri)
+    parent = next(r for r in runs if r.data.tags["energy.kind"] == "sweep")
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 3
+    assert parent.data.metrics["sweep_energy_j"] == sum(c.data.metrics["energy_j"] for c in children)
+    history = client.get_metric_history(parent.info.run_id, "sweep_energy_j")
+    values = [m.value for m in sorted(history, key=lambda m: m.step)]
+    assert values == sorted(values) and len(values) == 3
+    assert parent.info.status == "FINISHED"
+    assert sorted(c.data.params["lr"] for c in children) == ["0.001", "0.01", "0.1"]
+
+
+def test_budget_warns_and_can_stop_further_runs(ip, capsys):
+    ip.run_line_magic("energy", "sweep tight --budget 10J --stop-at-budget")
+    assert run_cell(ip, "%%energy --no-log\nimport time\ntime.sleep(0.2)").success  # ~24 J > 10 J
+    assert "OVER BUDGET" in capsys.readouterr().out
+    with pytest.raises(UsageError, match="budget"):
+        ip.run_cell_magic("energy", "--no-log", "ran_again = True")
+    assert "ran_again" not in ip.user_ns
+
+
+def test_explicit_run_collects_cells_with_execution_count_steps(ip, sqlite_uri):
+    ip.run_line_magic("energy", "run training --param epochs=2")
+    counts = []
+    for _ in range(2):
+        counts.append(ip.execution_count)
+        assert run_cell(ip, "%%energy\nsum(range(1000))").success
+    with pytest.raises(UsageError, match="already running"):
+        ip.run_cell_magic("energy", "--param lr=1", "pass")
+    ip.run_line_magic("energy", "end")
+    assert ipython_energy.flush(120)
+    client, (run,) = mlflow_runs(sqlite_uri)
+    assert run.data.params == {"epochs": "2"}
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "cell_energy_j"))
+    assert steps == counts
+    # The run covers the time between its cells too, so it holds at least its cells' energy.
+    cells = sum(m.value for m in client.get_metric_history(run.info.run_id, "cell_energy_j"))
+    assert run.data.metrics["energy_j"] >= cells
+
+
+def test_units_give_joules_per_unit(ip, sqlite_uri):
+    assert run_cell(ip, "%%energy -o m --units 200 --unit tokens\nimport time\ntime.sleep(0.2)").success
+    assert ipython_energy.flush(120)
+    _, (run,) = mlflow_runs(sqlite_uri)
+    assert run.data.metrics["units_tokens"] == 200
+    assert run.data.metrics["energy_per_tokens_j"] == pytest.approx(ip.user_ns["m"].energy_j / 200)
+    assert run.data.tags["energy.unit"] == "tokens"
+
+
+def test_quiet_and_no_log(ip, capsys, sqlite_uri):
+    assert run_cell(ip, "%%energy --quiet --no-log -o q\npass").success
+    assert "⚡" not in capsys.readouterr().out
+    assert isinstance(ip.user_ns["q"], Measurement)
+    assert ipython_energy.flush(60)
+    assert mlflow_runs(sqlite_uri)[1] == []
+
+
+def test_autolog_measures_every_cell_into_the_active_run(ip, sqlite_uri, capsys):
+    ip.run_line_magic("energy", "run notebook")
+    ip.run_line_magic("energy", "autolog on")
+    counts = []
+    for _ in range(3):
+        counts.append(ip.execution_count)
+        assert run_cell(ip, "x = sum(range(10000))").success
+    ip.run_line_magic("energy", "autolog off")
+    assert run_cell(ip, "y = 1").success  # not measured
+    ip.run_line_magic("energy", "end")
+    assert ipython_energy.flush(120)
+    client, (run,) = mlflow_runs(sqlite_uri)
+    steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "cell_energy_j"))
+    assert steps == counts
+    assert capsys.readouterr().out.count("⚡") >= 3
+
+
+def test_status_line_magic(ip, capsys):
+    ip.run_line_magic("energy", "")
+    out = capsys.readouterr().out
+    assert "gpu0: replay" in out and "W now" in out and "run: none" in out
+
+
+def test_stage_inside_magic_run_and_chart(ip, sqlite_uri):
+    ip.run_line_magic("energy", "sweep staged")
+    src = ("%%energy --param n=1\nimport time, ipython_energy as e\n"
+           "with e.stage('data'):\n    time.sleep(0.1)\nwith e.stage('forward'):\n    time.sleep(0.2)")
+    assert run_cell(ip, src).success
+    assert ipython_energy.flush(120)
+    _, runs = mlflow_runs(sqlite_uri)
+    child = next(r for r in runs if r.data.tags["energy.kind"] == "run")
+    assert child.data.metrics["stage_data_energy_j"] == pytest.approx(12.0, rel=0.15)
+    assert child.data.metrics["stage_forward_energy_j"] == pytest.approx(24.0, rel=0.15)
+    assert child.data.metrics["stage_data_energy_j"] + child.data.metrics["stage_forward_energy_j"] \
+        <= child.data.metrics["energy_j"]
