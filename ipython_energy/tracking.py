@@ -519,6 +519,30 @@ class Tracker:
             pass
 
 
+def sweep_data(sweep: Sweep) -> dict[str, Any]:
+    """This process's view of ``sweep`` in the shape the charts take (query.build_sweep_data)."""
+    from .query import build_sweep_data
+
+    rows = []
+    for index, run in enumerate(sweep.runs, start=1):
+        m = run.measurement
+        status = "running" if m is None else {"FINISHED": "finished", "FAILED": "failed"}.get(run.status, "killed")
+        rows.append({
+            "run_id": run.uid, "name": run.name, "status": status, "run_index": index,
+            "energy_j": None if m is None else m.energy_j,
+            "live_energy_j": run.energy_j if m is None else None,
+            "duration_s": None if m is None else m.duration_s,
+            "params": dict(run.params),
+            "provenance": {} if m is None else {
+                "methods": ",".join(f"{k}={p.method}" for k, p in m.provenance.items()),
+                "estimated": "true" if m.estimated else "false",
+                "coverage": f"{m.coverage:.3f}"},
+        })
+    header = {"name": sweep.name, "planned": sweep.planned, "budget_j": sweep.budget_j,
+              "status": "finished" if sweep.ended else "running"}
+    return build_sweep_data(header, rows)
+
+
 def window_state(window: Any) -> Mapping[str, Mapping[str, str]]:
     return getattr(window, "state", {}) or {}
 

@@ -437,6 +437,15 @@ class Backend:
             if not token:
                 return runs
 
+    def log_chart(self, parent_run_id: str) -> None:
+        """Save the sweep's chart (the sidebar's and ``%energy chart``'s definition) as ``energy_sweep.html``."""
+        from .charts import sweep_html
+        from .query import build_sweep_data, run_row, sweep_header
+
+        header = sweep_header(self.client.get_run(parent_run_id))
+        data = build_sweep_data(header, [run_row(r) for r in self._children(parent_run_id)])
+        self.client.log_text(parent_run_id, sweep_html(data), "energy_sweep.html")
+
     def _count_children(self, parent_run_id: str) -> int:
         return len(self._children(parent_run_id))
 
@@ -489,8 +498,6 @@ class Backend:
 
     def end_sweep(self, event: dict[str, Any], context: dict[str, dict[str, Any]]) -> None:
         run_id = self.run_id(event["uid"])
-        artifact = event.get("chart_html")
-        if artifact:
-            self.client.log_text(run_id, artifact, "energy_sweep.html")
+        self.log_chart(run_id)
         if event.get("owner", True):
             self.client.set_terminated(run_id, status=event.get("status", "FINISHED"), end_time=event["t_ms"])
