@@ -310,7 +310,7 @@ class Meter:
         moved = e.increases.get(name, 0) > b.increases.get(name, 0)
         if not moved:
             # the counter did not move: never report 0 J for that, interpolate from recent power
-            p = s.recent_power_w()
+            p = s.unmoved_power_w(e.t)
             if p is None:
                 p = s.power_now_w() or 0.0
             return max(0.0, p) * duration, True, True
@@ -342,7 +342,9 @@ class Meter:
             if len(gaps) > MAX_GAPS_LISTED:
                 listed.append(Gap(0.0, 0.0, f"{len(gaps) - MAX_GAPS_LISTED} more gaps not listed"))
             details = dict(info.details)
-            if s.phase is not None and s.mode == "counter":
+            if s.faster_than_nominal:
+                details["update_phase"] = "counter updates faster than update_period_s: read times used"
+            elif s.phase is not None and s.mode == "counter":
                 details["update_phase"] = (
                     f"estimated to ±{s.phase.uncertainty_s / 2 * 1e3:.0f} ms"
                     if s.phase.feasible != s.phase._full

@@ -171,6 +171,10 @@ class DomainSeries:
         self._glitch: tuple[float, float] | None = None
         self.good_reads = 0
         self._timed_with: tuple[float, float] | None = None  # (phase, width) used to place the points
+        self._last_move: tuple[float, float] | None = None  # read bracket of the last counter change
+        self._fast_evidence = 0
+        self.faster_than_nominal = False
+        self._inc: deque[tuple[float, float]] = deque(maxlen=2)  # (read time, energy) of the last increases
         # gaps
         self.gap_open: tuple[float, str] | None = None
         self.gaps: deque[tuple[int, float, float, str]] = deque(maxlen=GAP_HISTORY)
@@ -275,6 +279,19 @@ class DomainSeries:
         pts = self.points
         prev = self.last_read
         moved = prev is not None and energy > prev[1]
+        if moved:
+            lm = self._last_move
+            if self.stale and lm is not None and lm[1] == prev[0] and t - lm[0] < 0.8 * self.info.update_period_s:
+                # two changes within less than one nominal period: this counter is faster than declared
+                self._fast_evidence += 1
+                if self._fast_evidence >= 3:
+                    self.stale = False
+                    self.phase = None
+                    self.faster_than_nominal = True
+            self._last_move = (prev[0], t)
+            self._inc.append((t, energy))
+        elif prev is None:
+            self._inc.append((t, energy))
         if self.stale:
             lock = self.phase
             if prev is not None:
@@ -334,6 +351,25 @@ class DomainSeries:
             prev_tau, prev_e = tau, e
 
     # -- queries ----------------------------------------------------------------------------
+    def unmoved_power_w(self, now: float) -> float | None:
+        """Power to assume for a window in which the counter did not move.
+
+        The energy of the last counter step over the time between the last two steps; once the
+        counter has been still for more than twice that spacing, the average since the
+        step before (which decays towards zero for a counter that stopped counting).
+        """
+        if self.stale and len(self.points) >= 2:
+            return max(0.0, self.points[-1][2])  # slope between the last two (estimated) update times
+        if self.mode != "counter" or len(self._inc) < 2:
+            return self.recent_power_w()
+        (t0, e0), (t1, e1) = self._inc
+        spacing = t1 - t0
+        if spacing <= 0:
+            return self.recent_power_w()
+        if now - t1 <= 2 * spacing:
+            return (e1 - e0) / spacing
+        return (e1 - e0) / (now - t0)
+
     def recent_power_w(self) -> float | None:
         """Power over the most recent stretch of at least one update period (or the last reading)."""
         pts = self.points
@@ -450,7 +486,8 @@ class Sampler:
         clock: Monotonic clock for every timestamp.
         buffer_s: Seconds of points kept per domain (memory is bounded by this).
         hang_timeout_s: A read in flight longer than this is a ``hung`` gap
-            (default ``min(1, max(2 * interval_s, 0.05))``).
+            (default ``min(1, max(2 * interval_s, 0.25))``: twice the interval, at least a
+            quarter second so that a loaded machine is not mistaken for a hung sensor).
         on_tick: Called on the sampler thread once per tick with the clock time.
     """
 
@@ -470,7 +507,7 @@ class Sampler:
         self.interval_s = float(interval_s)
         self.clock = clock
         self.hang_timeout_s = (
-            float(hang_timeout_s) if hang_timeout_s is not None else min(1.0, max(2 * interval_s, 0.05))
+            float(hang_timeout_s) if hang_timeout_s is not None else min(1.0, max(2 * interval_s, 0.25))
         )
         self.on_tick = on_tick
         self.capacity = int(capacity) if capacity else max(64, int(math.ceil(buffer_s / interval_s)) * 2)
@@ -552,7 +589,7 @@ class Sampler:
             for d in slot.domains:
                 s = self.series[d.name]
                 if error is not None:
-                    s.bad(t, f"raised: {error!r}"[:200])
+                    s.bad(t, f"raised: {type(error).__name__}: {error}"[:200])
                 elif slow:
                     s.bad(t, f"hung: read took {t1 - t0:.2f} s")
                 else:

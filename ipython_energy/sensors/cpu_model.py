@@ -66,7 +66,16 @@ class CpuModelOptions:
             return cls()
         if isinstance(options, CpuModelOptions):
             return options
-        return cls(**dict(options))
+        aliases = {"idle_w_per_core": "idle_w_per_cpu", "active_w_per_core": "active_w_per_cpu"}
+        fields = set(cls.__dataclass_fields__)
+        kw = {}
+        for key, value in dict(options).items():
+            key = aliases.get(key, key)
+            if key not in fields:
+                raise ValueError(f"unknown cpu-model option {key!r}; known: {', '.join(sorted(fields))}")
+            if value is not None:  # None means "use the default"
+                kw[key] = value
+        return cls(**kw)
 
     def resolved(self) -> tuple[int, float, float]:
         """``(n_cpus, idle_w_per_cpu, active_w_per_cpu)`` after applying ``tdp_w``."""

@@ -1,0 +1,438 @@
+"""Meter windows over the real sampler.  Hardware is replaced by the replay sensor (synthetic traces
+with known energy) and, where a GPU is needed, by a fake ``pynvml`` module injected at the import seam
+that drives the real NVML backend."""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ipython_energy.measurement import Measurement
+from ipython_energy.meter import Meter
+from ipython_energy.sensors.base import DomainInfo, DomainReading
+from ipython_energy.sensors.replay import ReplaySensor, ReplayTrace
+
+sys.path.insert(0, str(Path(__file__).parent / "sensors"))
+from fake_pynvml import FakeGpu, make_fake_pynvml  # noqa: E402
+
+
+def flat(watts: dict[str, float], **kw) -> ReplaySensor:
+    return ReplaySensor(ReplayTrace([0, 3600], {f"{k}_w": [v, v] for k, v in watts.items()}), **kw)
+
+
+def square(name: str, hz: float, lo=100.0, hi=300.0, seconds=120.0, **kw) -> ReplaySensor:
+    t, w = [], []
+    for k in range(int(seconds * hz)):
+        t += [k / hz, (k + 0.5) / hz, (k + 0.5) / hz, (k + 1) / hz]
+        w += [lo, lo, hi, hi]
+    return ReplaySensor(ReplayTrace(t, {f"{name}_w": w}), **kw)
+
+
+def truth(sensors, w, domain):
+    for s in sensors:
+        if any(d.name == domain for d in s.domains()):
+            return s.true_energy_j(domain, w.begin_s, w.end_s)
+    raise KeyError(domain)
+
+
+@pytest.fixture
+def meters():
+    made = []
+
+    def make(sensors, **kw):
+        kw.setdefault("interval_s", 0.02)
+        m = Meter(sensors, **kw)
+        made.append(m)
+        m.start()
+        return m
+
+    yield make
+    for m in made:
+        m.stop()
+
+
+def test_window_energy_provenance_and_frozen_result(meters):
+    sensors = [flat({"gpu0": 150.0, "cpu": 30.0})]
+    m = meters(sensors)
+    time.sleep(0.1)
+    w = m.begin("In [1]", cell=True)
+    time.sleep(0.4)
+    snap = w.snapshot()
+    assert snap.running and 0.35 < snap.duration_s < 0.6
+    m1 = w.end()
+    assert w.end() is m1  # idempotent
+    assert isinstance(m1, Measurement) and not m1.running
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        m1.energy_j = 0  # type: ignore[misc]
+    for d in ("gpu0", "cpu"):
+        assert m1.domains[d] == pytest.approx(truth(sensors, w, d), rel=5e-3)
+        p = m1.provenance[d]
+        assert (p.method, p.sensor, p.interval_s, p.coverage, p.gaps, p.short_window) == (
+            "replay", "replay", 0.02, 1.0, (), False)
+    assert m1.energy_j == pytest.approx(sum(m1.domains.values()))
+    assert m1.duration_s == pytest.approx(w.end_s - w.begin_s)
+    assert m1.power_mean_w == pytest.approx(180.0, rel=5e-3)
+    assert m1.power_peak_w == pytest.approx(180.0, rel=0.01)
+    assert m1.label == "In [1]" and m1.started_at == pytest.approx(time.time(), abs=5)
+    assert snap.energy_j < m1.energy_j
+
+
+def test_stale_counter_and_averaged_power_are_corrected(meters):
+    """A 20 Hz square wave seen through a counter that updates every 100 ms and through a
+    power reading that is a trailing 1 s mean: both within 1% over 1.2 s windows."""
+    sensors = [
+        square("fresh", 20),
+        square("counter", 20, update_period_s=0.1, phase_s=0.063, report_power=False),
+        square("averaged", 20, averaging_s=1.0, report_energy=False),
+    ]
+    m = meters(sensors, interval_s=0.1)
+    time.sleep(2.0)  # phase of the counter found, averaging window filled
+    for _ in range(2):
+        w = m.begin("w")
+        time.sleep(1.2)
+        r = w.end()
+        time.sleep(0.6)  # let the begin edge of the next one see fresh samples
+        for d in ("fresh", "counter", "averaged"):
+            assert r.domains[d] == pytest.approx(truth(sensors, w, d), rel=0.01), d
+        assert not r.short_window
+        assert "update_phase" in r.provenance["counter"].details
+        assert r.provenance["averaged"].details["averaging_shift_s"] == "0.5"
+
+
+def test_short_windows_are_flagged_interpolated_and_never_zero(meters):
+    sensors = [
+        flat({"fresh": 200.0}),
+        flat({"counter": 200.0}, update_period_s=0.1, phase_s=0.02, report_power=False),
+        flat({"averaged": 200.0}, averaging_s=1.0, report_energy=False),
+    ]
+    m = meters(sensors, interval_s=0.1)
+    time.sleep(1.5)
+    for length in (0.01, 0.03, 0.08):
+        w = m.begin("short")
+        time.sleep(length)
+        r = w.end()
+        for d in ("fresh", "counter", "averaged"):
+            true = truth(sensors, w, d)
+            assert r.domains[d] > 0
+            assert r.domains[d] == pytest.approx(true, rel=0.05), (d, length)
+        assert r.provenance["counter"].short_window
+        assert r.provenance["averaged"].short_window
+        assert not r.provenance["fresh"].short_window
+        assert r.short_window
+
+
+class CoarseCounter:
+    """A counter that claims to be fresh but only steps every 0.2 s (a sensor at the seam)."""
+
+    name = "coarse"
+
+    def __init__(self, watts=50.0):
+        self.watts = watts
+        self.t0 = time.monotonic()
+
+    def domains(self):
+        return [DomainInfo("coarse", "cpu", "counter", "coarse", update_period_s=0.0)]
+
+    def read(self):
+        steps = int((time.monotonic() - self.t0) / 0.2)
+        return {"coarse": DomainReading(energy_j=steps * 0.2 * self.watts)}
+
+    def state(self):
+        return {}
+
+    def close(self):
+        pass
+
+
+def test_counter_that_did_not_move_is_interpolated_not_zero(meters):
+    m = meters([CoarseCounter()], interval_s=0.02)
+    time.sleep(0.7)
+    sleep_to = m.sampler.series["coarse"].points[-1][3]  # just after a step was seen
+    time.sleep(max(0.0, sleep_to + 0.05 - time.monotonic()))
+    w = m.begin("tiny")
+    time.sleep(0.02)
+    r = w.end()
+    assert r.provenance["coarse"].short_window
+    assert r.domains["coarse"] == pytest.approx(50.0 * r.duration_s, rel=0.3)
+
+
+def test_nested_and_overlapping_windows_on_two_threads(meters):
+    sensors = [square("gpu0", 7, seconds=600)]
+    m = meters(sensors)
+    time.sleep(0.1)
+    results = {}
+
+    def worker(name, delay, length):
+        time.sleep(delay)
+        w = m.begin(name)
+        time.sleep(length)
+        results[name] = (w, w.end())
+
+    outer = m.begin("outer")
+    threads = [threading.Thread(target=worker, args=("a", 0.05, 0.3)),
+               threading.Thread(target=worker, args=("b", 0.2, 0.35))]
+    for t in threads:
+        t.start()
+    inner = m.begin("inner")
+    time.sleep(0.1)
+    r_inner = inner.end()
+    for t in threads:
+        t.join()
+    r_outer = outer.end()
+    for w, r in [results["a"], results["b"], (inner, r_inner), (outer, r_outer)]:
+        assert r.domains["gpu0"] == pytest.approx(truth(sensors, w, "gpu0"), rel=0.01), r.label
+    assert results["a"][0].end_s > results["b"][0].begin_s  # they did overlap
+    assert r_inner.energy_j < r_outer.energy_j
+
+
+def test_idle_baseline_measured_when_quiet(meters):
+    m = meters([flat({"gpu0": 100.0, "cpu": 20.0})], idle_measure_s=1.0)
+    assert m.idle_source == "none" and m.idle_power_w is None
+    w = m.begin("not idle")
+    time.sleep(0.2)
+    r = w.end()
+    assert r.idle_j == 0.0 and r.net_j == r.energy_j  # unknown baseline: nothing subtracted
+    assert _wait(lambda: m.idle_source == "measured", 4.0)
+    assert m.idle_power_w == pytest.approx(120.0, rel=0.01)
+    w = m.begin("x")
+    time.sleep(0.2)
+    r = w.end()
+    assert r.idle_j == pytest.approx(120.0 * r.duration_s, rel=0.02)
+    assert r.net_j == pytest.approx(max(0.0, r.energy_j - r.idle_j))
+
+
+def test_idle_configured_pue_and_carbon_pass_through(meters):
+    m = meters([flat({"gpu0": 100.0})], idle_power_w=40.0, pue=1.5, carbon_g_per_kwh=400.0)
+    assert (m.idle_source, m.idle_power_w) == ("configured", 40.0)
+    w = m.begin("x")
+    time.sleep(0.3)
+    r = w.end()
+    assert r.idle_j == pytest.approx(40.0 * r.duration_s)
+    assert r.net_j == pytest.approx(60.0 * r.duration_s, rel=0.01)
+    assert (r.pue, r.carbon_g_per_kwh) == (1.5, 400.0)
+    assert r.facility_j == pytest.approx(1.5 * r.energy_j)
+    assert r.co2e_g == pytest.approx(r.facility_j / 3.6e6 * 400.0)
+
+
+def test_session_accounts_between_cells(meters):
+    sensors = [flat({"gpu0": 100.0})]
+    m = meters(sensors)
+    t_start = m._start_edge.t
+    cells = []
+    for _ in range(2):
+        time.sleep(0.2)
+        w = m.begin("cell", cell=True)
+        inner = m.begin("stage")  # not a cell: does not change the union
+        time.sleep(0.2)
+        inner.end()
+        cells.append(w.end())
+    time.sleep(0.2)
+    s = m.session()
+    assert s["duration_s"] == pytest.approx(time.monotonic() - t_start, abs=0.05)
+    assert s["total_j"] == pytest.approx(100.0 * s["duration_s"], rel=0.01)
+    assert s["cells_j"] == pytest.approx(sum(c.energy_j for c in cells), rel=1e-6)
+    assert s["between_cells_j"] == pytest.approx(s["total_j"] - s["cells_j"], rel=1e-6)
+    assert s["between_cells_j"] == pytest.approx(100.0 * (s["duration_s"] - 0.4), rel=0.1)
+    # an open cell counts up to now
+    w = m.begin("open", cell=True)
+    time.sleep(0.1)
+    s2 = m.session()
+    assert s2["cells_j"] > s["cells_j"] + 5.0
+    w.end()
+
+
+def test_wall_clock_jump_changes_no_energy(meters, monkeypatch):
+    sensors = [flat({"gpu0": 100.0})]
+    m = meters(sensors)
+    time.sleep(0.05)
+    real = time.time
+    w = m.begin("x")
+    monkeypatch.setattr(time, "time", lambda: real() - 3600.0)  # NTP step back one hour mid-window
+    time.sleep(0.3)
+    r = w.end()
+    assert 0.28 < r.duration_s < 0.5
+    assert r.energy_j == pytest.approx(truth(sensors, w, "gpu0"), rel=5e-3)
+    monkeypatch.setattr(time, "time", lambda: real() + 86400.0)
+    w2 = m.begin("y")
+    time.sleep(0.2)
+    r2 = w2.end()
+    assert r2.energy_j == pytest.approx(truth(sensors, w2, "gpu0"), rel=5e-3)
+    assert r2.duration_s < 0.4
+
+
+class Flaky:
+    """Wraps a replay sensor and raises while ``failing`` is set (a sensor at the seam)."""
+
+    name = "flaky"
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.failing = False
+
+    def start(self, t0):
+        self.inner.start(t0)
+
+    def domains(self):
+        return self.inner.domains()
+
+    def read(self):
+        if self.failing:
+            raise OSError(5, "Input/output error")
+        return self.inner.read()
+
+    def state(self):
+        return {}
+
+    def close(self):
+        pass
+
+
+def test_failing_sensor_records_gap_and_counter_still_bridges_it(meters):
+    inner = flat({"package0": 80.0})
+    fl = Flaky(inner)
+    other = flat({"gpu0": 120.0})
+    m = meters([fl, other])
+    time.sleep(0.1)
+    w = m.begin("x")
+    time.sleep(0.2)
+    fl.failing = True
+    time.sleep(0.3)
+    fl.failing = False
+    time.sleep(0.2)
+    r = w.end()
+    p = r.provenance["package0"]
+    assert len(p.gaps) == 1 and p.gaps[0].reason.startswith("raised: OSError")
+    assert 0.18 < p.gaps[0].start_s < 0.25 and 0.45 < p.gaps[0].end_s < 0.6
+    assert p.coverage == pytest.approx(1 - (p.gaps[0].end_s - p.gaps[0].start_s) / r.duration_s)
+    assert 0.45 < p.coverage < 0.75
+    assert r.domains["package0"] == pytest.approx(inner.true_energy_j("package0", w.begin_s, w.end_s), rel=5e-3)
+    assert r.provenance["gpu0"].coverage == 1.0 and not r.provenance["gpu0"].gaps
+    assert r.has_gaps and r.coverage == p.coverage
+
+
+def test_gpu_vanishing_mid_run_is_a_gap_and_others_stay_right(meters, monkeypatch):
+    gpus = [FakeGpu(uuid="GPU-0", power_w=200.0), FakeGpu(uuid="GPU-1", power_w=300.0)]
+    monkeypatch.setitem(sys.modules, "pynvml", make_fake_pynvml(gpus))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    from ipython_energy.sensors import discover
+
+    found = discover("nvml")
+    m = meters(found.sensors, interval_s=0.05)
+    time.sleep(0.3)
+    w = m.begin("train")
+    t_begin = time.monotonic()
+    time.sleep(0.4)
+    gpus[1].lost = True
+    t_lost = time.monotonic()
+    time.sleep(0.4)
+    r = w.end()
+    t_end = time.monotonic()
+    assert r.provenance["gpu0"].coverage == 1.0
+    assert r.domains["gpu0"] == pytest.approx(200.0 * (t_end - t_begin), rel=0.05)
+    g1 = r.provenance["gpu1"]
+    assert g1.gaps and "GPU is lost" in g1.gaps[-1].reason
+    assert 0.3 < g1.coverage < 0.7
+    # energy up to the last good read before the loss (at most a few sampler intervals
+    # earlier on a busy machine), not extrapolated into the gap
+    assert 300.0 * (t_lost - t_begin - 0.2) < r.domains["gpu1"] <= 300.0 * (t_lost - t_begin) * 1.01
+    assert r.state["gpu0"] == {"temperature_c": "41"}
+    assert [d.method for d in m.domains] == ["counter", "counter"]
+    for s in found.sensors:
+        s.close()
+
+
+def test_hung_sensor_does_not_block_windows_or_stop(meters):
+    class Hanging:
+        name = "hanging"
+
+        def __init__(self):
+            self.hang = False
+            self.release = threading.Event()
+
+        def domains(self):
+            return [DomainInfo("stuck", "cpu", "counter", "hanging", update_period_s=0.0)]
+
+        def read(self):
+            if self.hang:
+                self.release.wait(5)
+            return {"stuck": DomainReading(energy_j=time.monotonic())}
+
+        def state(self):
+            return {}
+
+        def close(self):
+            pass
+
+    h = Hanging()
+    sensors = [flat({"gpu0": 100.0})]
+    m = meters([h, *sensors], hang_timeout_s=0.1)
+    time.sleep(0.1)
+    h.hang = True
+    time.sleep(0.3)  # the reader is stuck and marked hung
+    t0 = time.monotonic()
+    w = m.begin("x")
+    time.sleep(0.2)
+    r = w.end()
+    assert time.monotonic() - t0 < 0.35
+    assert r.domains["gpu0"] == pytest.approx(truth(sensors, w, "gpu0"), rel=5e-3)
+    assert r.provenance["stuck"].coverage == 0.0
+    assert r.provenance["stuck"].gaps[0].reason.startswith("hung")
+    t0 = time.monotonic()
+    m.stop(timeout_s=0.5)
+    assert time.monotonic() - t0 < 0.6
+    h.release.set()
+
+
+def test_begin_and_end_are_cheap(meters):
+    m = meters([flat({"gpu0": 100.0, "cpu": 10.0})], interval_s=0.1)
+    time.sleep(0.1)
+    begins, ends = [], []
+    for _ in range(300):
+        t0 = time.perf_counter()
+        w = m.begin("x")
+        t1 = time.perf_counter()
+        w.end()
+        ends.append(time.perf_counter() - t1)
+        begins.append(t1 - t0)
+    assert statistics.median(begins) < 200e-6
+    assert statistics.median(ends) < 1e-3
+
+
+def test_long_open_window_keeps_constant_state(meters):
+    m = meters([flat({"gpu0": 100.0}, averaging_s=0.2, report_energy=False)], interval_s=0.005)
+    w = m.begin("week")
+    size0 = len(vars(w))
+    time.sleep(0.6)
+    assert m._pending == []  # the begin edge was refined and dropped from the pending list
+    assert len(vars(w)) == size0
+    r = w.snapshot()
+    assert r.running and r.energy_j == pytest.approx(100.0 * r.duration_s, rel=0.02)
+    m.stop()
+    r2 = w.end()  # ending after stop still reads the sensors directly
+    assert r2.energy_j == pytest.approx(100.0 * r2.duration_s, rel=0.02)
+
+
+def test_power_now_and_properties(meters):
+    m = meters([flat({"gpu0": 100.0, "cpu": 25.0})], notes=["RAPL: permission denied (test note)"])
+    time.sleep(0.1)
+    p = m.power_now()
+    assert p["gpu0"] == pytest.approx(100.0, rel=0.01) and p["cpu"] == pytest.approx(25.0, rel=0.01)
+    assert [d.name for d in m.domains] == ["gpu0", "cpu"]
+    assert m.interval_s == 0.02 and m.notes == ["RAPL: permission denied (test note)"]
+    m.start()  # idempotent
+    assert [t.name for t in threading.enumerate()].count("ipython-energy-sampler") >= 1
+
+
+def _wait(cond, timeout_s):
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return False
