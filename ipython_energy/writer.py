@@ -13,6 +13,7 @@ metric points already present are not logged twice.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -307,6 +308,24 @@ class Writer:
             old.ack(seq)
 
 
+@contextlib.contextmanager
+def _host_lock(key: str):
+    """An exclusive lock shared by every process of this user on this host, named by ``key``."""
+    import fcntl
+    import hashlib
+    import os
+
+    from .paths import open_private, private_dir
+
+    path = private_dir("locks") / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".lock")
+    fd = open_private(path, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 class Backend:
     """MLflow operations for one (tracking URI, experiment), imported lazily in the writer thread."""
 
@@ -320,7 +339,11 @@ class Backend:
 
         self.tracking_uri = tracking_uri
         self.experiment = experiment
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        # Two kernels that create a new sqlite store at once race in MLflow's schema migration;
+        # the first touch of a store is serialised across this host's processes.
+        with _host_lock(f"store|{tracking_uri}"):
+            self.client = MlflowClient(tracking_uri=tracking_uri)
+            self.client.search_experiments(max_results=1)
         self._experiment_id: str | None = None
         self.run_ids: dict[str, str] = {}
         self._host_tags: dict[str, str] | None = None
@@ -376,20 +399,26 @@ class Backend:
 
     # ---- operations ----------------------------------------------------------------------------
     def start(self, event: dict[str, Any], context: dict[str, dict[str, Any]], in_doubt: bool) -> None:
-        from mlflow.entities import Param, RunTag
-
         uid = event["uid"]
         if uid in self.run_ids:
             return
         if event["type"] == "sweep_start":
-            run_id = self._join_sweep(event)
-            if run_id is not None:
+            # Kernels on this host that start the same sweep at once must end up in one parent run.
+            with _host_lock(f"{self.tracking_uri}|{self.experiment}|{event['name']}"):
+                run_id = self._join_sweep(event)
+                if run_id is None:
+                    run_id = self._create(event, context, in_doubt)
                 self.run_ids[uid] = run_id
-                return
+            return
+        self.run_ids[uid] = self._create(event, context, in_doubt)
+
+    def _create(self, event: dict[str, Any], context: dict[str, dict[str, Any]], in_doubt: bool) -> str:
+        from mlflow.entities import Param
+
+        uid = event["uid"]
         existing = self._find_by_uid(uid) if in_doubt else None
         if existing is not None:
-            self.run_ids[uid] = existing
-            return
+            return existing
         tags = {**self.host_tags, **(event.get("tags") or {})}
         tags["energy.uid"] = uid
         tags["energy.kind"] = "sweep" if event["type"] == "sweep_start" else "run"
@@ -408,13 +437,13 @@ class Backend:
         run = self.client.create_run(self.experiment_id, start_time=event["t_ms"],
                                      tags={k: str(v) for k, v in tags.items()}, run_name=event["name"])
         run_id = run.info.run_id
-        self.run_ids[uid] = run_id
         params = [Param(str(k), str(v)) for k, v in (event.get("params") or {}).items()]
         metrics = []
         if event["type"] == "sweep_start" and event.get("budget_j") is not None:
             metrics = self._metrics([["sweep_budget_j", event["budget_j"], 0, event["t_ms"]]], None, False)
         if params or metrics:
             self.client.log_batch(run_id, metrics=metrics, params=params)
+        return run_id
 
     def _join_sweep(self, event: dict[str, Any]) -> str | None:
         """A running sweep of the same name in this experiment (another kernel's), if any."""
@@ -499,5 +528,6 @@ class Backend:
     def end_sweep(self, event: dict[str, Any], context: dict[str, dict[str, Any]]) -> None:
         run_id = self.run_id(event["uid"])
         self.log_chart(run_id)
-        if event.get("owner", True):
+        # Only the kernel that created the sweep closes it; others joined it and leave it open.
+        if self.client.get_run(run_id).data.tags.get("energy.uid") == event["uid"]:
             self.client.set_terminated(run_id, status=event.get("status", "FINISHED"), end_time=event["t_ms"])

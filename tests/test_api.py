@@ -1,0 +1,138 @@
+"""The Python API (sweep/run/stage/flush) in plain scripts and worker processes, outside IPython.
+
+Hardware seam: the replay sensor (flat 100 W + 20 W trace); MLflow is real (sqlite, or a real
+``mlflow server`` process).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+SCRIPT = textwrap.dedent("""
+    import sys, time
+    import ipython_energy as energy
+
+    tag = sys.argv[1]
+    with energy.sweep("shared", planned=6) as sw:
+        for i in range(int(sys.argv[2])):
+            with energy.run(params={"worker": tag, "i": i}) as run:
+                with energy.stage("data"):
+                    time.sleep(0.05)
+                with energy.stage("forward"):
+                    time.sleep(0.1)
+                run.add_units(32, "samples")
+    assert energy.flush(120), "flush timed out"
+    print("TOTAL", sw.total_j)
+""")
+
+
+def run_script(tmp_path, env, *args, script=SCRIPT):
+    path = tmp_path / "worker.py"
+    path.write_text(script)
+    return subprocess.Popen([sys.executable, str(path), *args], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def script_env(energy_home, trace, uri):
+    env = dict(os.environ)
+    env.update({"IPYTHON_ENERGY_HOME": str(energy_home), "IPYTHON_ENERGY_SENSORS": f"replay:{trace}",
+                "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": os.pathsep.join(sys.path)})
+    return env
+
+
+def check_shared_sweep(uri, expected_children):
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("ipython-energy")
+    runs = client.search_runs([exp.experiment_id])
+    sweeps = [r for r in runs if r.data.tags["energy.kind"] == "sweep"]
+    assert len(sweeps) == 1, "concurrent writers must share one parent run"
+    parent = sweeps[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == expected_children
+    total = sum(c.data.metrics["energy_j"] for c in children)
+    # The last logged total is the exact sum of the children, whichever writer logged it.
+    history = sorted(client.get_metric_history(parent.info.run_id, "sweep_energy_j"), key=lambda m: (m.step, m.timestamp))
+    assert history[-1].step == expected_children
+    assert history[-1].value == total
+    for child in children:
+        m = child.data.metrics
+        assert m["stage_data_energy_j"] > 0 and m["stage_forward_energy_j"] > m["stage_data_energy_j"]
+        assert m["energy_per_samples_j"] == pytest.approx(m["energy_j"] / 32)
+        assert child.info.status == "FINISHED"
+    return parent, children
+
+
+def test_script_outside_ipython_logs_like_the_magic(energy_home, flat_trace, sqlite_uri, tmp_path):
+    proc = run_script(tmp_path, script_env(energy_home, flat_trace, sqlite_uri), "solo", "2")
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err
+    parent, children = check_shared_sweep(sqlite_uri, 2)
+    assert float(out.split("TOTAL")[1]) == pytest.approx(sum(c.data.metrics["energy_j"] for c in children))
+    assert parent.info.status == "FINISHED"
+    assert children[0].data.tags["energy.methods"] == "gpu0=replay,cpu=replay"
+
+
+def test_two_processes_write_one_sweep_sqlite(energy_home, flat_trace, sqlite_uri, tmp_path):
+    env = script_env(energy_home, flat_trace, sqlite_uri)
+    procs = [run_script(tmp_path, env, tag, "3") for tag in ("a", "b")]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    check_shared_sweep(sqlite_uri, 6)
+
+
+@pytest.mark.server
+def test_two_processes_write_one_sweep_server(energy_home, flat_trace, mlflow_server, tmp_path):
+    env = script_env(energy_home, flat_trace, mlflow_server.uri)
+    procs = [run_script(tmp_path, env, tag, "3") for tag in ("a", "b")]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    check_shared_sweep(mlflow_server.uri, 6)
+
+
+def test_api_errors_are_clear_and_log_nothing(energy_home, flat_trace, sqlite_uri, monkeypatch):
+    monkeypatch.setenv("IPYTHON_ENERGY_SENSORS", f"replay:{flat_trace}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri)
+    import ipython_energy as energy
+    from ipython_energy.tracking import BudgetExceeded, set_tracker
+
+    set_tracker(None)
+    try:
+        bad = [
+            (lambda: energy.sweep(""), "empty"),
+            (lambda: energy.sweep(42), "string"),
+            (lambda: energy.sweep("s", planned=0), "positive whole"),
+            (lambda: energy.sweep("s", planned=2.5), "positive whole"),
+            (lambda: energy.sweep("s", budget_j=float("nan")), "positive finite"),
+            (lambda: energy.sweep("s", budget_j=-1), "positive finite"),
+            (lambda: energy.run(params=["lr", 1]), "mapping"),
+            (lambda: energy.run(params={"": 1}), "empty"),
+            (lambda: energy.run("x" * 300), "too long"),
+            (lambda: energy.stage("\n"), "empty"),
+        ]
+        for call, message in bad:
+            with pytest.raises(ValueError, match=message):
+                call()
+        with energy.run("u") as run:
+            for n, unit in ((0, "s"), (-1, "s"), (float("inf"), "s"), ("3", "s"), (True, "s"), (3, "")):
+                with pytest.raises(ValueError):
+                    run.add_units(n, unit)
+        assert energy.flush(120)
+        client = MlflowClient(sqlite_uri)
+        (only,) = client.search_runs([client.get_experiment_by_name("ipython-energy").experiment_id])
+        assert only.info.run_name == "u" and not any(k.startswith("units_") for k in only.data.metrics)
+        with energy.sweep("capped", budget_j=1e-3, stop_at_budget=True):
+            with energy.run("first"):
+                pass
+            with pytest.raises(BudgetExceeded, match="budget"):
+                energy.run("second")
+    finally:
+        energy.tracker().close()
+        set_tracker(None)
