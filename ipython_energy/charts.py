@@ -98,9 +98,10 @@ def _sweep_skeleton(title: str, width: Any, height: int):
 
     x = alt.X("x0:Q", title="run (in order)", axis=alt.Axis(tickMinStep=1, format="d"),
               scale=alt.Scale(nice=False, zero=False))
-    color = alt.Color("status:N", title="status",
+    color = alt.Color("status:N", title=None,
                       scale=alt.Scale(domain=list(STATUS_COLORS), range=list(STATUS_COLORS.values())),
-                      legend=alt.Legend(orient="bottom", direction="horizontal"))
+                      legend=alt.Legend(orient="bottom", direction="horizontal", columns=4, symbolSize=60,
+                                        labelFontSize=10, columnPadding=6, symbolType="square"))
     tooltip = [
         alt.Tooltip("index:Q", title="run #"),
         alt.Tooltip("name:N", title="run"),
@@ -111,13 +112,14 @@ def _sweep_skeleton(title: str, width: Any, height: int):
         alt.Tooltip("params:N", title="params"),
         alt.Tooltip("provenance:N", title="provenance"),
     ]
+    # x and x2 make each bar exactly one run wide; y2 = 0 keeps it a vertical bar from zero
     bars = alt.Chart(alt.NamedData("runs")).mark_bar().encode(
-        x=x, x2="x1:Q",
+        x=x, x2="x1:Q", y2=alt.datum(0),
         y=alt.Y("energy_j:Q", title="energy per run (J)", axis=alt.Axis(format="~s", titleColor="#3a7bd5")),
         color=color, tooltip=tooltip)
     total_y = alt.Y("cumulative_j:Q", title="sweep total (J)",
                     axis=alt.Axis(format="~s", orient="right", titleColor="#1b1f24"))
-    line = alt.Chart(alt.NamedData("runs")).mark_line(color="#1b1f24", strokeWidth=2, interpolate="step-after"
+    line = alt.Chart(alt.NamedData("runs")).mark_line(color="#1b1f24", strokeWidth=2
                                                        ).encode(x=alt.X("index:Q"), y=total_y)
     points = alt.Chart(alt.NamedData("runs")).mark_point(color="#1b1f24", filled=True, size=18).encode(
         x=alt.X("index:Q"), y=total_y, tooltip=tooltip)

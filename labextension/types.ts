@@ -1,0 +1,109 @@
+/**
+ * Shapes of the /ipython-energy/api/ responses (see ipython_energy/server/handlers.py
+ * and ipython_energy/query.py, which compute everything; the sidebar only draws).
+ */
+
+export type RunStatus = 'running' | 'finished' | 'failed' | 'killed';
+
+export interface ISource {
+  id: string;
+  tracking_uri: string;
+  experiment: string;
+  origin: 'config' | 'kernel' | 'environment' | 'server-root';
+  live_sessions: number;
+  exists: boolean;
+}
+
+export interface IExperimentsReply {
+  sources: ISource[];
+  hint: string;
+}
+
+export interface IRebound {
+  run_id: string;
+  name: string;
+  vs_run_id: string;
+  vs_name: string;
+  mean_energy_per_run_j: number;
+  vs_mean_energy_per_run_j: number;
+  energy_j: number;
+  vs_energy_j: number;
+  mean_change: number;
+  total_change: number;
+  label: string;
+}
+
+export interface ISweepSummary {
+  run_id: string;
+  name: string;
+  status: RunStatus;
+  start_time_ms: number | null;
+  runs: number;
+  planned: number | null;
+  energy_j: number;
+  mean_energy_per_run_j: number | null;
+  budget_j: number | null;
+  budget_state: string | null;
+  rebound: IRebound | null;
+}
+
+export interface IExperimentReply {
+  source: ISource;
+  experiment: { id: string; name: string };
+  sweeps: ISweepSummary[];
+  rebounds: IRebound[];
+  chart: any | null;
+}
+
+export interface ITotals {
+  runs: number;
+  running_runs: number;
+  ended_runs: number;
+  ended_energy_j: number;
+  energy_j: number;
+  mean_energy_per_run_j: number | null;
+  planned: number | null;
+  forecast_energy_j: number | null;
+  budget_j: number | null;
+  budget_used: number | null;
+  over_budget: boolean;
+  estimated: boolean;
+}
+
+export interface IRunLine {
+  index: number;
+  run_id: string;
+  name: string;
+  status: RunStatus;
+  energy_j: number | null;
+  live: boolean;
+}
+
+export interface ISweepReply {
+  source: ISource;
+  sweep: { run_id: string; name: string; status: RunStatus; planned: number | null; budget_j: number | null };
+  totals: ITotals;
+  runs: IRunLine[];
+  chart: any;
+}
+
+export interface ISession {
+  session: string;
+  power_w: number | null;
+  total_j: number | null;
+  cells_j: number | null;
+  between_cells_j: number | null;
+  duration_s: number | null;
+  estimated: boolean;
+  methods: { [domain: string]: string };
+  experiment: string | null;
+  active_run: { name: string; energy_j: number | null } | null;
+  active_sweep: { name: string; total_j: number | null; runs: number | null } | null;
+  updated_at: number;
+  age_s: number;
+  stale: boolean;
+}
+
+export interface ISessionReply {
+  sessions: ISession[];
+}

@@ -1,0 +1,196 @@
+"""The Energy sidebar in a real JupyterLab, in Chromium.  Screenshots go to test-artifacts/."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import ROOT, open_sidebar, shoot
+from layout_data import experiment_id, log_sweep
+
+pytestmark = pytest.mark.browser
+
+BARS = "#ipython-energy-sidebar .jp-EnergyPanel-sweepChart .mark-rect path"
+API_PATH = "/ipython-energy/api/"
+
+
+def hover_bar(page, n: int) -> None:
+    """Hover bar n near its lower left corner (the total line may cross its middle)."""
+    box = page.locator(BARS).nth(n).bounding_box()
+    page.mouse.move(box["x"] + 2, box["y"] + box["height"] - 2)
+
+
+def client_for(lab):
+    from mlflow.tracking import MlflowClient
+
+    store = lab.base / "notebooks"
+    store.mkdir(exist_ok=True)
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    return uri, MlflowClient(tracking_uri=uri)
+
+
+def energy_value(text: str) -> float:
+    """'1.23 kJ' -> 1230.0"""
+    m = re.match(r"([\d.]+) (G|M|k)?J", text.strip())
+    assert m, text
+    return float(m.group(1)) * {"G": 1e9, "M": 1e6, "k": 1e3, None: 1.0}[m.group(2)]
+
+
+def test_bars_appear_and_total_rises_while_a_sweep_is_logged(lab, page):
+    """(a) A sweep logged run by run from another process (MLflow client, docs/metrics.md layout)."""
+    uri, client = client_for(lab)
+    experiment_id(client, "live-exp")
+    lab.register_kernel(uri, "live-exp")
+    writer = subprocess.Popen([sys.executable, str(ROOT / "tests" / "server" / "layout_data.py"), uri, "live-exp",
+                               "lr-sweep", "5", "2.5", "400"], stdout=subprocess.PIPE, text=True)
+    try:
+        panel = open_sidebar(page, lab)
+        total = panel.locator(".jp-EnergyPanel-totalStat .jp-EnergyPanel-statValue")
+        total.wait_for(timeout=30_000)
+        seen: list[tuple[int, float, str]] = []
+        live_seen = False
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline and writer.poll() is None:
+            bars = page.locator(BARS).count()
+            seen.append((bars, energy_value(total.inner_text()), panel.locator(".jp-EnergyPanel-latest").inner_text()))
+            live_seen = live_seen or "so far" in seen[-1][2]
+            if len(seen) == 4:
+                shoot(page, panel, "a-sweep-live")
+            time.sleep(1.0)
+        assert writer.wait(30) == 0
+        page.wait_for_function(
+            f"document.querySelectorAll('{BARS}').length === 5", timeout=15_000)
+        final_total = energy_value(total.inner_text())
+        shoot(page, panel, "a-sweep-done")
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+    counts = [b for b, _, _ in seen]
+    totals = [t for _, t, _ in seen]
+    assert counts == sorted(counts) and counts[-1] > counts[0] >= 0, seen
+    assert totals == sorted(totals) and totals[-1] > totals[0], seen
+    assert live_seen, "a running run's live energy was never shown"
+    # 5 runs of 400, 440, 480, 400, 440 J
+    assert final_total == pytest.approx(2160.0, rel=0.01)
+    assert not page.problems, page.problems
+
+
+def test_rebound_flag_for_two_sweeps(lab, page):
+    """(b) Cheaper runs, more of them: −58% J/run, +110% total."""
+    uri, client = client_for(lab)
+    exp = experiment_id(client, "models")
+    log_sweep(client, exp, "resnet50-grid", [100.0] * 10, planned=10)
+    log_sweep(client, exp, "resnet18-grid", [42.0] * 50, planned=60, budget_j=2500.0)
+    lab.register_kernel(uri, "models")
+    panel = open_sidebar(page, lab)
+    rebound = panel.locator(".jp-EnergyPanel-rebound")
+    rebound.wait_for(timeout=30_000)
+    assert rebound.locator(".jp-EnergyPanel-reboundLabel").inner_text() == "\u221258% J/run, +110% total"
+    text = rebound.inner_text()
+    assert "resnet18-grid" in text and "resnet50-grid" in text
+    assert "1.00 kJ → 2.10 kJ" in text and "100 J → 42.0 J" in text
+    page.wait_for_function(f"document.querySelectorAll('{BARS}').length === 50", timeout=15_000)
+    page.wait_for_selector("#ipython-energy-sidebar .jp-EnergyPanel-experimentChart svg.marks")
+    shoot(page, panel, "b-rebound")
+    assert not page.problems, page.problems
+
+
+def test_empty_state_tells_a_new_user_what_to_do(lab, page):
+    """(c) No kernel has registered and there is no mlflow.db: say how to start."""
+    panel = open_sidebar(page, lab)
+    empty = panel.locator(".jp-EnergyPanel-empty")
+    empty.wait_for(timeout=30_000)
+    text = empty.inner_text()
+    assert "%load_ext ipython_energy" in text and "%%energy --run NAME" in text and "%energy sweep NAME" in text
+    shoot(page, panel, "c-empty")
+    assert not page.problems, page.problems
+
+
+HOSTILE = '<img src=x onerror="window.__pwned=1;alert(1)">'
+HOSTILE_SCRIPT = "</script><script>window.__pwned=2;alert(2)</script>"
+
+
+def test_hostile_names_stay_text(lab, page):
+    """(d) Sweep, run and param names that are HTML render as text; no script runs."""
+    uri, client = client_for(lab)
+    exp = experiment_id(client, "hostile")
+    log_sweep(client, exp, HOSTILE, [10.0, 20.0], run_names=[HOSTILE_SCRIPT, HOSTILE],
+              params=[{"note": HOSTILE}, {"note": HOSTILE_SCRIPT}])
+    log_sweep(client, exp, HOSTILE_SCRIPT, [5.0] * 10)  # rebound card carries both names
+    lab.register_kernel(uri, "hostile")
+    from ipython_energy.paths import write_json_atomic
+
+    (lab.home / "live").mkdir(mode=0o700)
+    import os
+
+    write_json_atomic(lab.home / "live" / "k1.json", {
+        "session": "k1", "pid": os.getpid(), "updated_at": time.time(), "power_w": 20.0, "estimated": True,
+        "methods": {HOSTILE: "estimated"}, "total_j": 100.0, "cells_j": 60.0, "between_cells_j": 40.0,
+        "active_run": {"name": HOSTILE, "energy_j": 1.0}, "active_sweep": {"name": HOSTILE_SCRIPT, "total_j": 2.0}})
+    panel = open_sidebar(page, lab)
+    panel.locator(".jp-EnergyPanel-rebound").wait_for(timeout=30_000)
+    panel.locator(".jp-EnergyPanel-sweepRow", has_text=HOSTILE).first.click()
+    page.wait_for_function(f"document.querySelectorAll('{BARS}').length === 2", timeout=15_000)
+    # the names are on the page as text ...
+    assert HOSTILE in panel.inner_text() and HOSTILE_SCRIPT in panel.inner_text()
+    # ... and never became elements
+    assert page.locator("#ipython-energy-sidebar img, #ipython-energy-sidebar script").count() == 0
+    # hover a bar: the vega tooltip shows the run's params as text too
+    hover_bar(page, 1)
+    tooltip = page.locator("#vg-tooltip-element")
+    tooltip.wait_for(state="visible", timeout=10_000)
+    assert HOSTILE_SCRIPT in tooltip.inner_text()
+    assert page.locator("#vg-tooltip-element img, #vg-tooltip-element script").count() == 0
+    shoot(page, panel, "d-hostile")
+    page.wait_for_timeout(2500)  # two more polls
+    assert page.evaluate("window.__pwned") is None
+    assert not page.problems, page.problems
+
+
+def test_hover_shows_params_and_provenance(lab, page):
+    uri, client = client_for(lab)
+    exp = experiment_id(client, "prov")
+    log_sweep(client, exp, "grid", [120.0, 80.0], params=[{"lr": 0.1, "depth": 3}, {"lr": 0.01, "depth": 5}],
+              estimated=True)
+    lab.register_kernel(uri, "prov")
+    panel = open_sidebar(page, lab)
+    page.wait_for_function(f"document.querySelectorAll('{BARS}').length === 2", timeout=30_000)
+    assert "estimated" in panel.locator(".jp-EnergyPanel-sweepTitle").inner_text()
+    hover_bar(page, 0)
+    tooltip = page.locator("#vg-tooltip-element")
+    tooltip.wait_for(state="visible", timeout=10_000)
+    text = tooltip.inner_text()
+    assert "depth=3, lr=0.1" in text
+    assert "methods=cpu=estimated" in text and "sensors=cpu-model" in text and "coverage=1.000" in text
+    assert "estimated=true" in text
+    shoot(page, panel, "e-hover")
+
+
+def test_polling_stops_while_the_panel_is_hidden(lab, page):
+    uri, client = client_for(lab)
+    exp = experiment_id(client, "poll")
+    log_sweep(client, exp, "grid", [1.0])
+    lab.register_kernel(uri, "poll")
+    requests: list[float] = []
+    page.on("request", lambda r: requests.append(time.monotonic()) if API_PATH in r.url else None)
+    panel = open_sidebar(page, lab)
+    page.wait_for_function(f"document.querySelectorAll('{BARS}').length === 1", timeout=30_000)
+    page.wait_for_timeout(4.5 * 1000)
+    t0 = time.monotonic()
+    page.wait_for_timeout(4.5 * 1000)
+    visible_rate = sum(1 for t in requests if t >= t0)
+    assert visible_rate >= 2 * 3  # ≥ 2 polls (3-4 requests each) in 4.5 s: at least every 2 s
+    page.locator('.jp-SideBar [data-id="ipython-energy-sidebar"]').click()  # collapse the sidebar
+    panel.wait_for(state="hidden")
+    page.wait_for_timeout(1.0 * 1000)
+    t1 = time.monotonic()
+    page.wait_for_timeout(5.0 * 1000)
+    assert [t for t in requests if t >= t1] == []
+    page.locator('.jp-SideBar [data-id="ipython-energy-sidebar"]').click()
+    panel.wait_for(state="visible")
+    t2 = time.monotonic()
+    page.wait_for_timeout(1.5 * 1000)
+    assert [t for t in requests if t >= t2], "polling did not resume when the panel was shown"
