@@ -231,6 +231,7 @@ class Tracker:
         self.open_runs: list[Run] = []
         self.sweeps: dict[str, Sweep] = {}
         self.run_counter = 0
+        self._uids = 0
         self._warned_outage = False
         self._stop_live = threading.Event()
         self._live_thread: threading.Thread | None = None
@@ -260,6 +261,11 @@ class Tracker:
         if self.config.log:
             self.writer.start()
 
+    def _new_uid(self) -> str:
+        """Unique across kernels (the session id is random) and cheap (no syscall per run)."""
+        self._uids += 1
+        return f"{self.session}-{self._uids:x}"
+
     # ---- sweeps ------------------------------------------------------------------------------
     def start_sweep(self, name: str, *, planned: int | None = None, budget_j: float | None = None,
                     stop_at_budget: bool = False, log: bool | None = None) -> Sweep:
@@ -282,7 +288,7 @@ class Tracker:
                 current.stop_at_budget = current.stop_at_budget or stop_at_budget
                 self.sweep = current
                 return current
-            sweep = Sweep(self, name, uuid.uuid4().hex, planned, budget_j, stop_at_budget)
+            sweep = Sweep(self, name, self._new_uid(), planned, budget_j, stop_at_budget)
             self.sweeps[name] = sweep
             self.sweep = sweep
         if self.config.log if log is None else log:
@@ -331,7 +337,7 @@ class Tracker:
             if name is None:
                 name = ", ".join(f"{k}={v}" for k, v in params.items()) or f"run {self.run_counter}"
             window = self.meter.begin(label or name, cell=cell)
-            run = Run(self, name, uuid.uuid4().hex, params, sweep, window, implicit=implicit)
+            run = Run(self, name, self._new_uid(), params, sweep, window, implicit=implicit)
             run.logged = self.config.log if log is None else log
             self.open_runs.append(run)
             if sweep is not None:
