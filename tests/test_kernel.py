@@ -15,27 +15,29 @@ from jupyter_client.manager import KernelManager
 from mlflow.tracking import MlflowClient
 
 
-def start_kernel(tmp_path, energy_home, trace, uri) -> tuple[KernelManager, object]:
-    env = dict(os.environ)
+def start_kernel(tmp_path, energy_home, trace, uri, extra_arguments=(), **more_env) -> tuple[KernelManager, object]:
+    env = dict(os.environ, **more_env)
     env.update({"IPYTHON_ENERGY_HOME": str(energy_home), "IPYTHON_ENERGY_SENSORS": f"replay:{trace}",
                 "MLFLOW_TRACKING_URI": uri, "IPYTHON_ENERGY_LIVE_INTERVAL_S": "0.5",
                 "PYTHONPATH": os.pathsep.join(sys.path)})
     km = KernelManager(kernel_name="python3")
-    km.start_kernel(env=env, cwd=str(tmp_path))
+    km.start_kernel(env=env, cwd=str(tmp_path), extra_arguments=list(extra_arguments))
     kc = km.client()
     kc.start_channels()
     kc.wait_for_ready(timeout=60)
     return km, kc
 
 
-def execute(kc, code: str, timeout: float = 60) -> str:
-    """Run ``code``; return its stdout; raise on an error reply."""
+def execute(kc, code: str, timeout: float = 60, messages: list | None = None) -> str:
+    """Run ``code``; return its stdout; raise on an error reply.  ``messages`` collects every iopub message."""
     msg_id = kc.execute(code)
     out = []
     while True:
         msg = kc.get_iopub_msg(timeout=timeout)
         if msg["parent_header"].get("msg_id") != msg_id:
             continue
+        if messages is not None:
+            messages.append(msg)
         if msg["msg_type"] == "stream":
             out.append(msg["content"]["text"])
         elif msg["msg_type"] == "error":
@@ -126,3 +128,36 @@ def test_kernel_restart_closes_open_run_and_keeps_measurements(tmp_path, energy_
     sweep = by_name["restartable"]
     assert sweep.data.metrics["sweep_energy_j"] == pytest.approx(
         by_name["i=1"].data.metrics["energy_j"] + by_name["open-when-restarted"].data.metrics["energy_j"])
+
+
+def test_loaded_from_config_with_autolog_and_live_readout(tmp_path, energy_home, flat_trace, sqlite_uri):
+    """c.InteractiveShellApp.extensions loads it; IPYTHON_ENERGY_AUTOLOG=1 measures plain cells;
+    --live shows an ipywidgets readout that updates while the cell runs and ends as the summary."""
+    km, kc = start_kernel(tmp_path, energy_home, flat_trace, sqlite_uri,
+                          extra_arguments=["--InteractiveShellApp.extensions=ipython_energy"],
+                          IPYTHON_ENERGY_AUTOLOG="1")
+    try:
+        status = execute(kc, "%energy")
+        assert "gpu0: replay" in status
+        plain = execute(kc, "x = sum(range(1000))")
+        assert "⚡" in plain  # autolog measured a plain cell
+        messages: list = []
+        execute(kc, "%%energy --live --quiet\nimport time\ntime.sleep(2.6)", messages=messages)
+        execute(kc, "%energy autolog off")
+        execute(kc, "%energy flush")
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    opened = [m for m in messages if m["msg_type"] == "comm_open"
+              and m["content"]["data"]["state"].get("_model_name") == "HTMLModel"]
+    assert opened, "the readout widget was displayed"
+    comm_id = opened[0]["content"]["comm_id"]
+    values = [m["content"]["data"]["state"]["value"] for m in messages
+              if m["msg_type"] == "comm_msg" and m["content"]["comm_id"] == comm_id
+              and "value" in m["content"]["data"].get("state", {})]
+    live = [v for v in values if "so far" in v]
+    assert len(live) >= 2, values  # updated about every second while the cell slept
+    assert values[-1] == ""  # --quiet: the readout is cleared, not left stale
+    client, found = runs(sqlite_uri)
+    names = {r.info.run_name for r in found}
+    assert any(n.startswith("autolog") for n in names)
