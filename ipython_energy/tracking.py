@@ -294,8 +294,7 @@ class Tracker:
         if self.config.log if log is None else log:
             self._submit({"type": "sweep_start", "uid": sweep.uid, "name": name, "planned": planned,
                           "budget_j": budget_j, "t_ms": _now_ms(), "session": self.session,
-                          "tracking_uri": self.tracking_uri, "experiment": self.config.experiment,
-                          "tags": self._host_tags()})
+                          "tracking_uri": self.tracking_uri, "experiment": self.config.experiment})
         return sweep
 
     def end_sweep(self, sweep: Sweep | None = None, status: str = "FINISHED") -> Sweep | None:
@@ -347,12 +346,8 @@ class Tracker:
                     self.end_run(self.run)
                 self.run = run
         if run.logged:
-            state = ",".join(f"{d}={s['temperature_c']}" for d, s in window_state(window).items()
-                             if "temperature_c" in s)
+            # Start temperatures, like every other provenance tag, come with the run's end.
             tags = {"energy.session": self.session, "energy.interval_s": f"{self.meter.interval_s:g}"}
-            if state:
-                tags["energy.start_temperature_c"] = state
-            tags.update(self._host_tags())
             self._submit({"type": "run_start", "uid": run.uid, "name": name,
                           "sweep_uid": sweep.uid if sweep is not None else None,
                           "params": params, "tags": tags, "t_ms": _now_ms(),
@@ -467,9 +462,6 @@ class Tracker:
         except OSError as exc:
             self.notes.append(f"could not register with the sidebar ({exc})")
 
-    def _host_tags(self) -> dict[str, str]:
-        return {}  # added by the writer thread (hostinfo) to keep this path cheap
-
     def _submit(self, event: dict[str, Any]) -> None:
         self.writer.submit(event)
 
@@ -547,10 +539,6 @@ def sweep_data(sweep: Sweep) -> dict[str, Any]:
     header = {"name": sweep.name, "planned": sweep.planned, "budget_j": sweep.budget_j,
               "status": "finished" if sweep.ended else "running"}
     return build_sweep_data(header, rows)
-
-
-def window_state(window: Any) -> Mapping[str, Mapping[str, str]]:
-    return getattr(window, "state", {}) or {}
 
 
 _tracker: Tracker | None = None

@@ -136,3 +136,39 @@ def test_api_errors_are_clear_and_log_nothing(energy_home, flat_trace, sqlite_ur
     finally:
         energy.tracker().close()
         set_tracker(None)
+
+
+COMPARE = textwrap.dedent("""
+    import time
+    import ipython_energy as energy
+
+    for name, runs, seconds in (("small", 2, 0.05), ("large", 3, 0.2)):
+        with energy.sweep(name):
+            for i in range(runs):
+                with energy.run(params={"i": i}):
+                    time.sleep(seconds)
+    assert energy.flush(120)
+""")
+
+
+@pytest.mark.server
+def test_mlflow_rest_api_compares_sweeps_by_total_joules(energy_home, flat_trace, mlflow_server, tmp_path):
+    """What MLflow's UI does to compare sweeps (a runs/search with filter and order_by), via its REST API."""
+    import json
+    import urllib.request
+
+    proc = run_script(tmp_path, script_env(energy_home, flat_trace, mlflow_server.uri), script=COMPARE)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err
+    client = MlflowClient(mlflow_server.uri)
+    exp_id = client.get_experiment_by_name("ipython-energy").experiment_id
+    body = json.dumps({"experiment_ids": [exp_id], "filter": "tags.`energy.kind` = 'sweep'",
+                       "order_by": ["metrics.sweep_energy_j DESC"]}).encode()
+    request = urllib.request.Request(mlflow_server.uri + "/api/2.0/mlflow/runs/search", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        found = json.load(response)["runs"]
+    names = [r["info"]["run_name"] for r in found]
+    totals = [next(m["value"] for m in r["data"]["metrics"] if m["key"] == "sweep_energy_j") for r in found]
+    assert names == ["large", "small"]
+    assert totals[0] > totals[1] > 0
