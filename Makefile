@@ -19,7 +19,7 @@ venv: $(BIN)/python
 
 # The wheel build compiles the TypeScript sidebar with the pinned node toolchain (package.json).
 install: venv
-	$(BIN)/python -m pip install --quiet ".[lab]"
+	$(BIN)/python -m pip install --quiet ".[demo]"
 
 demo: install
 	$(BIN)/python examples/run_sweep.py
@@ -28,7 +28,7 @@ chromium:
 	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
 
 test-deps: venv chromium
-	$(BIN)/python -m pip install --quiet ".[test,lab,bench]"
+	$(BIN)/python -m pip install --quiet ".[test,demo,bench]"
 
 test-main:
 	$(PYTEST) tests -m "not slow" --ignore=tests/server --ignore=tests/browser
