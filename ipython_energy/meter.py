@@ -314,7 +314,12 @@ class Meter:
             if p is None:
                 p = s.power_now_w() or 0.0
             return max(0.0, p) * duration, True, True
-        return max(0.0, ee - eb), short, True
+        energy = max(0.0, ee - eb)
+        if energy == 0.0 and duration > 0 and s.gap_open is None:
+            # moved, yet no energy between the edges (the edges fell within one update): interpolate
+            p = s.unmoved_power_w(e.t) or s.power_now_w() or 0.0
+            return max(0.0, p) * duration, True, True
+        return energy, short, True
 
     def _total_between(self, b: _Edge, e: _Edge) -> float:
         self._refine(b)

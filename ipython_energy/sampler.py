@@ -66,6 +66,7 @@ class PhaseLock:
         self.feasible = self._full
         self._cache: tuple[int, float, int] | None = None
         self.resets = 0
+        self._conflicts = 0
 
     def _bin(self, t: float) -> int:
         return int((t % self.period_s) / self.period_s * self.BINS) % self.BINS
@@ -82,11 +83,7 @@ class PhaseLock:
         if not 0 < b - a < self.period_s:
             return
         arc = self._span(self._bin(a), self._bin(b))
-        new = self.feasible & arc
-        if new == 0:
-            self.resets += 1
-            new = arc
-        self.feasible = new
+        self._apply(self.feasible & arc, arc)
 
     def still(self, a: float, b: float) -> None:
         """The counter did not change between reads at ``a`` and ``b`` (and it is known to be counting)."""
@@ -96,11 +93,19 @@ class PhaseLock:
         if (j - i) % self.BINS < 2:
             return
         inner = self._span((i + 1) % self.BINS, (j - 1) % self.BINS)
-        new = self.feasible & ~inner & self._full
-        if new == 0:
+        self._apply(self.feasible & ~inner & self._full, self._full & ~inner)
+
+    def _apply(self, new: int, fallback: int) -> None:
+        """Keep ``new``; if it contradicts everything so far, ignore it unless it keeps happening."""
+        if new:
+            self.feasible = new
+            self._conflicts = 0
+            return
+        self._conflicts += 1
+        if self._conflicts >= 3:  # the real period differs from the nominal one: start over
             self.resets += 1
-            new = self._full & ~inner
-        self.feasible = new
+            self._conflicts = 0
+            self.feasible = fallback
 
     def _estimate(self) -> tuple[float, int]:
         """(phase in seconds, width of the feasible run in bins), cached per feasible set."""
@@ -161,7 +166,7 @@ class DomainSeries:
         self.stale = info.update_period_s > FRESH_PERIOD_S
         self.phase = PhaseLock(info.update_period_s) if self.stale else None
         self.shift_s = info.averaging_s / 2.0
-        self.last_read: tuple[float, float] | None = None  # (t, energy) of the last good counter read
+        self.last_read: tuple[float, float, float, float] | None = None  # (t, energy, t_lo, t_hi) of the last good counter read
         self.last_good_t: float | None = None
         self.last_power_w: float | None = None  # the sensor's own power reading, if any
         self.last_increment_j = 0.0
@@ -217,8 +222,12 @@ class DomainSeries:
         return out, total
 
     # -- ingest -----------------------------------------------------------------------------
-    def ingest(self, t: float, r: DomainReading) -> None:
-        """Add one reading taken at ``t``; bad readings become gaps."""
+    def ingest(self, t: float, r: DomainReading, t_lo: float | None = None, t_hi: float | None = None) -> None:
+        """Add one reading taken at ``t``; bad readings become gaps.
+
+        ``t_lo``/``t_hi`` bound when the sensor really sampled (the read call's start and end);
+        they keep the update-phase evidence honest when a read was held up.
+        """
         e, p = r.energy_j, r.power_w
         if p is not None:
             if not math.isfinite(p) or p < 0:
@@ -243,7 +252,7 @@ class DomainSeries:
         self.mode = "counter"
         if p is not None:
             self.last_power_w = p
-        self._ingest_counter(t, e)
+        self._ingest_counter(t, e, t if t_lo is None else t_lo, t if t_hi is None else t_hi)
 
     def _ingest_power(self, t: float, p: float) -> None:
         tau = t - self.shift_s
@@ -260,7 +269,7 @@ class DomainSeries:
         self.increases += 1
         self._good(t)
 
-    def _ingest_counter(self, t: float, raw: float) -> None:
+    def _ingest_counter(self, t: float, raw: float, t_lo: float, t_hi: float) -> None:
         last = self.last_raw_j
         if last is not None and raw < last:
             g = self._glitch
@@ -281,14 +290,14 @@ class DomainSeries:
         moved = prev is not None and energy > prev[1]
         if moved:
             lm = self._last_move
-            if self.stale and lm is not None and lm[1] == prev[0] and t - lm[0] < 0.8 * self.info.update_period_s:
+            if self.stale and lm is not None and lm[1] == prev[3] and t_hi - lm[0] < 0.8 * self.info.update_period_s:
                 # two changes within less than one nominal period: this counter is faster than declared
                 self._fast_evidence += 1
                 if self._fast_evidence >= 3:
                     self.stale = False
                     self.phase = None
                     self.faster_than_nominal = True
-            self._last_move = (prev[0], t)
+            self._last_move = (prev[2], t_hi)
             self._inc.append((t, energy))
         elif prev is None:
             self._inc.append((t, energy))
@@ -296,15 +305,15 @@ class DomainSeries:
             lock = self.phase
             if prev is not None:
                 if moved:
-                    lock.moved(prev[0], t)
+                    lock.moved(prev[2], t_hi)  # an update fell after the last read began, before this one ended
                 elif self.last_increment_j > 0:
-                    lock.still(prev[0], t)
+                    lock.still(prev[3], t_lo)  # none fell between the end of the last read and the start of this
             self._retime()
             tau = lock.last_update(t)
             if pts:
                 t_last = pts[-1][0]
                 if not moved and tau <= t_last + 0.5 * self.info.update_period_s:
-                    self.last_read = (t, energy)
+                    self.last_read = (t, energy, t_lo, t_hi)
                     self._good(t)
                     return  # same update as the last point: nothing new
                 tau = max(tau, t_last + 1e-6)
@@ -321,7 +330,7 @@ class DomainSeries:
         pts.append((tau, energy, slope, t))
         if moved:
             self.increases += 1
-        self.last_read = (t, energy)
+        self.last_read = (t, energy, t_lo, t_hi)
         self._good(t)
 
     def _retime(self, depth: int = 32) -> None:
@@ -359,7 +368,7 @@ class DomainSeries:
         step before (which decays towards zero for a counter that stopped counting).
         """
         if self.stale and len(self.points) >= 2:
-            return max(0.0, self.points[-1][2])  # slope between the last two (estimated) update times
+            return self.stale_slope_w()
         if self.mode != "counter" or len(self._inc) < 2:
             return self.recent_power_w()
         (t0, e0), (t1, e1) = self._inc
@@ -369,6 +378,22 @@ class DomainSeries:
         if now - t1 <= 2 * spacing:
             return (e1 - e0) / spacing
         return (e1 - e0) / (now - t0)
+
+    def stale_slope_w(self) -> float:
+        """Mean power over the last two counter updates (about two update periods).
+
+        Used to extrapolate a slowly updating counter past its last update.  Two periods rather
+        than one: a load that alternates at about the update rate then averages out instead of
+        being extrapolated with the opposite phase, while a ramp is lagged by only half a period.
+        """
+        pts = self.points
+        n = len(pts)
+        if n < 2:
+            return max(0.0, self.last_power_w or 0.0)
+        k = 3 if n >= 3 and pts[-1][0] - pts[-3][0] <= 2.5 * self.info.update_period_s else 2
+        t0, e0 = pts[-k][0], pts[-k][1]
+        t1, e1 = pts[-1][0], pts[-1][1]
+        return max(0.0, (e1 - e0) / (t1 - t0)) if t1 > t0 else 0.0
 
     def recent_power_w(self) -> float | None:
         """Power over the most recent stretch of at least one update period (or the last reading)."""
@@ -415,7 +440,7 @@ class DomainSeries:
                         return e_last + 0.5 * p_last * d0, False
                     return e_last + 0.5 * (p_last + p_end) * d, False
                 return e_last + p_last * d, False
-            slope = p_last if len(pts) >= 2 else (self.last_power_w or 0.0)
+            slope = self.stale_slope_w() if len(pts) >= 2 else (self.last_power_w or 0.0)
             if not self.stale:
                 slope = self.recent_power_w() or 0.0
             return e_last + max(0.0, slope) * d, False
@@ -510,6 +535,9 @@ class Sampler:
             float(hang_timeout_s) if hang_timeout_s is not None else min(1.0, max(2 * interval_s, 0.25))
         )
         self.on_tick = on_tick
+        #: How long a window edge waits for a read already in flight on a sensor's reader (a
+        #: normal read can be held up a few ms by the GIL) before using the buffer instead.
+        self.edge_wait_s = min(0.05, self.hang_timeout_s / 4)
         self.capacity = int(capacity) if capacity else max(64, int(math.ceil(buffer_s / interval_s)) * 2)
         self.lock = threading.RLock()  # the store lock: series, gaps, anything hooked on ticks
         self.slots = [_SensorSlot(s) for s in sensors]
@@ -597,7 +625,7 @@ class Sampler:
                     if r is None:
                         s.bad(t, "missing from reading")
                     else:
-                        s.ingest(t, r)
+                        s.ingest(t, r, t0, t1)
         if from_reader and t1 - slot.state_t >= STATE_INTERVAL_S and error is None:
             slot.state_t = t1
             try:
@@ -622,13 +650,13 @@ class Sampler:
     def edge_read(self) -> None:
         """Read every healthy sensor now, on the calling thread (window edges).
 
-        A sensor that is hung, or whose read is in flight on its reader for longer than a
-        couple of milliseconds, is skipped: the window edge then uses its buffer.
+        A sensor that is hung, or whose read stays in flight on its reader for longer than
+        :attr:`edge_wait_s`, is skipped: the window edge then uses its buffer.
         """
         for slot in self.slots:
             if slot.hung:
                 continue
-            if not slot.lock.acquire(timeout=0.002):
+            if not slot.lock.acquire(timeout=self.edge_wait_s):
                 continue
             try:
                 self._read_slot(slot, from_reader=False)
