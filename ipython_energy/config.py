@@ -96,10 +96,7 @@ class Config:
         """The tracking URI made absolute, so a later ``%cd`` does not move the store."""
         uri = self.tracking_uri
         cwd = cwd or os.getcwd()
-        if not uri:
-            mlruns = Path(cwd) / "mlruns"
-            if mlruns.is_dir() and any(mlruns.iterdir()):
-                return mlruns.resolve().as_uri()
+        if not uri:  # MLflow's default store; ./mlruns next to it holds the artifacts
             return "sqlite:///" + str((Path(cwd) / "mlflow.db").resolve())
         if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
             rel = uri[len("sqlite:///"):]

@@ -72,5 +72,5 @@ def test_tracking_uri_is_made_absolute(tmp_path):
     rel = cfg.Config(tracking_uri="sqlite:///sub/m.db").resolved_tracking_uri(str(tmp_path))
     assert rel == f"sqlite:///{tmp_path / 'sub' / 'm.db'}"
     assert cfg.Config(tracking_uri="http://h:5000").resolved_tracking_uri(str(tmp_path)) == "http://h:5000"
-    (tmp_path / "mlruns" / "0").mkdir(parents=True)
-    assert cfg.Config().resolved_tracking_uri(str(tmp_path)) == (tmp_path / "mlruns").as_uri()
+    (tmp_path / "mlruns" / "1").mkdir(parents=True)  # artifacts of the sqlite store: still the sqlite store
+    assert cfg.Config().resolved_tracking_uri(str(tmp_path)) == f"sqlite:///{tmp_path / 'mlflow.db'}"
