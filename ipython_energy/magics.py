@@ -208,7 +208,7 @@ class EnergyMagics(Magics):
         line = m.summary()
         tracker = self.tracker
         extra = []
-        if run.measurement is not None and run.cells > 1 or (run.measurement is None):
+        if run.measurement is None or run.cells > 1:  # the cell is part of a longer run
             extra.append(f"run {run.name!r}: {format_energy(run.energy_j)}")
         if run.units and run.measurement is not None:
             for unit, n in run.units.items():
