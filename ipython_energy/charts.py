@@ -58,24 +58,33 @@ def _provenance_text(prov: Mapping[str, Any]) -> str:
     return "; ".join(f"{k}={prov[k]}" for k in keys)
 
 
-def chart_rows(sweep_data: Mapping[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """The chart's datasets: ``runs`` (one row per run), ``forecast`` and ``budget``."""
+def chart_rows(sweep_data: Mapping[str, Any], memo: dict | None = None) -> dict[str, list[dict[str, Any]]]:
+    """The chart's datasets: ``runs`` (one row per run), ``forecast`` and ``budget``.
+
+    ``memo`` (any dict the caller keeps between calls for the same sweep) remembers each
+    run's params / provenance text while the run's ``params`` and ``provenance`` objects
+    stay the same ones, which :class:`ipython_energy.query.SourceReader` guarantees for
+    runs that did not change.  The memo holds those objects, so identity is meaningful.
+    """
     runs = []
     for run in sweep_data["runs"]:
-        energy = run.get("energy_j")
+        params, prov = run.get("params") or {}, run.get("provenance") or {}
+        hit = memo.get(run.get("run_id")) if memo is not None else None
+        if hit is not None and hit[0] is params and hit[1] is prov:
+            params_text, prov_text = hit[2], hit[3]
+        else:
+            params_text, prov_text = _params_text(params), _provenance_text(prov)
+            if memo is not None and run.get("run_id"):
+                memo[run["run_id"]] = (params, prov, params_text, prov_text)
         runs.append({
             "index": run["index"],
-            "x0": run["index"] - 0.42,
-            "x1": run["index"] + 0.42,
             "name": str(run.get("name", "")),
-            "status": run.get("status", "finished") if not run.get("live") else "running",
-            "energy_j": energy,
-            "energy": format_energy(energy) + (" (live)" if run.get("live") else ""),
+            "status": "running" if run.get("live") else run.get("status", "finished"),
+            "energy_j": run.get("energy_j"),
             "cumulative_j": run.get("cumulative_j"),
-            "total": format_energy(run.get("cumulative_j")),
             "duration_s": run.get("duration_s"),
-            "params": _params_text(run.get("params") or {}),
-            "provenance": _provenance_text(run.get("provenance") or {}),
+            "params": params_text,
+            "provenance": prov_text,
         })
     totals = sweep_data["totals"]
     forecast = []
@@ -106,14 +115,15 @@ def _sweep_skeleton(title: str, width: Any, height: int):
         alt.Tooltip("index:Q", title="run #"),
         alt.Tooltip("name:N", title="run"),
         alt.Tooltip("status:N", title="status"),
-        alt.Tooltip("energy:N", title="energy"),
-        alt.Tooltip("total:N", title="sweep total so far"),
+        alt.Tooltip("energy_j:Q", title="energy (J)", format=",.4~s"),
+        alt.Tooltip("cumulative_j:Q", title="sweep total so far (J)", format=",.4~s"),
         alt.Tooltip("duration_s:Q", title="duration (s)", format=".1f"),
         alt.Tooltip("params:N", title="params"),
         alt.Tooltip("provenance:N", title="provenance"),
     ]
     # x and x2 make each bar exactly one run wide; y2 = 0 keeps it a vertical bar from zero
-    bars = alt.Chart(alt.NamedData("runs")).mark_bar().encode(
+    bars = alt.Chart(alt.NamedData("runs")).transform_calculate(
+        x0="datum.index - 0.42", x1="datum.index + 0.42").mark_bar().encode(
         x=x, x2="x1:Q", y2=alt.datum(0),
         y=alt.Y("energy_j:Q", title="energy per run (J)", axis=alt.Axis(format="~s", titleColor="#3a7bd5")),
         color=color, tooltip=tooltip)
@@ -159,7 +169,7 @@ def sweep_chart(sweep_data: Mapping[str, Any], *, width: int | str = 520, height
 
 
 def sweep_spec(sweep_data: Mapping[str, Any], *, width: int | str = "container", height: int = 220,
-               title: bool = False) -> dict[str, Any]:
+               title: bool = False, memo: dict | None = None) -> dict[str, Any]:
     """The Vega-Lite v5 spec of :func:`sweep_chart` as a dict, built fast.
 
     The spec without data is made once per (title, width, height) and cached; only the
@@ -167,7 +177,7 @@ def sweep_spec(sweep_data: Mapping[str, Any], *, width: int | str = "container",
     """
     name = str(sweep_data["sweep"].get("name", "")) if title else ""
     spec = _skeleton_dict(name, width, height)
-    return {**spec, "datasets": chart_rows(sweep_data)}
+    return {**spec, "datasets": chart_rows(sweep_data, memo)}
 
 
 @functools.lru_cache(maxsize=64)

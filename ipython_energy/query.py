@@ -172,7 +172,8 @@ def build_sweep_data(sweep: Mapping[str, Any], runs: Iterable[Mapping[str, Any]]
     ``sweep`` is a header as :func:`sweep_header` makes it (at least ``name``; ``planned``
     and ``budget_j`` when set); ``runs`` are rows as :func:`run_row` makes them.
 
-    Returns ``{"sweep": header, "runs": [...], "totals": {...}}`` where each run gains
+    Returns ``{"sweep": header, "runs": [...], "totals": {...}}`` (the runs share their
+    ``params`` / ``provenance`` dicts with the input rows: treat them as read-only) where each run gains
     ``index`` (1-based position in run order), ``energy_j`` (the final energy, or the
     latest ``live_energy_j`` while the run is open, with ``live: true``) and
     ``cumulative_j`` (the rising total up to and including this run).  ``totals`` holds
@@ -203,7 +204,7 @@ def build_sweep_data(sweep: Mapping[str, Any], runs: Iterable[Mapping[str, Any]]
             ended_j += final
         if energy is not None:
             cumulative += energy
-        prov = dict(row.get("provenance") or {})
+        prov = row.get("provenance") or {}
         if _truthy(prov.get("estimated", "false")):
             estimated = True
         out_runs.append({
@@ -212,8 +213,6 @@ def build_sweep_data(sweep: Mapping[str, Any], runs: Iterable[Mapping[str, Any]]
             "energy_j": energy,
             "live": is_live,
             "cumulative_j": cumulative,
-            "provenance": prov,
-            "params": dict(row.get("params") or {}),
         })
     planned = _int(sweep.get("planned"))
     budget = _float(sweep.get("budget_j"))
@@ -470,18 +469,20 @@ class _RunSet:
     base_filter: str
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)
     loaded: bool = False
-    last_refresh_ms: int = 0
+    ended_checked_ms: int = 0  # when runs that ended were last searched for
     version: int = 0
 
 
 class SourceReader:
     """Cached MLflow reads for one tracking URI (all experiments in it).
 
-    Thread-safe: the server calls it from an executor.  ``end_margin_ms`` is how far back a
-    refresh looks for runs that ended, to absorb clock skew and writer lag.
+    Thread-safe: the server calls it from an executor.  ``end_margin_ms`` is how far before
+    the last refresh a refresh looks for runs that ended (clock skew between writer and
+    reader).  Runs that ended longer ago but were never seen running (written late from a
+    spool) are caught by comparing with the sweep's own ``sweep_runs`` count.
     """
 
-    def __init__(self, tracking_uri: str, *, end_margin_ms: int = 30_000, page_size: int = 1000):
+    def __init__(self, tracking_uri: str, *, end_margin_ms: int = 5_000, page_size: int = 1000):
         self.tracking_uri = tracking_uri
         self.end_margin_ms = end_margin_ms
         self.page_size = page_size
@@ -544,10 +545,17 @@ class SourceReader:
             self._experiment_ids[name] = exp.experiment_id
             return exp.experiment_id
 
-    def _refresh(self, experiment_id: str, runs: _RunSet, convert, *, full: bool = False) -> bool:
-        """Bring ``runs`` up to date; True if anything changed."""
+    def _refresh(self, experiment_id: str, runs: _RunSet, convert, *, full: bool = False,
+                 look_for_ended: bool = True) -> bool:
+        """Bring ``runs`` up to date; True if anything changed.
+
+        ``look_for_ended=False`` skips the search for runs that ended since the last such
+        search (the caller knows none did: a sweep whose finished count did not move); runs
+        last seen running are still re-read.
+        """
         now_ms = int(time.time() * 1000)
         if full or not runs.loaded:
+            runs.ended_checked_ms = now_ms
             self.stats["full_loads"] += 1
             fresh = {r.info.run_id: convert(r) for r in self._search(experiment_id, runs.base_filter)}
             changed = not runs.loaded or {k: _row_key(v) for k, v in fresh.items()} != {
@@ -556,12 +564,14 @@ class SourceReader:
             runs.loaded = True
         else:
             was_running = {rid for rid, row in runs.rows.items() if row["status"] == "running"}
-            since = runs.last_refresh_ms - self.end_margin_ms
             seen: dict[str, dict[str, Any]] = {}
             for r in self._search(experiment_id, f"{runs.base_filter} and attributes.status = 'RUNNING'"):
                 seen[r.info.run_id] = convert(r)
-            for r in self._search(experiment_id, f"{runs.base_filter} and attributes.end_time >= {since}"):
-                seen[r.info.run_id] = convert(r)
+            if look_for_ended:
+                since = runs.ended_checked_ms - self.end_margin_ms
+                runs.ended_checked_ms = now_ms
+                for r in self._search(experiment_id, f"{runs.base_filter} and attributes.end_time >= {since}"):
+                    seen[r.info.run_id] = convert(r)
             gone = []
             for rid in was_running - seen.keys():
                 r = self._get_run(rid)
@@ -577,7 +587,6 @@ class SourceReader:
                 if old is None or _row_key(old) != _row_key(row):
                     runs.rows[rid] = row
                     changed = True
-        runs.last_refresh_ms = now_ms
         if changed:
             runs.version += 1
         return changed
@@ -616,7 +625,9 @@ class SourceReader:
                     row["status"] == "running" for row in children.rows.values()):
                 pass  # an ended sweep whose parent did not change: nothing to re-read
             else:
-                self._refresh(exp_id, children, run_row)
+                # Runs that end move the parent's sweep_runs; until it moves, only running
+                # runs need reading (plus any we saw running that are no longer).
+                self._refresh(exp_id, children, run_row, look_for_ended=parent_changed)
             # The writer's count of finished children says whether we missed any (e.g. runs
             # replayed from the spool long after they ended): then read them all once.
             logged = header.get("logged_runs")

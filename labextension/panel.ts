@@ -491,7 +491,7 @@ export class EnergyPanel extends Widget {
       );
     }
 
-    const last = data.runs[data.runs.length - 1];
+    const last = data.latest_run;
     this._latestRun.textContent = '';
     if (last) {
       this._latestRun.appendChild(el('span', `jp-EnergyPanel-dot jp-EnergyPanel-${last.status}`));

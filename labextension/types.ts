@@ -83,7 +83,7 @@ export interface ISweepReply {
   source: ISource;
   sweep: { run_id: string; name: string; status: RunStatus; planned: number | null; budget_j: number | null };
   totals: ITotals;
-  runs: IRunLine[];
+  latest_run: IRunLine | null;
   chart: any;
 }
 

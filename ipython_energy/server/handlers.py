@@ -55,6 +55,7 @@ class SidebarState:
                                            thread_name_prefix="ipython-energy-api")
         self._known: dict[str, query.Source] = {}
         self._readers: dict[str, query.SourceReader] = {}
+        self._chart_memos: dict[tuple[str, str], dict] = {}
 
     def sources(self) -> list[query.Source]:
         """Sources discovered now, then those seen earlier in this server's life (their kernels ended)."""
@@ -107,9 +108,10 @@ class SidebarState:
             "source": src.public(),
             "sweep": data["sweep"],
             "totals": data["totals"],
-            "runs": [{k: r.get(k) for k in ("index", "run_id", "name", "status", "energy_j", "live")}
-                     for r in data["runs"]],
-            "chart": charts.sweep_spec(data),
+            # the runs themselves travel once, as the chart's data (names, params, provenance)
+            "latest_run": ({k: data["runs"][-1].get(k) for k in ("index", "run_id", "name", "status", "energy_j",
+                                                                  "live")} if data["runs"] else None),
+            "chart": charts.sweep_spec(data, memo=self._chart_memos.setdefault((source_id, run_id), {})),
         }
 
     def session(self) -> dict[str, Any]:
@@ -137,7 +139,7 @@ class EnergyHandler(APIHandler):
             self.log.warning("ipython-energy: MLflow read failed: %s", exc)
             raise tornado.web.HTTPError(503, f"MLflow is not answering: {exc}") from exc
         self.set_header("Content-Type", "application/json")
-        self.finish(json.dumps(data))
+        self.finish(json.dumps(data, separators=(",", ":")))
 
 
 class _Unavailable(RuntimeError):

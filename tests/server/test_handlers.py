@@ -67,7 +67,7 @@ async def test_sweep_view_shape(jp_fetch, logged):
     data = payload(await jp_fetch(*API, "sweeps", sid, logged["small"].run_id))
     assert data["totals"]["runs"] == 12 and data["totals"]["energy_j"] == pytest.approx(480.0)
     assert data["totals"]["over_budget"] is True
-    assert data["runs"][0]["status"] == "finished" and data["runs"][0]["index"] == 1
+    assert data["latest_run"]["status"] == "finished" and data["latest_run"]["index"] == 12
     chart = data["chart"]
     assert chart["$schema"].startswith("https://vega.github.io/schema/vega-lite/v5")
     assert len(chart["datasets"]["runs"]) == 12 and chart["datasets"]["budget"][0]["budget_j"] == 400.0

@@ -210,6 +210,22 @@ def test_reader_is_incremental_and_follows_a_running_sweep(tracking):
     assert reader.stats["searches"] == searches  # an ended sweep costs only the parent's get_run
 
 
+def test_reader_finds_a_short_run_that_started_and_ended_between_two_reads(tracking):
+    uri, client = tracking
+    exp = experiment_id(client, "e")
+    s = log_sweep(client, exp, "grid", [10.0] * 3, end=False)
+    reader = query.SourceReader(uri)
+    reader.sweep_data("e", s.run_id)
+    searches = reader.stats["searches"]
+    reader.sweep_data("e", s.run_id)
+    assert reader.stats["searches"] == searches + 1  # nothing ended: only the running runs are searched
+    rid = s.start_run("quick")
+    s.end_run(rid, 7.0, 0.1)  # also moves the parent's sweep_runs, as the writer does
+    d = reader.sweep_data("e", s.run_id)
+    assert d["totals"]["runs"] == 4 and d["runs"][-1]["energy_j"] == 7.0
+    assert reader.stats["full_loads"] == 1
+
+
 def test_reader_catches_runs_written_late_from_the_spool(tracking):
     """A run replayed long after it ended (old end_time) is found through the parent's sweep_runs."""
     uri, client = tracking

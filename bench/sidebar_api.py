@@ -1,0 +1,201 @@
+"""Sidebar API latency for a sweep of 1,000 runs, beside the plain MLflow search it replaces.
+
+    .venv/bin/python bench/sidebar_api.py [--runs 1000] [--requests 200] [--backend sqlite|server]
+
+What it does, all real: logs one sweep of N runs with the MLflow client (layout of
+docs/metrics.md; the last run stays RUNNING), starts a real ``jupyter server`` process with
+the ipython_energy server extension (found through a kernel registration file), then polls
+
+* ``GET /ipython-energy/api/sweeps/<source>/<sweep>`` (what the sidebar polls every 2 s),
+* ``GET /ipython-energy/api/experiments/<source>``,
+
+while another thread logs ``live_energy_j`` to the running run every 0.5 s, so every poll
+has something new.  Beside it, the same question asked the plain way:
+``MlflowClient.search_runs`` for all children of the sweep (one page of 1,000).
+
+Prints a markdown table (p50 / p95 / max in ms; the first, cold request separately).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "server")]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, headers: dict[str, str] | None = None, timeout_s: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def summary(name: str, times_s: list[float], note: str = "") -> str:
+    ms = [t * 1000 for t in times_s]
+    return (f"| {name} | {len(ms)} | {statistics.median(ms):.1f} | {pct(ms, 0.95):.1f} | {max(ms):.1f} | {note} |")
+
+
+def log_big_sweep(uri: str, runs: int) -> tuple[str, str]:
+    from layout_data import SweepLog, experiment_id
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = experiment_id(client, "bench")
+    sweep = SweepLog.start(client, exp, "bench-sweep", planned=runs + 100)
+    t0 = time.monotonic()
+    for i in range(runs - 1):
+        rid = sweep.start_run(f"run-{i + 1}", {"lr": 10 ** -(i % 5), "depth": i % 7, "seed": i})
+        sweep.end_run(rid, 100.0 + (i % 17), 2.0)
+    running = sweep.start_run(f"run-{runs}", {"lr": 0.1, "depth": 3, "seed": runs})
+    print(f"logged {runs} runs in {time.monotonic() - t0:.0f} s", file=sys.stderr)
+    return sweep.run_id, running
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=1000)
+    ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--backend", choices=["sqlite", "server"], default="sqlite",
+                    help="sqlite: a sqlite store; server: a real `mlflow server` process in front of it")
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="sidebar-bench-"))
+    procs: list[subprocess.Popen] = []
+    try:
+        uri = f"sqlite:///{work / 'mlflow.db'}"
+        if args.backend == "server":
+            port = free_port()
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                 "--backend-store-uri", uri, "--default-artifact-root", str(work / "artifacts"), "--workers", "1"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+            uri = f"http://127.0.0.1:{port}"
+            wait_http(uri + "/health")
+        sweep_id, running_id = log_big_sweep(uri, args.runs)
+
+        from mlflow.tracking import MlflowClient
+
+        from ipython_energy.paths import write_json_atomic
+
+        home = work / "energy-home"
+        (home / "kernels").mkdir(parents=True, mode=0o700)
+        write_json_atomic(home / "kernels" / "bench.json", {
+            "session": "bench", "pid": os.getpid(), "tracking_uri": uri, "experiment_name": "bench",
+            "cwd": str(work), "started_at": time.time()})
+        config = work / "jupyter-config"
+        config.mkdir()
+        (config / "jupyter_server_config.json").write_text(
+            json.dumps({"ServerApp": {"jpserver_extensions": {"ipython_energy": True}}}))
+        port, token = free_port(), secrets.token_hex(16)
+        env = {**os.environ, "IPYTHON_ENERGY_HOME": str(home), "JUPYTER_CONFIG_DIR": str(config),
+               "PYTHONPATH": str(ROOT)}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "jupyter_server", "--no-browser", "--allow-root", "--ip", "127.0.0.1",
+             "--port", str(port), f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={work}"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        auth = {"Authorization": f"token {token}"}
+        base = f"http://127.0.0.1:{port}/ipython-energy/api"
+        wait_http(f"http://127.0.0.1:{port}/api/status", auth)
+
+        def get(path: str) -> tuple[float, bytes]:
+            t0 = time.perf_counter()
+            with urllib.request.urlopen(urllib.request.Request(base + path, headers=auth), timeout=60) as r:
+                body = r.read()
+            return time.perf_counter() - t0, body
+
+        _, listing = get("/experiments")
+        source = json.loads(listing)["sources"][0]["id"]
+        cold_sweep, body = get(f"/sweeps/{source}/{sweep_id}")
+        assert json.loads(body)["totals"]["runs"] == args.runs
+        cold_exp, _ = get(f"/experiments/{source}")
+
+        client = MlflowClient(tracking_uri=uri)
+        stop = threading.Event()
+
+        def live_writer() -> None:
+            from mlflow.entities import Metric
+
+            step = 0
+            while not stop.wait(0.5):
+                step += 1
+                now = int(time.time() * 1000)
+                client.log_batch(running_id, metrics=[Metric("live_energy_j", 10.0 * step, now, step),
+                                                      Metric("live_power_w", 20.0, now, step)])
+
+        writer = threading.Thread(target=live_writer, daemon=True)
+        writer.start()
+        sweep_times, exp_times, search_times = [], [], []
+        last_live = None
+        for i in range(args.requests):
+            t, body = get(f"/sweeps/{source}/{sweep_id}")
+            sweep_times.append(t)
+            last_live = json.loads(body)["latest_run"]["energy_j"]
+            exp_times.append(get(f"/experiments/{source}")[0])
+            if i % 4:
+                time.sleep(0.05)
+                continue
+            t0 = time.perf_counter()
+            children = client.search_runs([client.get_run(sweep_id).info.experiment_id],
+                                          filter_string=f"tags.`mlflow.parentRunId` = '{sweep_id}'",
+                                          max_results=1000)
+            search_times.append(time.perf_counter() - t0)
+            assert len(children) == args.runs
+            time.sleep(0.05)
+        stop.set()
+        writer.join(5)
+        assert last_live and last_live > 0, "the running run's live energy never reached the API"
+
+        store = "sqlite store" if args.backend == "sqlite" else "`mlflow server` (sqlite behind it)"
+        print(f"\nSweep of {args.runs} runs (one running, live metrics logged every 0.5 s), {store}, "
+              f"{args.requests} polls; cold = first request after server start "
+              f"(sweep {cold_sweep * 1000:.0f} ms, experiment {cold_exp * 1000:.0f} ms).\n")
+        print("| request | n | p50 ms | p95 ms | max ms | note |")
+        print("| --- | ---: | ---: | ---: | ---: | --- |")
+        print(summary("`GET /ipython-energy/api/sweeps/<source>/<sweep>`", sweep_times,
+                      "HTTP round trip incl. chart spec"))
+        print(summary("`GET /ipython-energy/api/experiments/<source>`", exp_times, "sweeps + rebound + chart"))
+        print(summary("plain `MlflowClient.search_runs` (children of the sweep)", search_times,
+                      "in-process, no HTTP, no chart"))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+                try:
+                    p.wait(10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
+
+
+if __name__ == "__main__":
+    main()
