@@ -19,6 +19,7 @@ Prints a markdown table (p50 / p95 / max in ms; the first, cold request separate
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -101,7 +102,8 @@ def main() -> None:
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
             uri = f"http://127.0.0.1:{port}"
             wait_http(uri + "/health")
-        sweep_id, running_id = log_big_sweep(uri, args.runs)
+        with contextlib.redirect_stdout(sys.stderr):  # MLflow prints a "View run" line per run over HTTP
+            sweep_id, running_id = log_big_sweep(uri, args.runs)
 
         from mlflow.tracking import MlflowClient
 

@@ -242,7 +242,9 @@ def _inline_bundle() -> str | None:
         import vl_convert
     except ImportError:
         return None
-    return vl_convert.javascript_bundle()
+    from altair.vegalite import SCHEMA_VERSION  # "v5.20.1" -> vl-convert's "v5_20"
+
+    return vl_convert.javascript_bundle(vl_version="_".join(SCHEMA_VERSION.split(".")[:2]))
 
 
 def sweep_html(sweep_data: Mapping[str, Any], *, inline: bool | None = None) -> str:
@@ -281,10 +283,8 @@ def sweep_html(sweep_data: Mapping[str, Any], *, inline: bool | None = None) -> 
     if bundle is not None:
         safe_bundle = bundle.replace("</script", "<\\/script")
         scripts = f"<script>{safe_bundle}</script>"
-        loader = "vegaEmbed"
     else:
         scripts = "".join(f'<script src="{u}"></script>' for u in _VEGA_CDN)
-        loader = "window.vegaEmbed"
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8">
 <title>{esc(str(sweep.get('name', '')))} – ipython-energy sweep</title>
@@ -302,11 +302,11 @@ table{{border-collapse:collapse;font-size:13px}}td,th{{border-bottom:1px solid #
 (function () {{
   var spec = JSON.parse(document.getElementById("energy-spec").textContent);
   var note = document.getElementById("chart-note");
-  if (typeof {loader} !== "function") {{
+  if (typeof window.vegaEmbed !== "function") {{
     note.textContent = "The chart needs vega (loaded from a CDN, unreachable here); the numbers are in the table below.";
     return;
   }}
-  {loader}("#chart", spec, {{actions: false}}).catch(function (err) {{ note.textContent = String(err); }});
+  window.vegaEmbed("#chart", spec, {{actions: false}}).catch(function (err) {{ note.textContent = String(err); }});
 }})();
 </script>
 <h3>Runs</h3>
