@@ -194,3 +194,58 @@ def test_polling_stops_while_the_panel_is_hidden(lab, page):
     t2 = time.monotonic()
     page.wait_for_timeout(1.5 * 1000)
     assert [t for t in requests if t >= t2], "polling did not resume when the panel was shown"
+
+
+NOTEBOOK_RUNNER = r'''
+import sys, nbformat
+from nbclient import NotebookClient
+cells = ["%load_ext ipython_energy", "%energy sweep nb-sweep --planned 8"]
+for i in range(6):
+    cells.append(f"%%energy --run nb-run-{i + 1} --param i={i}\nimport time\nt0 = time.time()\n"
+                 f"while time.time() - t0 < 4.5:\n    sum(range(10000))")
+cells += ["%energy end", "%energy flush"]
+nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+NotebookClient(nb, timeout=180, kernel_name="python3").execute()
+for c in nb.cells:
+    for out in c.get("outputs", []):
+        sys.stdout.write(out.get("text", "") + str(out.get("ename", "")))
+'''
+
+
+def test_a_notebook_sweep_with_the_magic_appears_live(lab, page):
+    """(a, end to end) A real kernel runs %%energy cells in a directory that is not the server's
+    root, with its own ./mlflow.db; the sidebar finds it through the kernel's registration alone."""
+    elsewhere = lab.base / "notebooks-elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith(("MLFLOW_", "IPYTHON_ENERGY_"))}
+    env.update({"IPYTHON_ENERGY_HOME": str(lab.home), "PYTHONPATH": str(ROOT)})
+    kernel = subprocess.Popen([sys.executable, "-c", NOTEBOOK_RUNNER], cwd=elsewhere, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        panel = open_sidebar(page, lab)
+        total = panel.locator(".jp-EnergyPanel-totalStat .jp-EnergyPanel-statValue")
+        total.wait_for(timeout=90_000)
+        seen, live_seen, shot = [], False, False
+        while kernel.poll() is None and len(seen) < 120:
+            seen.append((page.locator(BARS).count(), energy_value(total.inner_text())))
+            latest = panel.locator(".jp-EnergyPanel-latest").inner_text()
+            if "so far" in latest:
+                live_seen = True
+                if not shot and seen[-1][0] >= 2:
+                    shoot(page, panel, "a-notebook-live")
+                    shot = True
+            page.wait_for_timeout(700)
+        output = kernel.communicate(timeout=120)[0]
+        assert kernel.returncode == 0, output
+        page.wait_for_function(f"document.querySelectorAll('{BARS}').length === 6", timeout=20_000)
+        shoot(page, panel, "a-notebook-done")
+    finally:
+        if kernel.poll() is None:
+            kernel.kill()
+    assert (elsewhere / "mlflow.db").is_file() and not (lab.root / "mlflow.db").exists()
+    counts, totals = [c for c, _ in seen], [t for _, t in seen]
+    assert counts == sorted(counts) and counts[-1] > counts[0], seen
+    assert totals == sorted(totals) and totals[-1] > totals[0], seen
+    assert live_seen, "the running cell's live energy never showed"
+    assert "estimated" in panel.inner_text()  # no RAPL / GPU counter on this machine: a labelled estimate
+    assert not page.problems, page.problems
