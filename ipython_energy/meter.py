@@ -436,6 +436,10 @@ class Meter:
                 self._measure_idle(now)
 
     def _measure_idle(self, now: float) -> None:
+        if self._open:
+            self._idle_prev = None
+            self._idle_events_seen = self._events
+            return
         series = self.sampler.series.values()
         if not series or any(len(s.points) < 2 for s in series if s.good_reads):
             return

@@ -96,6 +96,8 @@ class CpuModelSensor:
     """
 
     name = "cpu-model"
+    #: Computes in-process and never blocks: the sampler may read it on its own thread.
+    nonblocking = True
 
     def __init__(
         self,

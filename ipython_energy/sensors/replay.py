@@ -210,6 +210,8 @@ class ReplaySensor:
     """
 
     name = "replay"
+    #: Computes in-process and never blocks: the sampler may read it on its own thread.
+    nonblocking = True
 
     def __init__(
         self,
