@@ -99,6 +99,16 @@ class Spool:
         self._seq = seq
         return seq
 
+    def reject(self, event: dict[str, Any], reason: str) -> None:
+        """Keep an event MLflow refused in ``<session>.rejected.jsonl``, for a person to look at."""
+        line = json.dumps({"reason": reason, "event": event}, separators=(",", ":"), default=str) + "\n"
+        fd = open_private(self.directory / f"{self.session}.rejected.jsonl")
+        try:
+            os.write(fd, line.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def ack(self, seq: int) -> None:
         """Record that MLflow has every event up to ``seq``."""
         if seq <= self._acked:

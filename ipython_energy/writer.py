@@ -67,6 +67,7 @@ class Writer:
         self._applying_since: float | None = None
         self._last_ok = float("-inf")
         self.slow_after_s = 5.0
+        self.rejected: list[tuple[dict[str, Any], str]] = []
         self.listeners: list[Callable[[dict[str, Any], str], None]] = []
 
     # ---- producer side (the user's thread) -----------------------------------------------
@@ -192,6 +193,15 @@ class Writer:
                 self._probe(event)
             self._apply(event, in_doubt)
         except Exception as exc:  # noqa: BLE001 - any backend failure means: keep it and retry
+            if _is_rejection(exc):
+                # The backend answered and refused this event (bad value, deleted run, …). It is
+                # retried a few times, then set aside in the rejected journal so that it cannot
+                # hold up every later measurement.
+                event["_rejections"] = event.get("_rejections", 0) + 1
+                if event["_rejections"] >= 3:
+                    self._set_aside(event, exc)
+                    return True
+                return False
             if self.backend_ok:
                 self.outage_since = time.time()
             self.backend_ok = False
@@ -208,6 +218,18 @@ class Writer:
         for listener in list(self.listeners):
             listener(event, "applied")
         return True
+
+    def _set_aside(self, event: dict[str, Any], exc: Exception) -> None:
+        reason = f"{type(exc).__name__}: {exc}"[:500]
+        self.rejected.append((event, reason))
+        del self.rejected[:-100]
+        log.warning("ipython-energy: MLflow refused a %s event (%s); it is kept in %s",
+                    event.get("type"), reason, "the rejected journal" if self._spool else "memory")
+        if self._spool is not None:
+            try:
+                self._spool.reject(event, reason)
+            except OSError:
+                pass
 
     def _probe(self, event: dict[str, Any]) -> None:
         """During an outage, ask an HTTP tracking server's /health (2 s) before MLflow's long retries."""
@@ -306,6 +328,18 @@ class Writer:
             if not self._apply_safely(end, in_doubt=True):
                 return
             old.ack(seq)
+
+
+_REJECTION_CODES = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS",
+                    "BAD_REQUEST", "INVALID_STATE"}
+
+
+def _is_rejection(exc: Exception) -> bool:
+    """The backend answered and said no (as opposed to not answering)."""
+    if isinstance(exc, LookupError):  # our own: the run this event belongs to was never created
+        return True
+    code = getattr(exc, "error_code", None)
+    return isinstance(code, str) and code in _REJECTION_CODES
 
 
 @contextlib.contextmanager

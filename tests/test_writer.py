@@ -165,3 +165,23 @@ def test_server_killed_mid_sweep_and_restarted(energy_home, mlflow_server):
         steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "cell_energy_j"))
         assert steps == [7, 8], child.info.run_name
     writer.close()
+
+
+def test_refused_event_is_set_aside_and_does_not_block_the_rest(energy_home, sqlite_uri):
+    """MLflow refusing one event (a param changed after it was logged) must not hold up later ones."""
+    writer = Writer(Spool.create("poison"), retry_max_s=0.05)
+    t = _t()
+    common = {"tracking_uri": sqlite_uri, "experiment": "exp"}
+    writer.submit({"type": "run_start", "uid": "a", "name": "a", "sweep_uid": None, "params": {"lr": "1"},
+                   "tags": {}, "t_ms": t, **common})
+    writer.submit({"type": "run_end", "uid": "ghost", "status": "FINISHED", "t_ms": t,
+                   "metrics": [["energy_j", 1.0, 0, t]], "tags": {}})  # a run that never existed
+    writer.submit({"type": "run_end", "uid": "a", "status": "FINISHED", "t_ms": t,
+                   "metrics": [["energy_j", 2.0, 0, t]], "tags": {}})
+    assert writer.flush(120)
+    _, _, (run,) = runs_by_kind(sqlite_uri)
+    assert run.data.metrics["energy_j"] == 2.0 and run.info.status == "FINISHED"
+    assert [ev["uid"] for ev, _ in writer.rejected] == ["ghost"]
+    rejected = (energy_home / "spool" / "poison.rejected.jsonl").read_text()
+    assert '"uid":"ghost"' in rejected
+    writer.close()
