@@ -12,7 +12,8 @@ sensor types at once:
   Ampere and newer);
 * ``power-instant``: power only, instantaneous (like older GPUs), sampled at 10 Hz.
 
-Windows of 10 ms to 10 s are opened at random times, overlapping freely.  Beside our
+Windows of 10 ms to 10 s (each 0-10 % longer than its nominal length, at random) are
+opened at random times, overlapping freely.  Beside our
 error, the table shows what polling the *instantaneous* power every 10 s or 15 s would
 report for the same windows (MLflow's and W&B's system metrics, CodeCarbon's interval):
 the mean of the polled samples that fall inside the window times its duration, 0 J when
@@ -95,8 +96,11 @@ def schedule(seconds: float, rng: random.Random, warmup_s: float) -> list[tuple[
     out = []
     for length, n in COUNTS.items():
         for _ in range(n):
-            start = rng.uniform(warmup_s, max(warmup_s + 0.1, seconds - length))
-            out.append((start, length))
+            # lengths jittered by up to 10 %: a window that is a whole number of counter
+            # updates long would hide a counter's staleness (it cancels between the edges)
+            actual = length * (1.0 + rng.uniform(0.0, 0.1))
+            start = rng.uniform(warmup_s, max(warmup_s + 0.1, seconds - actual))
+            out.append((start, length, actual))
     return out
 
 
@@ -113,7 +117,7 @@ def run(seconds: float, seed: int, warmup_s: float = 3.0) -> dict:
             sensors[(tname, mode)] = ReplaySensor(tr, names={"x": dom}, kinds={dom: "gpu"}, **kw)
     meter = Meter(list(sensors.values()), interval_s=0.1, idle_power_w=0.0)
     plan = schedule(seconds, rng, warmup_s)
-    events = sorted([(s, 0, i) for i, (s, _) in enumerate(plan)] + [(s + L, 1, i) for i, (s, L) in enumerate(plan)])
+    events = sorted([(s, 0, i) for i, (s, _, _) in enumerate(plan)] + [(s + a, 1, i) for i, (s, _, a) in enumerate(plan)])
     meter.start()
     t0 = meter.sampler.started_at
     open_w = {}
