@@ -1,0 +1,172 @@
+"""Helpers shared by the fault tests: MLflow read-back, warning counting, fake sensors at the seam.
+
+Everything here sits either above the product (reading MLflow back, counting what the user saw)
+or exactly at the hardware seam (sensor classes that implement the small Sensor protocol and
+misbehave on request).  Nothing in between is replaced.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+from typing import Iterable
+
+from ipython_energy.sensors.base import DomainInfo, DomainReading
+from ipython_energy.sensors.replay import ReplaySensor, ReplayTrace
+
+OUTAGE_WARNING = re.compile(r"ipython-energy: (MLflow at .* is not answering|cannot write the local spool)")
+RECOVERY_NOTE = "ipython-energy: MLflow is answering again"
+
+
+def outage_warnings(stderr: str) -> list[str]:
+    """The outage warnings a user saw on stderr (one line each)."""
+    return [line for line in stderr.splitlines() if OUTAGE_WARNING.search(line)]
+
+
+def mlflow_runs(uri: str, experiment: str = "ipython-energy"):
+    """``(client, runs)`` of ``experiment`` as MLflow has them (deleted runs left out)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return client, []
+    runs, token = [], None
+    while True:
+        page = client.search_runs([exp.experiment_id], max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return client, runs
+
+
+def split_sweep(runs):
+    """``(sweeps, children)`` by the ``energy.kind`` tag."""
+    sweeps = [r for r in runs if r.data.tags.get("energy.kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("energy.kind") == "run"]
+    return sweeps, children
+
+
+def history(client, run_id: str, key: str):
+    return sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+
+
+def assert_sweep_total_exact(client, parent, children) -> None:
+    """The sweep's last ``sweep_energy_j`` is the sum of its children's ``energy_j``.
+
+    The writer sums the children in the order MLflow lists them; so does this check, so the
+    comparison is exact (==), and it is also checked against ``math.fsum`` to rounding.
+    """
+    listed = client.search_runs([parent.info.experiment_id],
+                                filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+                                max_results=1000)
+    assert {r.info.run_id for r in listed} == {c.info.run_id for c in children}
+    total = sum(r.data.metrics["energy_j"] for r in listed)
+    last = history(client, parent.info.run_id, "sweep_energy_j")[-1]
+    assert last.step == len(children)
+    assert last.value == total
+    assert last.value == math.fsum(c.data.metrics["energy_j"] for c in children) or \
+        abs(last.value - math.fsum(c.data.metrics["energy_j"] for c in children)) <= 1e-12 * total
+
+
+def flat_replay(watts: dict[str, float], **kw) -> ReplaySensor:
+    """Replay sensor (the hardware seam): a flat trace, so truth = watts x seconds."""
+    return ReplaySensor(ReplayTrace([0, 36000], {f"{k}_w": [v, v] for k, v in watts.items()}), **kw)
+
+
+class Misbehaving:
+    """A sensor at the seam that reads a true flat counter and misbehaves when told to.
+
+    ``mode`` is one of ``ok``, ``raise``, ``hang``, ``nan`` (NaN energy), ``negative``
+    (negative energy), ``low_once`` (one read lower than the counter, then ``ok`` again),
+    ``low`` (reads at half the counter) or ``zero`` (reads 0 J) until set back to ``ok``.
+    :meth:`reset_now` restarts the counter from 0 (it keeps counting from there).  The counter
+    starts at ``base_j``; the true counter (``true_j``) never stops.
+    """
+
+    name = "misbehaving"
+
+    def __init__(self, domain: str = "package0", power_w: float = 50.0, clock=time.monotonic,
+                 base_j: float = 0.0):
+        self.domain = domain
+        self.base_j = base_j
+        self.power_w = power_w
+        self.clock = clock
+        self.t0 = clock()
+        self.mode = "ok"
+        self.reset_at: float | None = None
+        self.release = threading.Event()
+        self.reads = 0
+        self.hanging = 0
+
+    def true_j(self, t: float | None = None) -> float:
+        t = self.clock() if t is None else t
+        return self.base_j + (t - self.t0) * self.power_w
+
+    def domains(self):
+        return [DomainInfo(self.domain, "cpu", "counter", self.name, update_period_s=0.0)]
+
+    def read(self):
+        self.reads += 1
+        mode = self.mode
+        if mode == "raise":
+            raise OSError(5, "Input/output error")
+        if mode == "hang":
+            self.hanging += 1
+            self.release.wait(30)
+            self.hanging -= 1
+        e = self.true_j()
+        if mode == "nan":
+            return {self.domain: DomainReading(energy_j=math.nan, power_w=self.power_w)}
+        if mode == "negative":
+            return {self.domain: DomainReading(energy_j=-e, power_w=self.power_w)}
+        if mode == "low_once":
+            self.mode = "ok"
+            e = e * 0.5
+        elif mode == "low":
+            e = e * 0.5
+        elif mode == "zero":
+            e = 0.0
+        elif self.reset_at is not None:
+            e = e - self.true_j(self.reset_at)
+        return {self.domain: DomainReading(energy_j=e, power_w=self.power_w)}
+
+    def reset_now(self) -> None:
+        """The counter restarts from 0 (a driver reload) and keeps counting from there."""
+        self.reset_at = self.clock()
+
+    def state(self):
+        return {}
+
+    def close(self):
+        self.release.set()
+
+
+def wait_until(predicate, timeout_s: float = 30.0, poll_s: float = 0.05):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"condition not met within {timeout_s} s")
+
+
+def median(xs: Iterable[float]) -> float:
+    import statistics
+
+    return statistics.median(list(xs))
+
+
+def make_tracker(sensors, uri: str, **meter_kw):
+    """A Tracker measuring with ``sensors`` (the seam) and logging to ``uri``, configured like the magic's."""
+    from ipython_energy import config as cfg
+    from ipython_energy.meter import Meter
+    from ipython_energy.tracking import Tracker
+
+    config, _ = cfg.from_env()
+    config = config.with_values(tracking_uri=uri)
+    meter_kw.setdefault("interval_s", 0.05)
+    return Tracker(config, meter=Meter(sensors, **meter_kw))
