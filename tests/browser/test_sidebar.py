@@ -63,6 +63,8 @@ def test_bars_appear_and_total_rises_while_a_sweep_is_logged(lab, page):
         assert writer.wait(30) == 0
         page.wait_for_function(
             f"document.querySelectorAll('{BARS}').length === 5", timeout=15_000)
+        # the sweep has ended: the next poll shows it finished, with every run's final energy
+        panel.locator(".jp-EnergyPanel-sweepTitle .jp-EnergyPanel-finished").wait_for(timeout=15_000)
         final_total = energy_value(total.inner_text())
         shoot(page, panel, "a-sweep-done")
     finally:

@@ -128,3 +128,25 @@ async def test_server_config_overrides_discovery(configured, jp_fetch, energy_ho
         (configured, "configured-exp", "config")]
     view = payload(await jp_fetch(*API, "experiments", data["sources"][0]["id"]))
     assert [s["name"] for s in view["sweeps"]] == ["only"]
+
+
+@pytest.mark.server
+async def test_a_kernel_logging_to_a_tracking_server_is_found(jp_fetch, energy_home, mlflow_server):
+    """MLFLOW_TRACKING_URI of the kernel is an `mlflow server` (real process): its registration
+    carries that URI, and the sidebar reads the sweep through the server's REST API."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow_server.uri)
+    exp = experiment_id(client, "remote")
+    sweep = log_sweep(client, exp, "remote-grid", [30.0, 50.0], end=False)
+    running = sweep.start_run("still-going")
+    sweep.live(running, 12.0, 6.0, 2)
+    register_kernel(energy_home, mlflow_server.uri, "remote")
+    sources = payload(await jp_fetch(*API, "experiments"))["sources"]
+    assert [(s["tracking_uri"], s["exists"]) for s in sources] == [(mlflow_server.uri, True)]
+    data = payload(await jp_fetch(*API, "sweeps", sources[0]["id"], sweep.run_id))
+    assert data["totals"]["runs"] == 3 and data["totals"]["energy_j"] == pytest.approx(92.0)
+    assert data["latest_run"]["live"] is True
+    sweep.end_run(running, 20.0, 1.0)
+    data = payload(await jp_fetch(*API, "sweeps", sources[0]["id"], sweep.run_id))
+    assert data["totals"]["energy_j"] == pytest.approx(100.0) and data["latest_run"]["status"] == "finished"
