@@ -470,7 +470,6 @@ class _RunSet:
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)
     loaded: bool = False
     ended_checked_ms: int = 0  # when runs that ended were last searched for
-    version: int = 0
 
 
 class SourceReader:
@@ -587,8 +586,6 @@ class SourceReader:
                 if old is None or _row_key(old) != _row_key(row):
                     runs.rows[rid] = row
                     changed = True
-        if changed:
-            runs.version += 1
         return changed
 
     # -- the experiment ---------------------------------------------------------------

@@ -161,9 +161,11 @@ export class EnergyPanel extends Widget {
         requestAPI<ISessionReply>('session')
       ]);
       this._renderSession(session);
+      const failing = listing.sources.filter(s => s.error);
       const source = this._pickSource(listing.sources);
       if (!source) {
         this._showEmpty(listing.hint);
+        this._showStoreErrors(failing);
         return;
       }
       const experiment = await requestAPI<IExperimentReply>('experiments', source.id);
@@ -178,7 +180,7 @@ export class EnergyPanel extends Widget {
       }
       await this._experimentChart.update(experiment.sweeps.length > 1 ? experiment.chart : null);
       this._compareBox.hidden = experiment.sweeps.length < 2;
-      this._errorBox.hidden = true;
+      this._showStoreErrors(failing);
     } catch (reason) {
       this._errorBox.hidden = false;
       this._errorBox.textContent = `Cannot read energy data: ${
@@ -186,6 +188,14 @@ export class EnergyPanel extends Widget {
       }. Retrying…`;
       throw reason;
     }
+  }
+
+  /** Stores that could not be read (the panel still shows the others). */
+  private _showStoreErrors(failing: ISource[]): void {
+    this._errorBox.hidden = failing.length === 0;
+    this._errorBox.textContent = failing
+      .map(s => `Cannot read ${s.experiment} at ${s.tracking_uri}: ${s.error}`)
+      .join('\n');
   }
 
   // -- building ----------------------------------------------------------------------

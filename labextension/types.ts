@@ -12,6 +12,8 @@ export interface ISource {
   origin: 'config' | 'kernel' | 'environment' | 'server-root';
   live_sessions: number;
   exists: boolean;
+  /** Set when the store could not be read just now (the others are still shown). */
+  error?: string;
 }
 
 export interface IExperimentsReply {

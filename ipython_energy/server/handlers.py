@@ -82,11 +82,15 @@ class SidebarState:
 
     # -- what the routes return (called in the executor) -----------------------------------
     def list_experiments(self) -> dict[str, Any]:
+        """Every source, with ``exists`` (store and experiment are there) and, for a store
+        that cannot be read right now, ``error`` (the others are still listed)."""
         listed = []
         for src in self.sources():
             entry = src.public()
-            reader = self.reader(src)
-            entry["exists"] = reader.experiment_id(src.experiment_name) is not None
+            try:
+                entry["exists"] = self.reader(src).experiment_id(src.experiment_name) is not None
+            except _store_errors() as exc:
+                entry["exists"], entry["error"] = False, str(exc)
             listed.append(entry)
         return {"sources": listed, "hint": query.EMPTY_HINT}
 
@@ -151,12 +155,20 @@ def _call(fn: Callable[..., Any], args: tuple) -> Any:
 
     mlflow is imported here, in the pool, never on the event loop.
     """
-    from mlflow.exceptions import MlflowException
-
     try:
         return fn(*args)
-    except (MlflowException, OSError) as exc:
+    except _store_errors() as exc:
         raise _Unavailable(str(exc)) from exc
+
+
+def _store_errors() -> tuple[type[BaseException], ...]:
+    """What reading a tracking store raises when the store is unreachable or unreadable:
+    MlflowException (REST and most store errors), OSError (network, files) and SQLAlchemy's
+    errors, which MLflow's sqlite store lets through (e.g. a file that is not a database)."""
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return (MlflowException, OSError, SQLAlchemyError)
 
 
 class ExperimentsHandler(EnergyHandler):

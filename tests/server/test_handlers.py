@@ -150,3 +150,13 @@ async def test_a_kernel_logging_to_a_tracking_server_is_found(jp_fetch, energy_h
     sweep.end_run(running, 20.0, 1.0)
     data = payload(await jp_fetch(*API, "sweeps", sources[0]["id"], sweep.run_id))
     assert data["totals"]["energy_j"] == pytest.approx(100.0) and data["latest_run"]["status"] == "finished"
+
+
+async def test_an_unreadable_store_does_not_hide_the_others(jp_fetch, logged, energy_home, tmp_path):
+    broken = tmp_path / "broken.db"
+    broken.write_bytes(b"this is not a sqlite database" * 100)
+    register_kernel(energy_home, f"sqlite:///{broken}", "exp", session="s2")
+    sources = payload(await jp_fetch(*API, "experiments"))["sources"]
+    by_uri = {s["tracking_uri"]: s for s in sources}
+    assert by_uri[logged["uri"]]["exists"] is True
+    assert by_uri[f"sqlite:///{broken}"]["exists"] is False and by_uri[f"sqlite:///{broken}"]["error"]
