@@ -26,6 +26,7 @@ from .spool import Spool, SpoolError
 log = logging.getLogger("ipython_energy")
 
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
+THREAD_NAME = "ipython-energy-writer"
 
 
 @dataclass
@@ -66,6 +67,8 @@ class Writer:
         self.applied = 0
         self._applying_since: float | None = None
         self._last_ok = float("-inf")
+        self._last_recovery = float("-inf")
+        self.recovery_every_s = 30.0
         self.slow_after_s = 5.0
         self.rejected: list[tuple[dict[str, Any], str]] = []
         self.listeners: list[Callable[[dict[str, Any], str], None]] = []
@@ -76,17 +79,15 @@ class Writer:
         self._inbox.append(event)
         self._wake.set()
         if self._thread is None:
-            with self._lock:
-                if self._thread is None:
-                    self._thread = threading.Thread(target=self._loop, name="ipython-energy-writer", daemon=True)
-                    self._thread.start()
+            self.start()
 
     def start(self) -> None:
         """Start the thread now (it also adopts dead sessions' journals)."""
         if self._thread is None:
             with self._lock:
                 if self._thread is None:
-                    self._thread = threading.Thread(target=self._loop, name="ipython-energy-writer", daemon=True)
+                    self._busy = True  # until the thread says otherwise: flush() must not return early
+                    self._thread = threading.Thread(target=self._loop, name=THREAD_NAME, daemon=True)
                     self._thread.start()
 
     def flush(self, timeout_s: float = 30.0) -> bool:
@@ -133,17 +134,22 @@ class Writer:
     # ---- the thread -----------------------------------------------------------------------
     _busy = False
 
-    def _loop(self) -> None:
+    def _recover(self) -> None:
         if self._adopt and self._spool is not None:
             self._busy = True
             try:
                 self._adopt_orphans()
             except Exception as exc:  # noqa: BLE001 - recovery must never kill the writer
                 log.warning("ipython-energy: could not replay an old spool: %r", exc)
-            finally:
-                self._busy = False
+        self._last_recovery = time.monotonic()
+
+    def _loop(self) -> None:
+        self._recover()
         backoff = 0.25
         while not self._stop.is_set():
+            if time.monotonic() - self._last_recovery > self.recovery_every_s and not self._pending:
+                # A kernel still shutting down when this one loaded held its journal then.
+                self._recover()
             self._busy = True
             self._journal_inbox()
             if self._pending:
@@ -205,7 +211,7 @@ class Writer:
             if self.backend_ok:
                 self.outage_since = time.time()
             self.backend_ok = False
-            self.last_error = f"{type(exc).__name__}: {exc}"[:500]
+            self.last_error = describe_error(exc)
             log.debug("ipython-energy: MLflow write failed", exc_info=True)
             return False
         finally:
@@ -232,10 +238,22 @@ class Writer:
                 pass
 
     def _probe(self, event: dict[str, Any]) -> None:
-        """During an outage, ask an HTTP tracking server's /health (2 s) before MLflow's long retries."""
+        """During an outage, check the backend cheaply before MLflow's long retries.
+
+        An HTTP tracking server is asked for /health (2 s); a sqlite store that does not exist
+        yet must have a writable directory (MLflow would retry creating it for many seconds).
+        """
         uid = event.get("uid")
         ctx = event if event.get("tracking_uri") else self._context.get(uid, {})
         uri = ctx.get("tracking_uri", "")
+        if uri.startswith("sqlite:///"):
+            import os
+
+            path = uri[len("sqlite:///"):]
+            folder = os.path.dirname(path) or "."
+            if path and not path.startswith(":memory:") and not os.path.exists(path) \
+                    and not os.access(folder, os.W_OK):
+                raise PermissionError(f"cannot create {path}: {folder} is not writable")
         if uri.startswith(("http://", "https://")):
             import urllib.request
 
@@ -342,6 +360,49 @@ def _is_rejection(exc: Exception) -> bool:
     return isinstance(code, str) and code in _REJECTION_CODES
 
 
+def describe_error(exc: BaseException) -> str:
+    """One line for the user: the innermost cause of ``exc`` (``OperationalError: database is locked``).
+
+    MLflow wraps store and HTTP errors several layers deep, with SQL statements and retry
+    details in the outer messages; the root cause is what says what is wrong.
+    """
+    root, seen = exc, {id(exc)}
+    while True:
+        nxt = root.__cause__ or (None if root.__suppress_context__ else root.__context__)
+        if nxt is None or id(nxt) in seen:
+            break
+        seen.add(id(nxt))
+        root = nxt
+    text = next((line.strip() for line in str(root).splitlines() if line.strip()), "")
+    return f"{type(root).__name__}: {text}"[:300] if text else type(root).__name__
+
+
+class _NotFromWriterThread(logging.Filter):
+    """Drops MLflow's, SQLAlchemy's and urllib3's log records made on the writer thread.
+
+    The writer retries every failed write and reports an outage once, itself
+    (Tracker.backend_warning); the libraries' own per-attempt warnings and tracebacks would
+    otherwise be printed under whatever cell is running, once per retry.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.threadName != THREAD_NAME
+
+
+_MUTE = _NotFromWriterThread()
+
+
+def _mute_library_logs_on_writer_thread() -> None:
+    """Attach :data:`_MUTE` to the handlers MLflow installs and to urllib3's retry logger (idempotent)."""
+    for name in ("mlflow", "sqlalchemy.engine", "alembic"):
+        for handler in logging.getLogger(name).handlers:
+            if _MUTE not in handler.filters:
+                handler.addFilter(_MUTE)
+    pool = logging.getLogger("urllib3.connectionpool")
+    if _MUTE not in pool.filters:
+        pool.addFilter(_MUTE)
+
+
 @contextlib.contextmanager
 def _host_lock(key: str):
     """An exclusive lock shared by every process of this user on this host, named by ``key``."""
@@ -370,6 +431,7 @@ class Backend:
         # text would land in whatever cell is running.
         for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
             logging.getLogger(name).setLevel(logging.WARNING)
+        _mute_library_logs_on_writer_thread()
 
         self.tracking_uri = tracking_uri
         self.experiment = experiment
@@ -447,11 +509,11 @@ class Backend:
         self.run_ids[uid] = self._create(event, context, in_doubt)
 
     def _create(self, event: dict[str, Any], context: dict[str, dict[str, Any]], in_doubt: bool) -> str:
-        from mlflow.entities import Param
-
         uid = event["uid"]
         existing = self._find_by_uid(uid) if in_doubt else None
         if existing is not None:
+            # Created before the failure, but its params may not have been logged yet.
+            self._log_start_data(existing, event, in_doubt=True)
             return existing
         tags = {**self.host_tags, **(event.get("tags") or {})}
         tags["energy.uid"] = uid
@@ -471,13 +533,44 @@ class Backend:
         run = self.client.create_run(self.experiment_id, start_time=event["t_ms"],
                                      tags={k: str(v) for k, v in tags.items()}, run_name=event["name"])
         run_id = run.info.run_id
+        self._log_start_data(run_id, event, in_doubt=False)
+        return run_id
+
+    def _log_start_data(self, run_id: str, event: dict[str, Any], in_doubt: bool) -> None:
+        """The params (and a sweep's budget) of a new run; safe to repeat (same values, deduplicated points).
+
+        A param MLflow refuses outright (``INVALID_PARAMETER_VALUE``: a key with characters it
+        does not store) would fail every retry and hold back every later event, so it is
+        recorded, with MLflow's reason, in the tag ``energy.params_rejected`` instead.
+        """
+        from mlflow.entities import Param
+        from mlflow.exceptions import MlflowException
+
         params = [Param(str(k), str(v)) for k, v in (event.get("params") or {}).items()]
         metrics = []
         if event["type"] == "sweep_start" and event.get("budget_j") is not None:
-            metrics = self._metrics([["sweep_budget_j", event["budget_j"], 0, event["t_ms"]]], None, False)
-        if params or metrics:
+            metrics = self._metrics([["sweep_budget_j", event["budget_j"], 0, event["t_ms"]]], run_id, in_doubt)
+        if not (params or metrics):
+            return
+        try:
             self.client.log_batch(run_id, metrics=metrics, params=params)
-        return run_id
+            return
+        except MlflowException as exc:
+            if exc.error_code != "INVALID_PARAMETER_VALUE" or not params:
+                raise
+        rejected = []
+        for param in params:
+            try:
+                self.client.log_batch(run_id, params=[param])
+            except MlflowException as exc:
+                if exc.error_code != "INVALID_PARAMETER_VALUE":
+                    raise
+                rejected.append(f"{param.key}={param.value}: {describe_error(exc)}")
+        if metrics:
+            self.client.log_batch(run_id, metrics=metrics)
+        if rejected:
+            log.warning("ipython-energy: MLflow refused param(s) %s", "; ".join(rejected))
+            self.client.set_tag(run_id, "energy.params_rejected", "; ".join(rejected)[:5000])
 
     def _join_sweep(self, event: dict[str, Any]) -> str | None:
         """A running sweep of the same name in this experiment (another kernel's), if any."""

@@ -15,7 +15,14 @@ from jupyter_client.manager import KernelManager
 from mlflow.tracking import MlflowClient
 
 
+def create_store(uri: str) -> None:
+    """Make the sqlite store before any kernel runs: this test process reads it while a kernel writes,
+    and two processes creating one new sqlite store at once race in MLflow's schema migration."""
+    MlflowClient(uri).search_experiments(max_results=1)
+
+
 def start_kernel(tmp_path, energy_home, trace, uri, extra_arguments=(), **more_env) -> tuple[KernelManager, object]:
+    create_store(uri)
     env = dict(os.environ, **more_env)
     env.update({"IPYTHON_ENERGY_HOME": str(energy_home), "IPYTHON_ENERGY_SENSORS": f"replay:{trace}",
                 "MLFLOW_TRACKING_URI": uri, "IPYTHON_ENERGY_LIVE_INTERVAL_S": "0.5",

@@ -1,0 +1,166 @@
+"""Backend faults, through the real magic in a real IPython shell: the MLflow backend killed, a
+sqlite store locked by another process, a full disk, a read-only working directory.
+
+Hardware seam: the replay sensor plays a flat trace (gpu0 100 W, cpu 20 W).  MLflow is real: a
+sqlite store, or a real ``mlflow server`` process (tests/conftest.py MlflowServer) that is killed
+with SIGKILL and restarted.
+
+Every test asserts the outcome: cells ran and were not slowed, the user saw exactly one clear
+warning (Tracker.backend_warning, printed to stderr after a cell) instead of one per cell, and
+once the fault cleared every run and every per-cell metric reached MLflow exactly once, with the
+sweep's total the exact sum of its children.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+import ipython_energy
+from faultkit import (RECOVERY_NOTE, assert_sweep_total_exact, history, median, mlflow_runs,
+                      outage_warnings, split_sweep)
+
+
+def replay_env(flat_trace, uri: str | None) -> dict[str, str]:
+    env = {"IPYTHON_ENERGY_SENSORS": f"replay:{flat_trace}", "IPYTHON_ENERGY_QUIET": "true"}
+    if uri is not None:
+        env["MLFLOW_TRACKING_URI"] = uri
+    return env
+
+
+class Sweep:
+    """Drives ``%%energy --param i=N`` cells in one sweep and remembers what each cell measured."""
+
+    def __init__(self, ip, name: str):
+        self.ip = ip
+        self.name = name
+        self.cells: dict[str, tuple[int, object]] = {}  # run name -> (execution count, Measurement)
+        ip.run_line_magic("energy", f"sweep {name}")
+
+    def cell(self, body: str = "pass") -> float:
+        """Run one measured cell as a new run of the sweep; return its wall time in seconds."""
+        i = len(self.cells)
+        count = self.ip.execution_count
+        t0 = time.perf_counter()
+        result = self.ip.run_cell(f"%%energy -o m --param i={i}\n{body}")
+        elapsed = time.perf_counter() - t0
+        assert result.success, result.error_in_exec
+        self.cells[f"i={i}"] = (count, self.ip.user_ns["m"])
+        return elapsed
+
+    def plain(self) -> float:
+        t0 = time.perf_counter()
+        assert self.ip.run_cell("pass").success
+        return time.perf_counter() - t0
+
+    def check_arrived_once(self, uri: str) -> None:
+        """Every run once, every per-cell point once with its own value, the sweep total exact."""
+        client, runs = mlflow_runs(uri)
+        sweeps, children = split_sweep(runs)
+        (parent,) = [s for s in sweeps if s.info.run_name == self.name]
+        children = [c for c in children if c.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        names = [c.info.run_name for c in children]
+        assert sorted(names) == sorted(self.cells), "each run exactly once"
+        for child in children:
+            count, m = self.cells[child.info.run_name]
+            assert child.info.status == "FINISHED"
+            assert child.data.metrics["energy_j"] == m.energy_j
+            points = client.get_metric_history(child.info.run_id, "cell_energy_j")
+            assert [(p.step, p.value) for p in points] == [(count, m.energy_j)], child.info.run_name
+            assert len(client.get_metric_history(child.info.run_id, "energy_j")) == 1
+        assert_sweep_total_exact(client, parent, children)
+        steps = [p.step for p in history(client, parent.info.run_id, "sweep_energy_j")]
+        assert len(steps) == len(set(steps)), "no sweep total logged twice for the same step"
+
+
+# ---- a real mlflow server, SIGKILLed mid-sweep and restarted 30 s later --------------------------
+
+@pytest.mark.slow
+@pytest.mark.server
+def test_server_sigkilled_mid_sweep_and_restarted_30s_later(open_shell, flat_trace, mlflow_server, capsys):
+    ip = open_shell(env=replay_env(flat_trace, mlflow_server.uri))
+    sweep = Sweep(ip, "outage")
+    for _ in range(5):
+        sweep.cell("import time\ntime.sleep(0.05)")
+    assert ipython_energy.flush(120)
+    capsys.readouterr()
+
+    mlflow_server.kill()
+    killed_at = time.monotonic()
+    magic_s, plain_s = [], []
+    while time.monotonic() - killed_at < 30.0:  # the backend stays down for 30 s
+        magic_s.append(sweep.cell())
+        plain_s.append(sweep.plain())
+        time.sleep(0.25)
+    during = capsys.readouterr().err
+    mlflow_server.start()
+    for _ in range(3):  # cells after the restart, the last ones of the sweep
+        sweep.cell("import time\ntime.sleep(0.05)")
+    ip.run_line_magic("energy", "end")
+    assert ipython_energy.flush(300)
+    assert ip.run_cell("%%energy --no-log\npass").success  # the next cell tells the user it is over
+    after = capsys.readouterr().err
+
+    added_ms = sorted((m - p) * 1e3 for m, p in zip(magic_s, plain_s))
+    p50 = median(added_ms)
+    p95 = added_ms[int(0.95 * (len(added_ms) - 1))]
+    print(f"FIGURE server-outage: {len(magic_s)} cells while down; added wall time per cell "
+          f"p50 {p50:.2f} ms, p95 {p95:.2f} ms, max {added_ms[-1]:.1f} ms")
+    assert p50 < 5.0 and p95 < 50.0
+    assert len(outage_warnings(during)) == 1, during  # one warning for the whole outage
+    assert "not answering" in outage_warnings(during)[0]
+    assert len(outage_warnings(after)) == 0 and after.count(RECOVERY_NOTE) == 1, after
+    sweep.check_arrived_once(mlflow_server.uri)
+
+
+# ---- a sqlite store locked by another process --------------------------------------------------------
+
+LOCKER = textwrap.dedent("""
+    import sqlite3, sys, time
+    conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+    conn.execute("BEGIN EXCLUSIVE")
+    print("LOCKED", flush=True)
+    time.sleep(float(sys.argv[2]))
+    conn.execute("COMMIT")
+""")
+
+
+@pytest.mark.slow
+def test_sqlite_store_locked_by_another_process(open_shell, flat_trace, sqlite_uri, tmp_path, capsys):
+    ip = open_shell(env=replay_env(flat_trace, sqlite_uri))
+    sweep = Sweep(ip, "locked")
+    sweep.cell()
+    assert ipython_energy.flush(120)
+    capsys.readouterr()
+    db = sqlite_uri[len("sqlite:///"):]
+    locker = subprocess.Popen([sys.executable, "-c", LOCKER, db, "12"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert locker.stdout.readline().strip() == "LOCKED"
+        locked_at = time.monotonic()
+        cell_s = []
+        while time.monotonic() - locked_at < 11.0:
+            cell_s.append(sweep.cell())
+            time.sleep(0.3)
+        during = capsys.readouterr().err
+        assert not ipython_energy.flush(0.5)  # nothing could be written while the lock was held
+    finally:
+        locker.wait(30)
+    sweep.cell()
+    ip.run_line_magic("energy", "end")
+    assert ipython_energy.flush(180)
+    assert ip.run_cell("%%energy --no-log\npass").success  # the next cell tells the user it is over
+    after = capsys.readouterr().err
+    print(f"FIGURE sqlite-locked: {len(cell_s)} cells while locked; cell wall time p50 "
+          f"{median(cell_s) * 1e3:.2f} ms, max {max(cell_s) * 1e3:.1f} ms")
+    assert max(cell_s) < 0.5, "a cell waited on the locked store"
+    warnings = outage_warnings(during)
+    assert len(warnings) == 1, during
+    assert "database is locked" in warnings[0] or "no answer for" in warnings[0]
+    assert after.count(RECOVERY_NOTE) == 1 and not outage_warnings(after)
+    sweep.check_arrived_once(sqlite_uri)
