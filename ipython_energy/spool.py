@@ -32,6 +32,7 @@ class Spool:
         self.ack_path = directory / f"{session}.acked"
         self._lock_fd = lock_fd
         self._fd: int | None = None
+        self._torn = False  # the last write may have left a partial line without its newline
         events = list(self._read_all())
         self._seq = events[-1][0] if events else 0
         self._acked = self._read_ack()
@@ -82,17 +83,23 @@ class Spool:
         try:
             if self._fd is None:
                 self._fd = open_private(self.path)
-                if _ends_torn(self.path):
-                    os.write(self._fd, b"\n")  # start clean after a line a crash cut short
+                self._torn = _ends_torn(self.path)  # a line a crash cut short
+            if self._torn:
+                # Start clean after a partial line.  Written together with the event, so that a
+                # failure leaves at most one more partial line, never a glued pair.
+                line = b"\n" + line
             written = os.write(self._fd, line)
             if written != len(line):
-                raise OSError(28, "short write to spool")
+                self._torn = written > 0 or self._torn
+                raise OSError(28, "No space left on device (short write)")
+            self._torn = False
             os.fsync(self._fd)
         except OSError as exc:
             # A partial line is skipped by the reader; the next append starts a fresh line.
-            if self._fd is not None:
+            if self._fd is not None and self._torn:
                 try:
-                    os.write(self._fd, b"\n")
+                    if os.write(self._fd, b"\n") == 1:
+                        self._torn = False
                 except OSError:
                     pass
             raise SpoolError(exc.errno, f"spool write failed: {exc.strerror or exc}") from exc
