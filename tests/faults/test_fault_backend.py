@@ -83,13 +83,13 @@ class Sweep:
 
 @pytest.mark.slow
 @pytest.mark.server
-def test_server_sigkilled_mid_sweep_and_restarted_30s_later(open_shell, flat_trace, mlflow_server, capsys):
+def test_server_sigkilled_mid_sweep_and_restarted_30s_later(open_shell, flat_trace, mlflow_server, capfd):
     ip = open_shell(env=replay_env(flat_trace, mlflow_server.uri))
     sweep = Sweep(ip, "outage")
     for _ in range(5):
         sweep.cell("import time\ntime.sleep(0.05)")
     assert ipython_energy.flush(120)
-    capsys.readouterr()
+    capfd.readouterr()
 
     mlflow_server.kill()
     killed_at = time.monotonic()
@@ -98,14 +98,14 @@ def test_server_sigkilled_mid_sweep_and_restarted_30s_later(open_shell, flat_tra
         magic_s.append(sweep.cell())
         plain_s.append(sweep.plain())
         time.sleep(0.25)
-    during = capsys.readouterr().err
+    during = capfd.readouterr().err
     mlflow_server.start()
     for _ in range(3):  # cells after the restart, the last ones of the sweep
         sweep.cell("import time\ntime.sleep(0.05)")
     ip.run_line_magic("energy", "end")
     assert ipython_energy.flush(300)
     assert ip.run_cell("%%energy --no-log\npass").success  # the next cell tells the user it is over
-    after = capsys.readouterr().err
+    after = capfd.readouterr().err
 
     added_ms = sorted((m - p) * 1e3 for m, p in zip(magic_s, plain_s))
     p50 = median(added_ms)
@@ -132,12 +132,12 @@ LOCKER = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_sqlite_store_locked_by_another_process(open_shell, flat_trace, sqlite_uri, tmp_path, capsys):
+def test_sqlite_store_locked_by_another_process(open_shell, flat_trace, sqlite_uri, tmp_path, capfd):
     ip = open_shell(env=replay_env(flat_trace, sqlite_uri))
     sweep = Sweep(ip, "locked")
     sweep.cell()
     assert ipython_energy.flush(120)
-    capsys.readouterr()
+    capfd.readouterr()
     db = sqlite_uri[len("sqlite:///"):]
     locker = subprocess.Popen([sys.executable, "-c", LOCKER, db, "12"], stdout=subprocess.PIPE, text=True)
     try:
@@ -147,7 +147,7 @@ def test_sqlite_store_locked_by_another_process(open_shell, flat_trace, sqlite_u
         while time.monotonic() - locked_at < 11.0:
             cell_s.append(sweep.cell())
             time.sleep(0.3)
-        during = capsys.readouterr().err
+        during = capfd.readouterr().err
         assert not ipython_energy.flush(0.5)  # nothing could be written while the lock was held
     finally:
         locker.wait(30)
@@ -155,7 +155,7 @@ def test_sqlite_store_locked_by_another_process(open_shell, flat_trace, sqlite_u
     ip.run_line_magic("energy", "end")
     assert ipython_energy.flush(180)
     assert ip.run_cell("%%energy --no-log\npass").success  # the next cell tells the user it is over
-    after = capsys.readouterr().err
+    after = capfd.readouterr().err
     print(f"FIGURE sqlite-locked: {len(cell_s)} cells while locked; cell wall time p50 "
           f"{median(cell_s) * 1e3:.2f} ms, max {max(cell_s) * 1e3:.1f} ms")
     assert max(cell_s) < 0.5, "a cell waited on the locked store"
@@ -164,3 +164,177 @@ def test_sqlite_store_locked_by_another_process(open_shell, flat_trace, sqlite_u
     assert "database is locked" in warnings[0] or "no answer for" in warnings[0]
     assert after.count(RECOVERY_NOTE) == 1 and not outage_warnings(after)
     sweep.check_arrived_once(sqlite_uri)
+
+
+# ---- a full disk ----------------------------------------------------------------------------------
+
+def _is_root() -> bool:
+    return os.geteuid() == 0
+
+
+class SmallFs:
+    """A small tmpfs the test mounts (root only), and a filler file that takes all its free space."""
+
+    def __init__(self, path: Path, size: str, options: str = ""):
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        opts = f"size={size}" + (f",{options}" if options else "")
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(path)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+        self.filler = path / "filler"
+
+    def fill(self) -> None:
+        """Take every free byte; afterwards a write of one more page fails with ENOSPC."""
+        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            for size in (1 << 16, 512, 1):
+                try:
+                    while True:
+                        os.write(fd, b"\0" * size)
+                except OSError as exc:
+                    assert exc.errno == 28, exc
+        finally:
+            os.close(fd)
+
+    def free(self) -> None:
+        self.filler.unlink()
+
+    def remount(self, options: str) -> None:
+        subprocess.run(["mount", "-o", f"remount,{options}", str(self.path)], check=True)
+
+    def unmount(self) -> None:
+        subprocess.run(["umount", "-l", str(self.path)], check=False)
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    mounted = []
+
+    def make(name: str, size: str = "16m", options: str = "") -> SmallFs:
+        fs = SmallFs(tmp_path / name, size, options)
+        mounted.append(fs)
+        return fs
+
+    yield make
+    for fs in mounted:
+        fs.unmount()
+
+
+@pytest.mark.skipif(not _is_root(), reason="mounting a small tmpfs to fill needs root")
+@pytest.mark.parametrize("where", ["spool", "store", "both"])
+def test_full_disk(open_shell, flat_trace, small_fs, energy_home, tmp_path, capfd, monkeypatch, where):
+    """The disk under the spool, the sqlite store, or both fills up mid-sweep, then frees again."""
+    fs = small_fs("small")
+    env = replay_env(flat_trace, f"sqlite:///{(fs.path if where != 'spool' else tmp_path) / 'mlflow.db'}")
+    if where != "store":
+        env["IPYTHON_ENERGY_HOME"] = str(fs.path / "energy-home")
+    ip = open_shell(env=env)
+    sweep = Sweep(ip, f"full-{where}")
+    sweep.cell()
+    assert ipython_energy.flush(120)
+    capfd.readouterr()
+    fs.fill()
+    cell_s = []
+    for _ in range(15):
+        cell_s.append(sweep.cell())
+        time.sleep(0.3)
+    status = ipython_energy.tracker()._writer.status()
+    if where == "spool":
+        assert ipython_energy.flush(60)  # MLflow takes everything; only the journal is short
+        assert not status.spool_ok and "No space left" in status.spool_error
+    else:
+        assert not ipython_energy.flush(1)  # held (spool or memory) until the store can take it
+    during = capfd.readouterr().err
+    fs.free()
+    sweep.cell()
+    ip.run_line_magic("energy", "end")
+    assert ipython_energy.flush(180)
+    assert ip.run_cell("%%energy --no-log\npass").success  # the next cell says it is over
+    after = capfd.readouterr().err
+    print(f"FIGURE full-disk-{where}: cell wall time p50 {median(cell_s) * 1e3:.2f} ms, "
+          f"max {max(cell_s) * 1e3:.1f} ms")
+    assert max(cell_s) < 0.5
+    warnings = outage_warnings(during)
+    assert len(warnings) == 1, during
+    expected = "not answering" if where == "store" else "cannot write the local spool"
+    assert expected in warnings[0] and ("No space left" in warnings[0] or "disk is full" in warnings[0])
+    assert not outage_warnings(after) and after.count(RECOVERY_NOTE) == 1, after
+    sweep.check_arrived_once(sweep_uri := env["MLFLOW_TRACKING_URI"])
+    assert sweep_uri
+
+
+@pytest.mark.skipif(not _is_root(), reason="mounting a small tmpfs to fill needs root")
+def test_journal_written_on_a_full_disk_keeps_every_later_event(energy_home, small_fs, monkeypatch):
+    """A write cut short by ENOSPC must not swallow the next event once space is back.
+
+    Real Spool on a real full tmpfs: the journal's last page has slack, so the line that
+    straddles it is written in part; the journal must start the next event on a line of its own.
+    """
+    from ipython_energy.spool import Spool, SpoolError
+
+    fs = small_fs("spool-fs", size="1m")
+    monkeypatch.setenv("IPYTHON_ENERGY_HOME", str(fs.path / "home"))
+    spool = Spool.create("full")
+    payload = "x" * 300
+    for i in range(3):
+        spool.append({"type": "metrics", "uid": f"before-{i}", "pad": payload})
+    fs.fill()
+    failed = 0
+    for i in range(40):  # fills the journal's last page, then fails
+        try:
+            spool.append({"type": "metrics", "uid": f"during-{i}", "pad": payload})
+        except SpoolError:
+            failed += 1
+    assert failed > 0
+    fs.free()
+    after = [f"after-{i}" for i in range(5)]
+    for uid in after:
+        spool.append({"type": "metrics", "uid": uid, "pad": payload})
+    spool.close()
+    readable = [ev["uid"] for _, ev in Spool.adopt(spool.directory, "full").events()]
+    assert readable[:3] == ["before-0", "before-1", "before-2"]
+    assert readable[-5:] == after, "an event written after the disk freed is missing from the journal"
+
+
+# ---- a read-only working directory: the default store cannot be created ----------------------------
+
+def test_read_only_working_directory(open_shell, flat_trace, tmp_path, capfd, small_fs):
+    """No MLFLOW_TRACKING_URI: the default store is mlflow.db in the working directory, which is read-only."""
+    if _is_root():  # root ignores file modes: a read-only mount makes the directory really read-only
+        fs = small_fs("notebooks", size="64m", options="ro")
+        workdir = fs.path
+    else:
+        fs = None
+        workdir = tmp_path / "notebooks"
+        workdir.mkdir()
+        workdir.chmod(0o555)
+    ip = open_shell(env=replay_env(flat_trace, None), cwd=workdir, warm=False)
+    store = workdir / "mlflow.db"
+    assert ipython_energy.tracker().tracking_uri == f"sqlite:///{store}"
+    sweep = Sweep(ip, "read-only")
+    cell_s = []
+    started = time.monotonic()
+    while time.monotonic() - started < 8.0:
+        cell_s.append(sweep.cell())
+        time.sleep(0.3)
+    assert not ipython_energy.flush(0.5)
+    during = capfd.readouterr().err
+    assert not store.exists()
+    if fs is not None:
+        fs.remount("rw")
+    else:
+        workdir.chmod(0o755)
+    sweep.cell()
+    ip.run_line_magic("energy", "end")
+    assert ipython_energy.flush(180)
+    assert ip.run_cell("%%energy --no-log\npass").success
+    after = capfd.readouterr().err
+    print(f"FIGURE read-only-cwd: cell wall time p50 {median(cell_s) * 1e3:.2f} ms, max {max(cell_s) * 1e3:.1f} ms")
+    assert max(cell_s) < 0.5
+    warnings = outage_warnings(during)
+    assert len(warnings) == 1, during
+    assert f"cannot create {store}: {workdir} is not writable" in warnings[0]
+    assert not outage_warnings(after) and after.count(RECOVERY_NOTE) == 1, after
+    sweep.check_arrived_once(f"sqlite:///{store}")
