@@ -92,6 +92,9 @@ class Writer:
 
     def flush(self, timeout_s: float = 30.0) -> bool:
         """Wait until every submitted event is in MLflow; False if that did not happen in time."""
+        if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or timeout_s != timeout_s:
+            # NaN made the wait below never end while anything was pending
+            raise ValueError(f"timeout_s must be a number of seconds, not {timeout_s!r}")
         if self._thread is None and not self._inbox:
             return True
         self.start()
