@@ -23,6 +23,8 @@ import json
 import math
 from typing import Any, Mapping
 
+from .measurement import format_energy
+
 VEGALITE_MIME = "application/vnd.vegalite.v5+json"
 
 #: Run status -> colour; the same four everywhere (bars, legend, sidebar list).
@@ -35,16 +37,6 @@ STATUS_COLORS = {
 
 _PROVENANCE_ORDER = ("methods", "sensors", "coverage", "estimated", "interval_s", "short_window",
                      "idle_source", "gaps", "start_temperature_c", "gpu_model", "host")
-
-
-def format_energy(joules: float | None) -> str:
-    """``1234.5`` -> ``"1.23 kJ"``; None -> ``"–"``."""
-    if joules is None or not math.isfinite(joules):
-        return "\u2013"
-    for factor, unit in ((1e9, "GJ"), (1e6, "MJ"), (1e3, "kJ")):
-        if abs(joules) >= factor:
-            return f"{joules / factor:.3g} {unit}"
-    return f"{joules:.3g} J"
 
 
 def _params_text(params: Mapping[str, Any], limit: int = 400) -> str:

@@ -203,11 +203,13 @@ class Measurement:
         )
 
 
-def format_energy(joules: float) -> str:
-    """``512 J``, ``3.4 kJ``, ``1.2 MJ``; ``nan J`` stays visible as such."""
-    if joules is None or math.isnan(joules):
-        return "n/a J"
+def format_energy(joules: float | None) -> str:
+    """``12.5 mJ``, ``512 J``, ``3.4 kJ``, ``1.2 MJ``; a missing or non-finite value is ``–``."""
+    if joules is None or not math.isfinite(joules):
+        return "\u2013"
     a = abs(joules)
+    if a >= 1e9:
+        return f"{joules / 1e9:.3g} GJ"
     if a >= 1e6:
         return f"{joules / 1e6:.3g} MJ"
     if a >= 1e3:

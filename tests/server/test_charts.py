@@ -111,5 +111,6 @@ def test_html_artifact_inline_needs_vl_convert():
 
 
 def test_format_energy():
-    assert [charts.format_energy(v) for v in (0.5, 999.0, 1234.5, 2.5e6, None)] == [
-        "0.5 J", "999 J", "1.23 kJ", "2.5 MJ", "\u2013"]
+    # The same formatting as the summary line (one function, in measurement.py).
+    assert [charts.format_energy(v) for v in (0.5, 999.0, 1234.5, 2.5e6, 3e9, None, float("nan"))] == [
+        "500 mJ", "999 J", "1.23 kJ", "2.5 MJ", "3 GJ", "\u2013", "\u2013"]
