@@ -20,6 +20,12 @@ OUTAGE_WARNING = re.compile(r"ipython-energy: (MLflow at .* is not answering|can
 RECOVERY_NOTE = "ipython-energy: MLflow is answering again"
 
 
+def figure(capfd, text: str) -> None:
+    """A measured figure for docs/reliability.md, printed past the capture (visible with ``-s``)."""
+    with capfd.disabled():
+        print(f"\nFIGURE {text}")
+
+
 def outage_warnings(stderr: str) -> list[str]:
     """The outage warnings a user saw on stderr (one line each)."""
     return [line for line in stderr.splitlines() if OUTAGE_WARNING.search(line)]

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 import ipython_energy
-from faultkit import (RECOVERY_NOTE, assert_sweep_total_exact, history, median, mlflow_runs,
+from faultkit import (RECOVERY_NOTE, assert_sweep_total_exact, figure, history, median, mlflow_runs,
                       outage_warnings, split_sweep)
 
 
@@ -100,18 +100,21 @@ def test_server_sigkilled_mid_sweep_and_restarted_30s_later(open_shell, flat_tra
         time.sleep(0.25)
     during = capfd.readouterr().err
     mlflow_server.start()
+    restarted_at = time.monotonic()
     for _ in range(3):  # cells after the restart, the last ones of the sweep
         sweep.cell("import time\ntime.sleep(0.05)")
     ip.run_line_magic("energy", "end")
     assert ipython_energy.flush(300)
+    caught_up_s = time.monotonic() - restarted_at
     assert ip.run_cell("%%energy --no-log\npass").success  # the next cell tells the user it is over
     after = capfd.readouterr().err
 
     added_ms = sorted((m - p) * 1e3 for m, p in zip(magic_s, plain_s))
     p50 = median(added_ms)
     p95 = added_ms[int(0.95 * (len(added_ms) - 1))]
-    print(f"FIGURE server-outage: {len(magic_s)} cells while down; added wall time per cell "
-          f"p50 {p50:.2f} ms, p95 {p95:.2f} ms, max {added_ms[-1]:.1f} ms")
+    figure(capfd, f"server-outage: {len(magic_s)} cells while down; added wall time per cell "
+          f"p50 {p50:.2f} ms, p95 {p95:.2f} ms, max {added_ms[-1]:.1f} ms; MLflow had all "
+                  f"{len(sweep.cells)} runs {caught_up_s:.0f} s after the restart")
     assert p50 < 5.0 and p95 < 50.0
     assert len(outage_warnings(during)) == 1, during  # one warning for the whole outage
     assert "not answering" in outage_warnings(during)[0]
@@ -156,7 +159,7 @@ def test_sqlite_store_locked_by_another_process(open_shell, flat_trace, sqlite_u
     assert ipython_energy.flush(180)
     assert ip.run_cell("%%energy --no-log\npass").success  # the next cell tells the user it is over
     after = capfd.readouterr().err
-    print(f"FIGURE sqlite-locked: {len(cell_s)} cells while locked; cell wall time p50 "
+    figure(capfd, f"sqlite-locked: {len(cell_s)} cells while locked; cell wall time p50 "
           f"{median(cell_s) * 1e3:.2f} ms, max {max(cell_s) * 1e3:.1f} ms")
     assert max(cell_s) < 0.5, "a cell waited on the locked store"
     warnings = outage_warnings(during)
@@ -253,7 +256,7 @@ def test_full_disk(open_shell, flat_trace, small_fs, energy_home, tmp_path, capf
     assert ipython_energy.flush(180)
     assert ip.run_cell("%%energy --no-log\npass").success  # the next cell says it is over
     after = capfd.readouterr().err
-    print(f"FIGURE full-disk-{where}: cell wall time p50 {median(cell_s) * 1e3:.2f} ms, "
+    figure(capfd, f"full-disk-{where}: cell wall time p50 {median(cell_s) * 1e3:.2f} ms, "
           f"max {max(cell_s) * 1e3:.1f} ms")
     assert max(cell_s) < 0.5
     warnings = outage_warnings(during)
@@ -331,7 +334,7 @@ def test_read_only_working_directory(open_shell, flat_trace, tmp_path, capfd, sm
     assert ipython_energy.flush(180)
     assert ip.run_cell("%%energy --no-log\npass").success
     after = capfd.readouterr().err
-    print(f"FIGURE read-only-cwd: cell wall time p50 {median(cell_s) * 1e3:.2f} ms, max {max(cell_s) * 1e3:.1f} ms")
+    figure(capfd, f"read-only-cwd: cell wall time p50 {median(cell_s) * 1e3:.2f} ms, max {max(cell_s) * 1e3:.1f} ms")
     assert max(cell_s) < 0.5
     warnings = outage_warnings(during)
     assert len(warnings) == 1, during
