@@ -27,6 +27,7 @@ log = logging.getLogger("ipython_energy")
 
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 THREAD_NAME = "ipython-energy-writer"
+JOURNAL_THREAD_NAME = "ipython-energy-journal"
 
 
 @dataclass
@@ -41,7 +42,7 @@ class WriterStatus:
 
 
 class Writer:
-    """Journals events and applies them to MLflow from one background thread."""
+    """Journals events (one background thread) and applies them to MLflow (another)."""
 
     def __init__(self, spool: Spool | None, *, adopt_orphans: bool = True,
                  backend_factory: Callable[[str, str], "Backend"] | None = None,
@@ -57,6 +58,8 @@ class Writer:
         self._stop = threading.Event()
         self._idle = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._journal_thread: threading.Thread | None = None
+        self._journal_wake = threading.Event()
         self._lock = threading.Lock()
         self._retry_max_s = retry_max_s
         self._context: dict[str, dict[str, Any]] = {}  # uid -> start event (uri, experiment, kind, sweep)
@@ -77,16 +80,25 @@ class Writer:
     def submit(self, event: dict[str, Any]) -> None:
         """Queue ``event``; returns at once."""
         self._inbox.append(event)
-        self._wake.set()
+        self._journal_wake.set()
         if self._thread is None:
             self.start()
 
     def start(self) -> None:
-        """Start the thread now (it also adopts dead sessions' journals)."""
+        """Start the threads now (the writer also adopts dead sessions' journals).
+
+        Two threads: one journals each event to the spool as soon as it is submitted, the other
+        applies them to MLflow.  A call stuck in MLflow's own retries (minutes, when a server
+        vanishes mid-request) or a long recovery of old journals then never keeps a new event
+        out of the journal, where a kernel that dies meanwhile still has it.
+        """
         if self._thread is None:
             with self._lock:
                 if self._thread is None:
                     self._busy = True  # until the thread says otherwise: flush() must not return early
+                    self._journal_thread = threading.Thread(target=self._journal_loop, name=JOURNAL_THREAD_NAME,
+                                                            daemon=True)
+                    self._journal_thread.start()
                     self._thread = threading.Thread(target=self._loop, name=THREAD_NAME, daemon=True)
                     self._thread.start()
 
@@ -99,6 +111,7 @@ class Writer:
             return True
         self.start()
         deadline = time.monotonic() + timeout_s
+        self._journal_wake.set()
         self._wake.set()
         with self._idle:
             while self._inbox or self._pending or self._busy:
@@ -128,8 +141,11 @@ class Writer:
         done = self.flush(timeout_s)
         self._stop.set()
         self._wake.set()
+        self._journal_wake.set()
         if self._thread is not None:
             self._thread.join(timeout=1.0)
+        if self._journal_thread is not None:
+            self._journal_thread.join(timeout=1.0)
         if self._spool is not None:
             self._spool.close(retire=done)
         return done
@@ -154,7 +170,6 @@ class Writer:
                 # A kernel still shutting down when this one loaded held its journal then.
                 self._recover()
             self._busy = True
-            self._journal_inbox()
             if self._pending:
                 seq, event = self._pending[0]
                 if self._apply_safely(event, in_doubt=event.get("_in_doubt", False)):
@@ -181,19 +196,28 @@ class Writer:
         with self._idle:
             self._idle.notify_all()
 
+    def _journal_loop(self) -> None:
+        while not self._stop.is_set():
+            self._journal_wake.wait(1.0)
+            self._journal_wake.clear()
+            self._journal_inbox()
+
     def _journal_inbox(self) -> None:
+        """Spool every submitted event, in order, then hand it to the MLflow thread (journal thread only)."""
         while self._inbox:
-            event = self._inbox.popleft()
+            event = self._inbox[0]  # left in the inbox until it is pending: flush() never sees neither
             seq = 0
             if self._spool is not None:
                 try:
                     seq = self._spool.append(event)
                     self.spool_error = None
                 except SpoolError as exc:
-                    if self.spool_error is None:
-                        log.warning("ipython-energy: %s; keeping measurements in memory", exc)
+                    # Reported to the user once, after a cell (Tracker.backend_warning).
+                    log.debug("ipython-energy: %s; keeping measurements in memory", exc)
                     self.spool_error = str(exc)
             self._pending.append((seq, event))
+            self._inbox.popleft()
+            self._wake.set()
 
     def _apply_safely(self, event: dict[str, Any], in_doubt: bool) -> bool:
         self._applying_since = time.monotonic()
@@ -389,7 +413,7 @@ class _NotFromWriterThread(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.threadName != THREAD_NAME
+        return record.threadName not in (THREAD_NAME, JOURNAL_THREAD_NAME)
 
 
 _MUTE = _NotFromWriterThread()
