@@ -26,6 +26,17 @@ def figure(capfd, text: str) -> None:
         print(f"\nFIGURE {text}")
 
 
+def log_noise(caplog) -> list[str]:
+    """WARNING-or-worse log records that reached the root logger.
+
+    In a kernel the root logger has no handler, so such records are printed by logging's
+    last-resort handler under whatever cell is running: the user sees them as well.
+    """
+    import logging
+
+    return [f"{r.name}: {r.getMessage()}"[:300] for r in caplog.records if r.levelno >= logging.WARNING]
+
+
 def outage_warnings(stderr: str) -> list[str]:
     """The outage warnings a user saw on stderr (one line each)."""
     return [line for line in stderr.splitlines() if OUTAGE_WARNING.search(line)]

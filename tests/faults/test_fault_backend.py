@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 import ipython_energy
-from faultkit import (RECOVERY_NOTE, assert_sweep_total_exact, figure, history, median, mlflow_runs,
-                      outage_warnings, split_sweep)
+from faultkit import (RECOVERY_NOTE, assert_sweep_total_exact, figure, history, log_noise, median,
+                      mlflow_runs, outage_warnings, split_sweep)
 
 
 def replay_env(flat_trace, uri: str | None) -> dict[str, str]:
@@ -83,7 +83,7 @@ class Sweep:
 
 @pytest.mark.slow
 @pytest.mark.server
-def test_server_sigkilled_mid_sweep_and_restarted_30s_later(open_shell, flat_trace, mlflow_server, capfd):
+def test_server_sigkilled_mid_sweep_and_restarted_30s_later(open_shell, flat_trace, mlflow_server, capfd, caplog):
     ip = open_shell(env=replay_env(flat_trace, mlflow_server.uri))
     sweep = Sweep(ip, "outage")
     for _ in range(5):
@@ -108,6 +108,7 @@ def test_server_sigkilled_mid_sweep_and_restarted_30s_later(open_shell, flat_tra
     caught_up_s = time.monotonic() - restarted_at
     assert ip.run_cell("%%energy --no-log\npass").success  # the next cell tells the user it is over
     after = capfd.readouterr().err
+    assert log_noise(caplog) == []  # nothing else reached the user through logging
 
     added_ms = sorted((m - p) * 1e3 for m, p in zip(magic_s, plain_s))
     p50 = median(added_ms)
@@ -135,7 +136,7 @@ LOCKER = textwrap.dedent("""
 
 
 @pytest.mark.slow
-def test_sqlite_store_locked_by_another_process(open_shell, flat_trace, sqlite_uri, tmp_path, capfd):
+def test_sqlite_store_locked_by_another_process(open_shell, flat_trace, sqlite_uri, tmp_path, capfd, caplog):
     ip = open_shell(env=replay_env(flat_trace, sqlite_uri))
     sweep = Sweep(ip, "locked")
     sweep.cell()
@@ -159,6 +160,7 @@ def test_sqlite_store_locked_by_another_process(open_shell, flat_trace, sqlite_u
     assert ipython_energy.flush(180)
     assert ip.run_cell("%%energy --no-log\npass").success  # the next cell tells the user it is over
     after = capfd.readouterr().err
+    assert log_noise(caplog) == []  # nothing else reached the user through logging
     figure(capfd, f"sqlite-locked: {len(cell_s)} cells while locked; cell wall time p50 "
           f"{median(cell_s) * 1e3:.2f} ms, max {max(cell_s) * 1e3:.1f} ms")
     assert max(cell_s) < 0.5, "a cell waited on the locked store"
@@ -227,7 +229,7 @@ def small_fs(tmp_path):
 
 @pytest.mark.skipif(not _is_root(), reason="mounting a small tmpfs to fill needs root")
 @pytest.mark.parametrize("where", ["spool", "store", "both"])
-def test_full_disk(open_shell, flat_trace, small_fs, energy_home, tmp_path, capfd, monkeypatch, where):
+def test_full_disk(open_shell, flat_trace, small_fs, energy_home, tmp_path, capfd, monkeypatch, where, caplog):
     """The disk under the spool, the sqlite store, or both fills up mid-sweep, then frees again."""
     fs = small_fs("small")
     env = replay_env(flat_trace, f"sqlite:///{(fs.path if where != 'spool' else tmp_path) / 'mlflow.db'}")
@@ -256,6 +258,7 @@ def test_full_disk(open_shell, flat_trace, small_fs, energy_home, tmp_path, capf
     assert ipython_energy.flush(180)
     assert ip.run_cell("%%energy --no-log\npass").success  # the next cell says it is over
     after = capfd.readouterr().err
+    assert log_noise(caplog) == []  # nothing else reached the user through logging
     figure(capfd, f"full-disk-{where}: cell wall time p50 {median(cell_s) * 1e3:.2f} ms, "
           f"max {max(cell_s) * 1e3:.1f} ms")
     assert max(cell_s) < 0.5
@@ -303,7 +306,7 @@ def test_journal_written_on_a_full_disk_keeps_every_later_event(energy_home, sma
 
 # ---- a read-only working directory: the default store cannot be created ----------------------------
 
-def test_read_only_working_directory(open_shell, flat_trace, tmp_path, capfd, small_fs):
+def test_read_only_working_directory(open_shell, flat_trace, tmp_path, capfd, small_fs, caplog):
     """No MLFLOW_TRACKING_URI: the default store is mlflow.db in the working directory, which is read-only."""
     if _is_root():  # root ignores file modes: a read-only mount makes the directory really read-only
         fs = small_fs("notebooks", size="64m", options="ro")
@@ -334,6 +337,7 @@ def test_read_only_working_directory(open_shell, flat_trace, tmp_path, capfd, sm
     assert ipython_energy.flush(180)
     assert ip.run_cell("%%energy --no-log\npass").success
     after = capfd.readouterr().err
+    assert log_noise(caplog) == []  # nothing else reached the user through logging
     figure(capfd, f"read-only-cwd: cell wall time p50 {median(cell_s) * 1e3:.2f} ms, max {max(cell_s) * 1e3:.1f} ms")
     assert max(cell_s) < 0.5
     warnings = outage_warnings(during)
