@@ -283,8 +283,13 @@ def bare_shell(energy_home, flat_trace, sqlite_uri, monkeypatch, tmp_path):
     shell.extension_manager.loaded.discard("ipython_energy")
     saved = shell.config.get("EnergyMagics")
     yield shell
+    magics = shell.magics_manager.registry.get("EnergyMagics")
+    if magics is not None:
+        magics.set_autolog(False)  # hooks an unload left behind must not reach later tests
     if "ipython_energy" in shell.extension_manager.loaded:
         shell.run_line_magic("unload_ext", "ipython_energy")
+    if tracking._tracker is not None:
+        tracking._tracker.close()
     shell.extension_manager.loaded.discard("ipython_energy")
     shell.config.pop("EnergyMagics", None)
     if saved is not None:
@@ -344,3 +349,22 @@ def test_config_magic_typo_is_reported_at_load(bare_shell, capfd):
     bare_shell.run_line_magic("load_ext", "ipython_energy")
     captured = capfd.readouterr()
     assert "intervl_s" in captured.err + captured.out and "interval_s" in captured.err + captured.out
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "__init__.py unload_ipython_extension closes the tracker but leaves autolog's pre/post_run_cell "
+    "hooks registered: the next cell after '%unload_ext ipython_energy' is still measured, and "
+    "get_tracker() silently builds a new tracker (new session, sampler and writer threads) that "
+    "logs to MLflow; suggested fix: turn autolog off (EnergyMagics.set_autolog(False)) on unload; "
+    "owner: lead"))
+def test_unload_with_autolog_on_stops_measuring(bare_shell, sqlite_uri):
+    from ipython_energy import tracking
+
+    bare_shell.run_line_magic("load_ext", "ipython_energy")
+    bare_shell.run_line_magic("energy", "autolog on")
+    assert bare_shell.run_cell("x = 1").success
+    bare_shell.run_line_magic("unload_ext", "ipython_energy")
+    before = _our_threads()
+    assert bare_shell.run_cell("y = 2").success
+    assert tracking._tracker is None, "a cell after unload built a new tracker"
+    assert not _our_threads() - before
