@@ -228,7 +228,7 @@ def small_fs(tmp_path):
 
 
 @pytest.mark.skipif(not _is_root(), reason="mounting a small tmpfs to fill needs root")
-@pytest.mark.parametrize("where", ["spool", "store", "both"])
+@pytest.mark.parametrize("where", ["spool", "store", pytest.param("both", marks=pytest.mark.slow)])
 def test_full_disk(open_shell, flat_trace, small_fs, energy_home, tmp_path, capfd, monkeypatch, where, caplog):
     """The disk under the spool, the sqlite store, or both fills up mid-sweep, then frees again."""
     fs = small_fs("small")
