@@ -86,8 +86,12 @@ def load_ipython_extension(ip) -> None:
 
 
 def unload_ipython_extension(ip) -> None:
+    """``%unload_ext ipython_energy``: autolog off, open runs closed (KILLED), measurements flushed."""
     from .tracking import _tracker, set_tracker
 
+    magics = ip.magics_manager.registry.get("EnergyMagics")
+    if magics is not None:
+        magics.set_autolog(False)
     if _tracker is not None:
         _tracker.close()
         set_tracker(None)

@@ -111,7 +111,7 @@ def parse_value(name: str, value: Any) -> Any:
     """Parse and check one setting's value (strings from the environment, or Python values)."""
     setting = _BY_NAME.get(name)
     if setting is None:
-        raise ConfigError(f"unknown setting {name!r}{_suggest(name, _BY_NAME)}")
+        raise ConfigError(f"unknown setting {name!r}{suggest(name, _BY_NAME)}")
     if value is None or (isinstance(value, str) and value.strip() == "" and setting.default is None):
         if setting.default is not None and setting.type != "str":
             raise ConfigError(f"{name} needs a value")
@@ -164,7 +164,7 @@ def from_env(environ: dict[str, str] | None = None, base: Config | None = None) 
                 break
     known = {ENV_PREFIX + s.name.upper() for s in SETTINGS} | {ENV_PREFIX + "HOME"}
     warnings = [
-        f"unknown environment variable {key}{_suggest(key, known)}; it is ignored"
+        f"unknown environment variable {key}{suggest(key, known)}; it is ignored"
         for key in env
         if key.startswith(ENV_PREFIX) and key not in known
     ]
@@ -172,7 +172,8 @@ def from_env(environ: dict[str, str] | None = None, base: Config | None = None) 
     return config, warnings
 
 
-def _suggest(name: str, choices) -> str:
+def suggest(name: str, choices) -> str:
+    """`` (did you mean 'x'?)`` for the closest known name, or an empty string."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

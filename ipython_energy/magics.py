@@ -17,7 +17,8 @@ from traitlets import Bool, Float, Unicode
 
 from . import config as cfg
 from .measurement import Measurement, format_energy
-from .tracking import BudgetExceeded, Run, Tracker, check_name, check_units, get_tracker, set_tracker
+from .tracking import (BudgetExceeded, Run, Tracker, check_name, check_param_key, check_params, check_units,
+                       get_tracker, set_tracker)
 
 
 def _trait(setting: cfg.Setting):
@@ -33,7 +34,7 @@ def _parse_params(items: list[str]) -> dict[str, str]:
         key, value = item.split("=", 1)
         key = key.strip()
         try:
-            check_name(key, "param")
+            check_param_key(key)
         except ValueError as exc:
             raise UsageError(f"--param {item!r}: {exc}") from None
         if key in params:
@@ -83,6 +84,12 @@ class EnergyMagics(Magics):
             config = config.with_values(**explicit)
         except cfg.ConfigError as exc:
             raise UsageError(f"ipython-energy configuration: {exc}") from None
+        known = {s.name for s in cfg.SETTINGS}
+        section = self.config.get("EnergyMagics", {}) if self.config is not None else {}
+        warnings += [  # traitlets only logs a misspelt trait to the application log
+            f"unknown setting EnergyMagics.{name}{cfg.suggest(name, known)}; it is ignored"
+            for name in section if name not in known
+        ]
         self.config_warnings = warnings
         return config
 
@@ -146,6 +153,7 @@ class EnergyMagics(Magics):
             raise UsageError(f"--param sets the parameters of a new run, but run {active.name!r} is already "
                              f"running; end it with %energy end, or give --run NEWNAME")
         try:
+            check_params(params)  # every value is checked before anything is started or logged
             sweep = tracker.start_sweep(sweep_name, log=log) if sweep_name else None
             if run_name is not None and active is not None and active.name == run_name:
                 run, owns_run = active, False
@@ -466,11 +474,15 @@ def load(ip) -> EnergyMagics:
     config = magics.build_config()
     for warning in magics.config_warnings:
         print(f"ipython-energy: {warning}", file=sys.stderr)
-    ip.register_magics(magics)
+    from .sensors.base import SensorError
     from .tracking import _tracker
 
     if _tracker is None:
-        set_tracker(Tracker(config))
+        try:
+            set_tracker(Tracker(config))
+        except SensorError as exc:  # an explicitly requested sensor that cannot be used
+            raise UsageError(f"ipython-energy: {exc}") from None
+    ip.register_magics(magics)
     tracker = get_tracker()
     tracker.start_background()
     if config.autolog:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import atexit
 import math
 import os
+import re
 import threading
 import time
+import unicodedata
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -41,9 +43,21 @@ def check_name(name: Any, what: str) -> str:
         raise ValueError(f"{what} name must not be empty")
     if len(cleaned) > 250:
         raise ValueError(f"{what} name is too long ({len(cleaned)} characters; at most 250)")
-    if any(ord(c) < 32 for c in cleaned):
+    if any(unicodedata.category(c) == "Cc" for c in cleaned):
         raise ValueError(f"{what} name must not contain control characters")
     return cleaned
+
+
+# MLflow stores param keys made of letters, digits, _ - . : / and spaces, and no path tricks.
+_PARAM_KEY = re.compile(r"^[\w.\- :/]+$")
+
+
+def check_param_key(key: Any) -> str:
+    key = check_name(key, "param")
+    if not _PARAM_KEY.match(key) or ".." in key or key.startswith("/") or "//" in key:
+        raise ValueError(f"param name {key!r} cannot be stored by MLflow: use letters, digits, "
+                         "spaces and _ - . : / (no '..', no leading or double '/')")
+    return key
 
 
 def check_params(params: Mapping[str, Any] | None) -> dict[str, str]:
@@ -53,7 +67,7 @@ def check_params(params: Mapping[str, Any] | None) -> dict[str, str]:
         raise ValueError(f"params must be a mapping of name to value, not {type(params).__name__}")
     out = {}
     for key, value in params.items():
-        key = check_name(key, "param")
+        key = check_param_key(key)
         text = str(value)
         if len(text) > 6000:
             raise ValueError(f"param {key!r} is too long for MLflow ({len(text)} characters; at most 6000)")
