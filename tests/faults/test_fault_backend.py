@@ -345,3 +345,53 @@ def test_read_only_working_directory(open_shell, flat_trace, tmp_path, capfd, sm
     assert f"cannot create {store}: {workdir} is not writable" in warnings[0]
     assert not outage_warnings(after) and after.count(RECOVERY_NOTE) == 1, after
     sweep.check_arrived_once(f"sqlite:///{store}")
+
+
+# ---- the writer on its own: interrupted run creation, a param MLflow refuses ------------------------
+
+def _run_start(uri: str, uid: str, params: dict[str, str]) -> dict:
+    return {"type": "run_start", "uid": uid, "name": "interrupted", "sweep_uid": None, "params": params,
+            "tags": {}, "t_ms": int(time.time() * 1000), "tracking_uri": uri, "experiment": "ipython-energy"}
+
+
+def test_run_created_before_a_crash_gets_its_params_on_replay(energy_home, sqlite_uri):
+    """MLflow created the run, then the kernel died before its params were logged (outcome in doubt).
+
+    Real MLflow store: the run exists with its energy.uid and no params; the dead kernel's journal
+    holds the unacknowledged run_start.  The next kernel must find the run and log the params.
+    """
+    from mlflow.tracking import MlflowClient
+
+    from ipython_energy.spool import Spool
+    from ipython_energy.writer import Writer
+
+    client = MlflowClient(sqlite_uri)
+    exp = client.create_experiment("ipython-energy")
+    client.create_run(exp, run_name="interrupted", tags={"energy.uid": "u-1", "energy.kind": "run"})
+    dead = Spool.create("dead")
+    dead.append(_run_start(sqlite_uri, "u-1", {"lr": "0.01", "résumé-Ω": "naïve"}))
+    dead.close()  # the kernel died: the journal is left, unacknowledged
+    writer = Writer(Spool.create("next"))
+    writer.start()
+    assert writer.flush(120)
+    writer.close()
+    (run,) = client.search_runs([exp])
+    assert run.data.params == {"lr": "0.01", "résumé-Ω": "naïve"}, "params lost when the run already existed"
+
+
+def test_param_mlflow_refuses_is_recorded_and_blocks_nothing(energy_home, sqlite_uri):
+    """A param key MLflow will never store (from a journal of an older version, or any caller that
+    skipped the magic's check) is recorded in energy.params_rejected; later events still arrive."""
+    from ipython_energy.spool import Spool
+    from ipython_energy.writer import Writer
+
+    writer = Writer(Spool.create("w"))
+    writer.submit(_run_start(sqlite_uri, "u-2", {"a;b": "1", "ok": "2"}))
+    writer.submit({"type": "run_end", "uid": "u-2", "status": "FINISHED", "t_ms": int(time.time() * 1000),
+                   "metrics": [["energy_j", 12.5, 0, int(time.time() * 1000)]], "tags": {}})
+    assert writer.flush(120)
+    writer.close()
+    _, (run,) = mlflow_runs(sqlite_uri)
+    assert run.data.params == {"ok": "2"}
+    assert run.data.tags["energy.params_rejected"].startswith("a;b=1: ")
+    assert run.data.metrics["energy_j"] == 12.5 and run.info.status == "FINISHED"
