@@ -8,6 +8,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 SUDO   := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
+# No MLflow telemetry from test runs (this machine has no network beyond package registries).
+export MLFLOW_DISABLE_TELEMETRY := true
 
 .PHONY: demo test venv install test-deps chromium test-main test-server test-browser test-slow check-handlers lab mlflow-ui clean
 

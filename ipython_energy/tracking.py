@@ -246,7 +246,7 @@ class Tracker:
         self.sweeps: dict[str, Sweep] = {}
         self.run_counter = 0
         self._uids = 0
-        self._warned_outage = False
+        self._warned_outage: str | bool = False  # False, or what the last warning was about
         self._stop_live = threading.Event()
         self._live_thread: threading.Thread | None = None
         self._registered = False
@@ -491,15 +491,18 @@ class Tracker:
         status = self._writer.status()
         if status.backend_ok and status.spool_ok:
             if self._warned_outage:
-                self._warned_outage = False
+                what, self._warned_outage = self._warned_outage, False
+                if what == "spool":
+                    return "ipython-energy: the local spool can be written again."
                 return "ipython-energy: MLflow is answering again; spooled measurements are being written."
             return None
         if self._warned_outage:
             return None
-        self._warned_outage = True
         if not status.spool_ok:
+            self._warned_outage = "spool"
             return (f"ipython-energy: cannot write the local spool ({status.spool_error}); measurements are "
                     "held in memory until MLflow takes them. Your cells are not affected.")
+        self._warned_outage = "backend"
         return (f"ipython-energy: MLflow at {self.tracking_uri} is not answering ({status.last_error}); "
                 "measurements are kept in the local spool and will be written when it answers. "
                 "Your cells are not affected.")
