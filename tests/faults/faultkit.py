@@ -18,6 +18,7 @@ from ipython_energy.sensors.replay import ReplaySensor, ReplayTrace
 
 OUTAGE_WARNING = re.compile(r"ipython-energy: (MLflow at .* is not answering|cannot write the local spool)")
 RECOVERY_NOTE = "ipython-energy: MLflow is answering again"
+SPOOL_RECOVERY_NOTE = "ipython-energy: the local spool can be written again"
 
 
 def figure(capfd, text: str) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 import ipython_energy
-from faultkit import (RECOVERY_NOTE, assert_sweep_total_exact, figure, history, log_noise, median,
+from faultkit import (RECOVERY_NOTE, SPOOL_RECOVERY_NOTE, assert_sweep_total_exact, figure, history, log_noise, median,
                       mlflow_runs, outage_warnings, split_sweep)
 
 
@@ -266,7 +266,8 @@ def test_full_disk(open_shell, flat_trace, small_fs, energy_home, tmp_path, capf
     assert len(warnings) == 1, during
     expected = "not answering" if where == "store" else "cannot write the local spool"
     assert expected in warnings[0] and ("No space left" in warnings[0] or "disk is full" in warnings[0])
-    assert not outage_warnings(after) and after.count(RECOVERY_NOTE) == 1, after
+    note = RECOVERY_NOTE if where == "store" else SPOOL_RECOVERY_NOTE  # it names what the warning named
+    assert not outage_warnings(after) and after.count(note) == 1, after
     sweep.check_arrived_once(sweep_uri := env["MLFLOW_TRACKING_URI"])
     assert sweep_uri
 
