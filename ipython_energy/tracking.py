@@ -391,11 +391,15 @@ class Tracker:
                 self._submit({"type": "run_end", "uid": run.uid, "status": "KILLED", "t_ms": _now_ms(),
                               "metrics": [], "tags": {"energy.superseded": "true"}, "delete": True})
                 return m
-            unit = next(iter(run.units), None)
-            metrics = layout.run_metrics(m, units=run.units, stages=run.stages)
-            tags = layout.provenance_tags(m, idle_source=self.meter.idle_source, unit=unit)
-            self._submit({"type": "run_end", "uid": run.uid, "status": status, "t_ms": _now_ms(),
-                          "metrics": layout.rows(metrics, 0, _now_ms()), "tags": tags})
+            t_ms = _now_ms()
+            units, stages, idle_source = dict(run.units), dict(run.stages), self.meter.idle_source
+
+            def build() -> dict[str, Any]:  # on the writer's journal thread, off the cell's path
+                metrics = layout.run_metrics(m, units=units, stages=stages)
+                return {"metrics": layout.rows(metrics, 0, t_ms),
+                        "tags": layout.provenance_tags(m, idle_source=idle_source, unit=next(iter(units), None))}
+
+            self._submit({"type": "run_end", "uid": run.uid, "status": status, "t_ms": t_ms, "_build": build})
         return run.measurement
 
     def log_cell(self, run: Run, m: Measurement, execution_count: int | None) -> None:
@@ -403,8 +407,9 @@ class Tracker:
         run.cells += 1
         if run.logged and self.config.log:
             step = execution_count if execution_count is not None else run.cells
+            t_ms = _now_ms()
             self._submit({"type": "metrics", "uid": run.uid,
-                          "metrics": layout.rows(layout.cell_metrics(m), step, _now_ms())})
+                          "_build": lambda: {"metrics": layout.rows(layout.cell_metrics(m), step, t_ms)}})
 
     # ---- stages -------------------------------------------------------------------------------
     def stage(self, name: str) -> Stage:

@@ -78,7 +78,11 @@ class Writer:
 
     # ---- producer side (the user's thread) -----------------------------------------------
     def submit(self, event: dict[str, Any]) -> None:
-        """Queue ``event``; returns at once."""
+        """Queue ``event``; returns at once.
+
+        An event may carry ``_build``: a function returning more fields, called on the journal
+        thread before the event is spooled, so deriving them costs the caller nothing.
+        """
         self._inbox.append(event)
         self._journal_wake.set()
         if self._thread is None:
@@ -206,6 +210,13 @@ class Writer:
         """Spool every submitted event, in order, then hand it to the MLflow thread (journal thread only)."""
         while self._inbox:
             event = self._inbox[0]  # left in the inbox until it is pending: flush() never sees neither
+            build = event.pop("_build", None)
+            if build is not None:  # metric rows and tags are derived here, not on the user's thread
+                try:
+                    event.update(build())
+                except Exception as exc:  # noqa: BLE001 - a bug here must not stop the journal
+                    log.warning("ipython-energy: could not derive the %s event's fields: %r", event.get("type"), exc)
+                    event.setdefault("tags", {})["energy.build_error"] = repr(exc)[:500]
             seq = 0
             if self._spool is not None:
                 try:
