@@ -20,12 +20,11 @@ can differ 2-3x in real power.
 from __future__ import annotations
 
 import os
-import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from .base import DomainInfo, DomainReading
+from .base import DomainInfo, DomainReading, readings
 
 #: Default watts per logical CPU when idle (package floor share, uncore included).
 DEFAULT_IDLE_W_PER_CPU = 1.5
@@ -112,7 +111,10 @@ class CpuModelSensor:
             raise ValueError("cpu-model needs 0 <= idle_w_per_cpu <= active_w_per_cpu")
         self._clock = clock
         self._cpu_time = cpu_time
-        self._lock = threading.Lock()
+        # power_for() unrolled for read(), which runs on every sample
+        self._n_cpus_f = float(self.n_cpus)
+        self._idle_total_w = self.n_cpus * self.idle_w_per_cpu
+        self._busy_w_per_cpu = self.active_w_per_cpu - self.idle_w_per_cpu
         self._t = clock()
         self._cpu = cpu_time()
         self._energy_j = 0.0
@@ -144,15 +146,28 @@ class CpuModelSensor:
         return [self._domain]
 
     def read(self) -> dict[str, DomainReading]:
-        with self._lock:
-            t = self._clock()
-            cpu = self._cpu_time()
-            dt = t - self._t
-            if dt > 0:
-                self._power_w = self.power_for((cpu - self._cpu) / dt)
-                self._energy_j += self._power_w * dt
-                self._t, self._cpu = t, cpu
-            return {"cpu": DomainReading(energy_j=self._energy_j, power_w=self._power_w)}
+        return readings(self.domains(), self.read_values())
+
+    def read_values(self) -> tuple[tuple[float, float]]:
+        """Integrate the model up to now: ``((energy_j, power_w),)``.
+
+        Not safe to call from two threads at once (the sampler never does: it serializes the
+        reads of each sensor).
+        """
+        t = self._clock()
+        cpu = self._cpu_time()
+        dt = t - self._t
+        if dt > 0:
+            busy = (cpu - self._cpu) / dt
+            if busy < 0.0:
+                busy = 0.0
+            elif busy > self._n_cpus_f:
+                busy = self._n_cpus_f
+            power = self._idle_total_w + busy * self._busy_w_per_cpu
+            self._power_w = power
+            self._energy_j += power * dt
+            self._t, self._cpu = t, cpu
+        return ((self._energy_j, self._power_w),)
 
     def state(self) -> dict[str, str]:
         return {}

@@ -24,7 +24,7 @@ import os
 import threading
 from typing import Any
 
-from .base import DomainInfo, DomainReading, SensorError
+from .base import DomainInfo, DomainReading, SensorError, readings
 
 COUNTER_UPDATE_PERIOD_S = 0.1
 POLLED_UPDATE_PERIOD_S = 0.1
@@ -61,12 +61,16 @@ class NvmlSensor:
 
     def read(self) -> dict[str, DomainReading]:
         """Read energy (counter GPUs) and power.  Raises ``pynvml.NVMLError`` if the GPU is gone."""
+        return readings(self.domains(), self.read_values())
+
+    def read_values(self) -> tuple[tuple[float | None, float]]:
+        """``((energy_j, power_w),)``, as :meth:`read`."""
         nv = self._nv
         energy_j = None
         if self._counter:
             energy_j = nv.nvmlDeviceGetTotalEnergyConsumption(self._handle) * 1e-3
         power_w = nv.nvmlDeviceGetPowerUsage(self._handle) * 1e-3
-        return {self._domain.name: DomainReading(energy_j=energy_j, power_w=power_w)}
+        return ((energy_j, power_w),)
 
     def state(self) -> dict[str, str]:
         nv = self._nv

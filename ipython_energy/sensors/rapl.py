@@ -25,10 +25,10 @@ from __future__ import annotations
 import os
 import re
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .base import DomainInfo, DomainReading, SensorError
+from .base import DomainInfo, DomainReading, SensorError, readings
 
 DEFAULT_ROOT = "/sys/class/powercap"
 #: RAPL counters update about every millisecond: effectively fresh at our read rates.
@@ -58,6 +58,10 @@ class _Zone:
     max_range_uj: int
     last_raw_uj: int = -1
     wraps: int = 0
+    energy_path: Path = field(init=False)  # path / "energy_uj", read on every sample
+
+    def __post_init__(self) -> None:
+        self.energy_path = self.path / "energy_uj"
 
 
 class RaplSensor:
@@ -93,16 +97,20 @@ class RaplSensor:
         return list(self._domains)
 
     def read(self) -> dict[str, DomainReading]:
-        out: dict[str, DomainReading] = {}
+        return readings(self._domains, self.read_values())
+
+    def read_values(self) -> tuple[tuple[float, None], ...]:
+        """One ``(energy_j, None)`` pair per zone, in the order of :meth:`domains`."""
+        out: list[tuple[float, None]] = []
         with self._lock:
             for z in self._zones:
-                raw = int(_read_file(z.path / "energy_uj").strip())
+                raw = int(_read_file(z.energy_path).strip())
                 if z.last_raw_uj >= 0 and raw < z.last_raw_uj:
                     z.wraps += 1  # counter wrapped at max_energy_range_uj
                 z.last_raw_uj = raw
                 total_uj = raw + z.wraps * z.max_range_uj
-                out[z.domain] = DomainReading(energy_j=total_uj * 1e-6, power_w=None)
-        return out
+                out.append((total_uj * 1e-6, None))
+        return tuple(out)
 
     def state(self) -> dict[str, str]:
         return {}

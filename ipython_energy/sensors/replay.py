@@ -44,7 +44,7 @@ import time
 from bisect import bisect_right
 from typing import Callable, Iterable, Mapping, Sequence
 
-from .base import DomainInfo, DomainReading, SensorError
+from .base import DomainInfo, DomainReading, SensorError, readings
 
 
 def _kind_of(name: str) -> str:
@@ -84,6 +84,7 @@ class _Column:
             self.p = p
         self.duration_s = self.t[-1] - self.t[0]
         self.total_j = self.e[-1]
+        self._i = 0  # segment of the last lookup: reads move forward through the trace
 
     def final_power_w(self) -> float:
         if self.unit == "w":
@@ -126,6 +127,23 @@ class _Column:
         if x < self.t[0]:
             return self.p[0] * (x - self.t[0])  # before the start: never used by the sampler
         return self._energy_within(x)
+
+    def energy_power(self, x: float, loop: bool) -> tuple[float, float]:
+        """``(energy_j(x), power_w(x))`` with one segment lookup (the sensor's every-sample path)."""
+        t = self.t
+        xa = x + t[0]
+        i = self._i
+        n = len(t)
+        if not (i + 1 < n and t[i] <= xa < t[i + 1]):
+            if n < 2 or not t[0] <= xa < t[-1]:
+                return self.energy_j(x, loop), self.power_w(x, loop)
+            i = self._i = bisect_right(t, xa) - 1
+        d = xa - t[i]
+        span = t[i + 1] - t[i]
+        if self.unit == "w":
+            p0, p1 = self.p[i], self.p[i + 1]
+            return self.e[i] + p0 * d + (p1 - p0) * d * d / (2.0 * span), p0 + (p1 - p0) * d / span
+        return self.e[i] + (self.e[i + 1] - self.e[i]) * d / span, self.p[i]
 
     def power_w(self, x: float, loop: bool) -> float:
         x = x + self.t[0]
@@ -268,6 +286,10 @@ class ReplaySensor:
         ]
         self._t0: float | None = None
         self._lock = threading.Lock()
+        self._plain = (
+            self.update_period_s == 0 and self.averaging_s == 0 and self.report_energy and self.report_power
+        )
+        self._columns = list(trace.columns.values())  # in the order of self._domains
 
     # -- clock ------------------------------------------------------------------------------
     def start(self, t0: float | None = None) -> None:
@@ -298,9 +320,21 @@ class ReplaySensor:
         return list(self._domains)
 
     def read(self) -> dict[str, DomainReading]:
+        return readings(self._domains, self.read_values())
+
+    def read_values(self) -> tuple[tuple[float | None, float | None], ...]:
+        """One ``(energy_j, power_w)`` pair per domain, in the order of :meth:`domains`."""
         x = self.trace_time(self._clock())
-        out: dict[str, DomainReading] = {}
-        for src, col in self.trace.columns.items():
+        loop = self.loop
+        if self._plain:  # fresh energy and instantaneous power: one lookup per column
+            if len(self._columns) == 1:
+                return (self._columns[0].energy_power(x, loop),)
+            fresh: list[tuple[float, float]] = []
+            for col in self._columns:
+                fresh.append(col.energy_power(x, loop))
+            return tuple(fresh)
+        out: list[tuple[float | None, float | None]] = []
+        for col in self._columns:
             energy = power = None
             if self.report_energy:
                 xe = x
@@ -321,8 +355,8 @@ class ReplaySensor:
                     )
                 else:
                     power = col.power_w(x, self.loop)
-            out[self._names[src]] = DomainReading(energy_j=energy, power_w=power)
-        return out
+            out.append((energy, power))
+        return tuple(out)
 
     def state(self) -> dict[str, str]:
         return {}

@@ -68,3 +68,16 @@ def test_real_process_time_raises_power_when_busy():
     assert idle < 2 * 1.5 + 0.3 * 6.5
     assert busy > idle
     assert busy == pytest.approx(2 * 1.5 + share * 6.5, abs=0.15 * 6.5)
+
+
+def test_read_values_matches_read():
+    tk = Ticker()
+    a = CpuModelSensor({"n_cpus": 2}, clock=tk.clock, cpu_time=tk.cpu_time)
+    b = CpuModelSensor({"n_cpus": 2}, clock=tk.clock, cpu_time=tk.cpu_time)
+    for dt, dcpu in [(0.1, 0.05), (0.1, 0.3), (0.5, 0.0), (0.0, 0.0), (1.0, 5.0)]:  # 5 CPU s in 1 s: clamped
+        tk.t += dt
+        tk.cpu += dcpu
+        (pair,) = a.read_values()
+        r = b.read()["cpu"]
+        assert pair == (r.energy_j, r.power_w)
+    assert pair[1] == pytest.approx(2 * 8.0)  # two CPUs fully busy at most

@@ -92,3 +92,21 @@ def test_csv_round_trip_and_discovery(tmp_path, monkeypatch):
         discover("nvml-ish")
     with pytest.raises(SensorError, match="same domain twice"):
         discover(f"replay:{p},replay:{p}")
+
+
+@pytest.mark.parametrize("kw", [
+    {}, {"update_period_s": 0.1, "phase_s": 0.03}, {"averaging_s": 1.0, "report_energy": False},
+    {"report_power": False}, {"loop": True}])
+def test_read_values_is_read_without_the_objects(kw):
+    # read_values() (what the sampler calls on every tick) and read() agree, pair by pair, in the
+    # order of domains(), at segment boundaries, inside segments, past the end and looping.
+    clk = Clock(0.0)
+    tr = ReplayTrace([0, 1, 1, 3, 4], {"gpu0_w": [100, 200, 50, 50, 400], "cpu_j": [0, 10, 10, 40, 41]})
+    s = ReplaySensor(tr, clock=clk, names={"cpu": "package0"}, **kw)
+    s.start(0.0)
+    for t in (0.0, 0.5, 1.0, 1.0, 2.7, 3.99, 4.0, 4.5, 9.3, 2.0):  # ends by going back: the segment cache
+        clk.t = t
+        values = s.read_values()
+        assert [d.name for d in s.domains()] == ["gpu0", "package0"]
+        assert values == tuple(tuple(r) for r in s.read().values())
+        assert all(type(v) is tuple and len(v) == 2 for v in values)
