@@ -1,8 +1,10 @@
 """Windows over the sampler: begin/end snapshots of cumulative energy, turned into a frozen Measurement.
 
 A window's energy per domain is the difference of the domain's cumulative energy
-at its two edges.  Each edge reads every healthy sensor synchronously (so the
-edge is "now", not the last sample), and the sampler's series turns those reads
+at its two edges.  Each edge reads every healthy sensor (so the edge is "now", not
+the last sample; blocking sensors through their reader threads, given a few
+milliseconds at most, after which the edge uses the buffer and the domain gets a
+gap), and the sampler's series turns those reads
 into cumulative energy at the exact edge time: counters are differenced (with
 their update times estimated when they update slowly), polled power is
 integrated with trapezoids (shifted back by half its averaging width).  A
@@ -33,13 +35,13 @@ MAX_GAPS_LISTED = 50
 class _Edge:
     """Cumulative energy of every domain at one instant; refined while not final."""
 
-    __slots__ = ("t", "energy", "final", "increases", "gap_seq", "power_w")
+    __slots__ = ("t", "energy", "final", "counter_j", "gap_seq", "power_w")
 
     def __init__(self, t: float):
         self.t = t
         self.energy: dict[str, float | None] = {}
         self.final: dict[str, bool] = {}
-        self.increases: dict[str, int] = {}
+        self.counter_j: dict[str, float] = {}  # each counter's last good reading (moved or not?)
         self.gap_seq: dict[str, int] = {}
         self.power_w = 0.0
 
@@ -152,6 +154,8 @@ class Meter:
         self._idle_prev: tuple[float, float] | None = None
         self._idle_events_seen = -1
         self._open: set[Window] = set()
+        self._series = list(self.sampler.series.values())
+        self._tick_peak_w = 0.0  # highest total power seen by a tick since the last begin/end
         self._pending: list[_Edge] = []
         self._events = 0  # window begins + ends, for the idle measurement
         self._open_cells = 0
@@ -212,7 +216,7 @@ class Meter:
 
     # -- windows ----------------------------------------------------------------------------
     def begin(self, label: str, *, cell: bool = False) -> Window:
-        """Open a window now.  Reads the sensors synchronously; cheap (tens of microseconds)."""
+        """Open a window now.  Reads the sensors (see :meth:`Sampler.edge_read`); cheap (tens of microseconds)."""
         if not self._started:
             self.start()
         t = self.clock()
@@ -221,6 +225,7 @@ class Meter:
         state = self.sampler.states()
         with self._lock:
             edge = self._make_edge(t)
+            self._fold_peaks()
             w = Window(self, label, cell, edge, started_at, state)
             self._open.add(w)
             if edge.pending:
@@ -236,6 +241,7 @@ class Meter:
         """Latest power per domain in watts (domains without a reading yet are left out)."""
         out: dict[str, float] = {}
         with self._lock:
+            self.sampler.sync()
             for name, s in self.sampler.series.items():
                 p = s.power_now_w()
                 if p is not None:
@@ -264,13 +270,14 @@ class Meter:
     # -- internals --------------------------------------------------------------------------
     def _make_edge(self, t: float) -> _Edge:
         """Snapshot every domain at ``t``.  Caller holds the store lock."""
+        self.sampler.sync()
         edge = _Edge(t)
         total_p = 0.0
         for name, s in self.sampler.series.items():
             e, final = s.energy_at(t)
             edge.energy[name] = e
             edge.final[name] = (final and s.timing_settled) or (e is None and bool(s.points))
-            edge.increases[name] = s.increases
+            edge.counter_j[name] = s.last_e
             edge.gap_seq[name] = s.gap_seq
             p = s.power_now_w()
             if p is not None:
@@ -307,7 +314,7 @@ class Meter:
         if s.mode == "polled":
             short = short or duration < info.averaging_s
             return max(0.0, ee - eb), short, True
-        moved = e.increases.get(name, 0) > b.increases.get(name, 0)
+        moved = e.counter_j.get(name, 0.0) > b.counter_j.get(name, 0.0)
         if not moved:
             # the counter did not move: never report 0 J for that, interpolate from recent power
             p = s.unmoved_power_w(e.t)
@@ -394,6 +401,7 @@ class Meter:
         self.sampler.edge_read()
         with self._lock:
             end = self._make_edge(t)
+            self._fold_peaks()
             w._end_t = t
             m = self._measure(w, end, running=False)
             self._open.discard(w)
@@ -413,27 +421,40 @@ class Meter:
         t = self.clock()
         with self._lock:
             end = self._make_edge(t)
-            w.peak_w = max(w.peak_w, end.power_w)
+            w.peak_w = max(w.peak_w, end.power_w, self._tick_peak_w)
             return self._measure(w, end, running=True)
 
     def _on_tick(self, now: float) -> None:
-        """Sampler-thread hook: peaks of open windows, begin-edge refinement, idle baseline."""
-        with self._lock:
-            if self._open:
-                total_p = 0.0
-                for s in self.sampler.series.values():
+        """Sampler hook, run for each tick once its readings are stored (:meth:`Sampler.sync`, on
+        whichever thread syncs), with the store lock held: peak power while windows are open,
+        begin-edge refinement, idle baseline while none is."""
+        if self._open:
+            total_p = 0.0
+            for s in self._series:
+                p = s.now_w
+                if p is None:
                     p = s.power_now_w()
-                    if p is not None:
-                        total_p += p
-                for w in self._open:
-                    if total_p > w.peak_w:
-                        w.peak_w = total_p
-            if self._pending:
-                for edge in self._pending:
-                    self._refine(edge)
-                self._pending = [e for e in self._pending if e.pending]
-            if self._idle_source == "none":
-                self._measure_idle(now)
+                    if p is None:
+                        continue
+                total_p += p
+            if total_p > self._tick_peak_w:
+                self._tick_peak_w = total_p
+        elif self._idle_source == "none":
+            self._measure_idle(now)
+        if self._pending:
+            for edge in self._pending:
+                self._refine(edge)
+            self._pending = [e for e in self._pending if e.pending]
+
+    def _fold_peaks(self) -> None:
+        """Hand the peak seen by the ticks since the last begin/end to the windows open over that
+        stretch (the set of open windows only changes at a begin or an end).  Caller holds the lock."""
+        p = self._tick_peak_w
+        if p > 0.0:
+            for w in self._open:
+                if p > w.peak_w:
+                    w.peak_w = p
+        self._tick_peak_w = 0.0
 
     def _measure_idle(self, now: float) -> None:
         if self._open:
@@ -441,7 +462,7 @@ class Meter:
             self._idle_events_seen = self._events
             return
         series = self.sampler.series.values()
-        if not series or any(len(s.points) < 2 for s in series if s.good_reads):
+        if not series or any(len(s.points) < 2 for s in series if s.last_good_t is not None):
             return
         quiet = not self._open and self._events == self._idle_events_seen
         total = 0.0

@@ -23,6 +23,19 @@ its domains get a ``hung`` gap.  A hung sensor therefore never stalls the others
 and :meth:`Sampler.stop` returns promptly.  Readings that raise, are NaN or
 negative, or make a counter go backwards become gaps too.
 
+Window edges (:meth:`Sampler.edge_read`) read the nonblocking sensors on the caller's
+thread and hand the blocking ones to their reader threads, waiting a few milliseconds
+at most (:meth:`Sampler.edge_timeout_s`): a sensor that hangs for the first time during
+an edge read costs the caller that bound, not the hang, and its domains get a ``hung``
+gap from their last good read.
+
+The tick runs ten times a second for the kernel's lifetime, so its cost is watched
+(``bench/sampler_overhead.py``): the thread sleeps in :func:`time.sleep` (cheaper per
+wake-up than a timed lock or event wait), reads sensors through their allocation-light
+``read_values()`` where they have one, and a healthy fresh counter's reading takes a
+short path through :meth:`DomainSeries.ingest`.  Anything that can wait for a window
+edge (peak folding, the last counter steps) is done there instead.
+
 Tick times are dithered within each interval (a golden-ratio sequence over the whole
 interval) so that a counter updating at about the sampling rate is observed at
 varying phases; that is what lets :class:`PhaseLock` find its update times.
@@ -47,7 +60,15 @@ DEFAULT_BUFFER_S = 600.0
 GAP_HISTORY = 512
 #: How often a sensor's volatile state (temperature…) is refreshed, in seconds.
 STATE_INTERVAL_S = 2.0
+#: The sampler thread stores its readings of nonblocking sensors in batches of this many ticks
+#: (and whenever anyone looks at the series): see :meth:`Sampler.sync`.
+SYNC_TICKS = 8
+#: A window edge waits at least this long for a blocking sensor's read (thread hand-off and
+#: GIL waits on a loaded machine), and at most ``min(EDGE_TIMEOUT_MAX_S, hang_timeout_s / 4)``.
+EDGE_TIMEOUT_MIN_S = 0.005
+EDGE_TIMEOUT_MAX_S = 0.05
 _GOLDEN = 0.6180339887498949
+_INF = math.inf
 
 
 class PhaseLock:
@@ -159,37 +180,56 @@ class DomainSeries:
     sampler's store lock guards it.
     """
 
+    __slots__ = (
+        "info", "points", "mode", "stale", "phase", "shift_s", "period_s",
+        "has_read", "last_e", "last_lo", "last_hi",
+        "last_good_t", "last_power_w", "last_increment_j", "offset_j", "last_raw_j",
+        "_glitch", "_timed_with", "_last_move", "_fast_evidence", "faster_than_nominal",
+        "gap_open", "gaps", "gap_seq", "gap_closed_s", "_fast", "now_w",
+    )
+
     def __init__(self, info: DomainInfo, capacity: int):
         self.info = info
         # (tau, energy_j, power_w, read_t): tau is when the value held (update time / shifted
         # power time); power_w is the reading (polled) or the slope from the previous point (counter)
         self.points: deque[tuple[float, float, float, float]] = deque(maxlen=capacity)
         self.mode: str | None = None  # "counter" or "polled", fixed by the first good reading
+        self.period_s = info.update_period_s
         self.stale = info.update_period_s > FRESH_PERIOD_S
         self.phase = PhaseLock(info.update_period_s) if self.stale else None
         self.shift_s = info.averaging_s / 2.0
-        self.last_read: tuple[float, float, float, float] | None = None  # (t, energy, t_lo, t_hi) of the last good counter read
+        # the last good counter read: its energy (it only grows, so a window edge can tell whether
+        # the counter moved since another), and the start and end of the read call
+        # (``last_lo``/``last_hi`` only matter for, and are only kept up to date on, stale counters)
+        self.has_read = False
+        self.last_e = 0.0
+        self.last_lo = 0.0
+        self.last_hi = 0.0
         self.last_good_t: float | None = None
         self.last_power_w: float | None = None  # the sensor's own power reading, if any
         self.last_increment_j = 0.0
-        self.increases = 0  # how many good reads saw the counter go up (for "did not move")
         self.offset_j = 0.0  # rebasing after a counter reset
         self.last_raw_j: float | None = None
         self._glitch: tuple[float, float] | None = None
-        self.good_reads = 0
         self._timed_with: tuple[float, float] | None = None  # (phase, width) used to place the points
         self._last_move: tuple[float, float] | None = None  # read bracket of the last counter change
         self._fast_evidence = 0
         self.faster_than_nominal = False
-        self._inc: deque[tuple[float, float]] = deque(maxlen=2)  # (read time, energy) of the last increases
         # gaps
         self.gap_open: tuple[float, str] | None = None
         self.gaps: deque[tuple[int, float, float, str]] = deque(maxlen=GAP_HISTORY)
         self.gap_seq = 0
         self.gap_closed_s = 0.0
+        #: True while the next read of a fresh counter can take :meth:`ingest`'s short path
+        #: (counter mode, not stale, no gap open, no suspected reset pending).
+        self._fast = False
+        #: :meth:`power_now_w` as of the last read when the short path could tell it, else None.
+        self.now_w: float | None = None
 
     # -- gaps -------------------------------------------------------------------------------
     def bad(self, t: float, reason: str) -> None:
+        self._fast = False
+        self.now_w = None
         if self.gap_open is None:
             start = self.last_good_t if self.last_good_t is not None else t
             self.gap_open = (start, reason)
@@ -202,7 +242,6 @@ class DomainSeries:
             self.gap_closed_s += max(0.0, t - start)
             self.gap_open = None
         self.last_good_t = t
-        self.good_reads += 1
 
     def gaps_between(self, a: float, b: float, since_seq: int) -> tuple[list[tuple[float, float, str]], float]:
         """Gaps overlapping ``[a, b]`` clipped to it, and their total length.
@@ -230,7 +269,28 @@ class DomainSeries:
         ``t_lo``/``t_hi`` bound when the sensor really sampled (the read call's start and end);
         they keep the update-phase evidence honest when a read was held up.
         """
-        e, p = r.energy_j, r.power_w
+        e, p = r
+        if self._fast and e is not None and self.last_raw_j <= e < _INF and (p is None or 0.0 <= p < _INF):
+            # The common case, kept short because it runs for every domain on every tick: a fresh
+            # counter in good health that did not go backwards (NaN and inf fail the comparisons
+            # and take the long path, which records them).  Same result as _ingest_counter.
+            # (while _fast holds, the newest point is (last_good_t, last_e, …): tau is the read time)
+            self.last_raw_j = e
+            if p is not None:
+                self.last_power_w = p
+            t0 = self.last_good_t
+            if t <= t0:
+                return  # not newer than what we have
+            e0 = self.last_e
+            energy = e + self.offset_j
+            self.last_increment_j = energy - e0
+            seg = t - t0
+            slope = (energy - e0) / seg
+            self.points.append((t, energy, slope, t))
+            self.now_w = (slope if slope > 0.0 else 0.0) if seg >= 0.02 else None
+            self.last_e = energy
+            self.last_good_t = t
+            return
         if p is not None:
             if not math.isfinite(p) or p < 0:
                 self.bad(t, "nan power" if math.isnan(p) else "negative power" if p < 0 else "infinite power")
@@ -268,7 +328,7 @@ class DomainSeries:
             energy = 0.0
         pts.append((tau, energy, p, t))
         self.last_power_w = p
-        self.increases += 1
+        self.now_w = p
         self._good(t)
 
     def _ingest_counter(self, t: float, raw: float, t_lo: float, t_hi: float) -> None:
@@ -288,41 +348,39 @@ class DomainSeries:
         self.last_raw_j = raw
         energy = raw + self.offset_j
         pts = self.points
-        prev = self.last_read
-        moved = prev is not None and energy > prev[1]
-        if moved:
+        had = self.has_read
+        moved = had and energy > self.last_e
+        period = self.period_s
+        if moved and self.stale:
             lm = self._last_move
-            if self.stale and lm is not None and lm[1] == prev[3] and t_hi - lm[0] < 0.8 * self.info.update_period_s:
+            if lm is not None and lm[1] == self.last_hi and t_hi - lm[0] < 0.8 * period:
                 # two changes within less than one nominal period: this counter is faster than declared
                 self._fast_evidence += 1
                 if self._fast_evidence >= 3:
                     self.stale = False
                     self.phase = None
                     self.faster_than_nominal = True
-            self._last_move = (prev[2], t_hi)
-            self._inc.append((t, energy))
-        elif prev is None:
-            self._inc.append((t, energy))
+            self._last_move = (self.last_lo, t_hi)
         if self.stale:
             lock = self.phase
-            if prev is not None:
+            if had:
                 if moved:
-                    lock.moved(prev[2], t_hi)  # an update fell after the last read began, before this one ended
+                    lock.moved(self.last_lo, t_hi)  # an update fell after the last read began, before this one ended
                 elif self.last_increment_j > 0:
-                    lock.still(prev[3], t_lo)  # none fell between the end of the last read and the start of this
+                    lock.still(self.last_hi, t_lo)  # none fell between the end of the last read and the start of this
             self._retime()
             tau = lock.last_update(t)
             if pts:
                 t_last = pts[-1][0]
-                if not moved and tau <= t_last + 0.5 * self.info.update_period_s:
-                    self.last_read = (t, energy, t_lo, t_hi)
+                if not moved and tau <= t_last + 0.5 * period:
+                    self.has_read, self.last_e, self.last_lo, self.last_hi = True, energy, t_lo, t_hi
                     self._good(t)
                     return  # same update as the last point: nothing new
-                if tau <= t_last + 0.5 * self.info.update_period_s:
+                if tau <= t_last + 0.5 * period:
                     # it moved, yet the phase estimate puts this read in the last point's update
                     # (a read right at an update boundary, within the estimate's uncertainty):
                     # this is the next update, one period on, and not after this read
-                    tau = min(t_last + self.info.update_period_s, t_hi)
+                    tau = min(t_last + period, t_hi)
                 tau = max(tau, t_last + 1e-6)
         else:
             tau = t
@@ -335,10 +393,10 @@ class DomainSeries:
         else:
             slope = self.last_power_w if self.last_power_w is not None else 0.0
         pts.append((tau, energy, slope, t))
-        if moved:
-            self.increases += 1
-        self.last_read = (t, energy, t_lo, t_hi)
+        self.has_read, self.last_e, self.last_lo, self.last_hi = True, energy, t_lo, t_hi
         self._good(t)
+        self._fast = not self.stale  # _good closed any gap; a pending reset check returned above
+        self.now_w = None
 
     def _retime(self, depth: int = 32) -> None:
         """Re-place the newest points when the phase estimate has moved (mostly right after start)."""
@@ -376,15 +434,40 @@ class DomainSeries:
         """
         if self.stale and len(self.points) >= 2:
             return self.stale_slope_w()
-        if self.mode != "counter" or len(self._inc) < 2:
+        if self.mode != "counter":
             return self.recent_power_w()
-        (t0, e0), (t1, e1) = self._inc
+        steps = self._last_steps()
+        if steps is None:
+            return self.recent_power_w()
+        (t0, e0), (t1, e1) = steps
         spacing = t1 - t0
         if spacing <= 0:
             return self.recent_power_w()
         if now - t1 <= 2 * spacing:
             return (e1 - e0) / spacing
         return (e1 - e0) / (now - t0)
+
+    def _last_steps(self, depth: int = 4096) -> tuple[tuple[float, float], tuple[float, float]] | None:
+        """(read time, energy) of the last two reads of a fresh counter that saw it move.
+
+        Found from the points when asked (at a window edge) rather than kept on every tick.
+        The first point counts as a step while the buffer still holds it.  None if fewer than
+        two are found within the newest ``depth`` points.
+        """
+        pts = self.points
+        n = len(pts)
+        found: list[tuple[float, float]] = []
+        i = n - 1
+        stop = max(0, n - depth)
+        while i > stop and len(found) < 2:
+            if pts[i][1] > pts[i - 1][1]:
+                found.append((pts[i][3], pts[i][1]))
+            i -= 1
+        if len(found) < 2 and i == 0 and n < (pts.maxlen or n + 1) and n:
+            found.append((pts[0][3], pts[0][1]))
+        if len(found) < 2:
+            return None
+        return found[1], found[0]
 
     def stale_slope_w(self) -> float:
         """Mean power over the last two counter updates (about two update periods).
@@ -498,53 +581,45 @@ class DomainSeries:
         return self.last_power_w
 
 
-class _StopSignal:
-    """An Event whose ``wait(timeout)`` is a single lock acquire.
+class _SensorSlot:
+    """A sensor with its domains' series, and for a blocking sensor its reader thread.
 
-    The sampler sleeps on it ten times a second; a bare lock wait costs about a third less
-    CPU per wake-up than ``threading.Event.wait`` and is interrupted just as promptly.
+    A blocking sensor's reader thread sleeps on ``wake`` (a held lock).  Whoever dispatches a read
+    first takes ``done`` without waiting (it is free only while no read is in flight), then
+    releases ``wake``; the reader releases ``done`` when the read has been ingested.  So at most
+    one read of a sensor is in flight, a tick never waits for one, and a window edge can wait for
+    one with a timeout.
     """
 
-    def __init__(self):
-        self._event = threading.Event()
-        self._gate = threading.Lock()
-        self._gate.acquire()
-        self._set_lock = threading.Lock()
-
-    def set(self) -> None:
-        with self._set_lock:
-            if not self._event.is_set():
-                self._event.set()
-                self._gate.release()
-
-    def is_set(self) -> bool:
-        return self._event.is_set()
-
-    def wait(self, timeout_s: float) -> bool:
-        """Sleep up to ``timeout_s``; True as soon as the signal is set."""
-        if self._gate.acquire(timeout=max(0.0, timeout_s)):
-            self._gate.release()
-            return True
-        return self._event.is_set()
-
-
-class _SensorSlot:
-    """A sensor with its read lock, reader thread and in-flight bookkeeping."""
+    __slots__ = ("sensor", "domains", "series", "targets", "indices", "read_values", "inline", "wake", "done",
+                 "busy_since", "hung", "edge", "state", "state_t", "reader", "round_trip_s")
 
     def __init__(self, sensor: Sensor):
         self.sensor = sensor
         self.domains = sensor.domains()
-        self.lock = threading.Lock()
-        self.go = threading.Event()
+        self.series: list[tuple[str, DomainSeries]] = []  # (domain, series), filled by the sampler
+        self.targets: tuple[DomainSeries, ...] = ()  # the same series, in the order of domains()
+        self.indices: tuple[int, ...] = ()
+        #: The sensor's ``read_values`` (a tuple of (energy_j, power_w) pairs in domain order)
+        #: if it has one: cheaper than ``read`` on every sample.
+        rv = getattr(sensor, "read_values", None)
+        self.read_values = rv if callable(rv) else None
+        #: Sensors that compute in-process and cannot block (``nonblocking = True``: the replay
+        #: sensor, the cpu-model estimate) are read on the sampler thread itself (and at window
+        #: edges on the caller's thread); hardware sensors get a reader thread so that a hung
+        #: driver call never stalls the others, nor a window edge.
+        self.inline = bool(getattr(sensor, "nonblocking", False))
+        self.wake = threading.Lock()
+        self.wake.acquire()
+        self.done = threading.Lock()
         self.busy_since: float | None = None  # sampler clock, set when a read is dispatched
         self.hung = False
+        self.edge = False  # the read in flight was asked for by a window edge
         self.state: dict[str, str] = {}
         self.state_t = -math.inf
         self.reader: threading.Thread | None = None
-        #: Sensors that compute in-process and cannot block (``nonblocking = True``: the replay
-        #: sensor, the cpu-model estimate) are read on the sampler thread itself; hardware
-        #: sensors get a reader thread so that a hung driver call never stalls the others.
-        self.inline = bool(getattr(sensor, "nonblocking", False))
+        #: Usual time from dispatch to ingested reading (seconds), for the edge timeout.
+        self.round_trip_s: float | None = None
 
 
 class Sampler:
@@ -558,7 +633,9 @@ class Sampler:
         hang_timeout_s: A read in flight longer than this is a ``hung`` gap
             (default ``min(1, max(2 * interval_s, 0.25))``: twice the interval, at least a
             quarter second so that a loaded machine is not mistaken for a hung sensor).
-        on_tick: Called on the sampler thread once per tick with the clock time.
+        on_tick: Called once per tick with the tick's clock time and the store lock held,
+            right after that tick's readings are stored (see :meth:`sync`: in batches, on the
+            sampler thread or on whichever thread asks for the series first).
     """
 
     def __init__(
@@ -580,9 +657,10 @@ class Sampler:
             float(hang_timeout_s) if hang_timeout_s is not None else min(1.0, max(2 * interval_s, 0.25))
         )
         self.on_tick = on_tick
-        #: How long a window edge waits for a read already in flight on a sensor's reader (a
-        #: normal read can be held up a few ms by the GIL) before using the buffer instead.
-        self.edge_wait_s = min(0.05, self.hang_timeout_s / 4)
+        #: Longest a window edge waits for blocking sensors (all of them together) before using
+        #: their buffers and recording a gap: twice a sensor's usual round trip, at least
+        #: :data:`EDGE_TIMEOUT_MIN_S`, at most this.
+        self.edge_wait_s = min(EDGE_TIMEOUT_MAX_S, self.hang_timeout_s / 4)
         self.capacity = int(capacity) if capacity else max(64, int(math.ceil(buffer_s / interval_s)) * 2)
         self.lock = threading.RLock()  # the store lock: series, gaps, anything hooked on ticks
         self.slots = [_SensorSlot(s) for s in sensors]
@@ -592,9 +670,18 @@ class Sampler:
             for d in slot.domains:
                 if d.name in self.series:
                     raise ValueError(f"two sensors report domain {d.name!r}")
-                self.series[d.name] = DomainSeries(d, self.capacity)
+                ds = DomainSeries(d, self.capacity)
+                self.series[d.name] = ds
                 self.domain_slot[d.name] = slot
-        self._stop = _StopSignal()
+                slot.series.append((d.name, ds))
+            slot.targets = tuple(ds for _, ds in slot.series)
+            slot.indices = tuple(range(len(slot.targets)))  # iterating this allocates nothing, unlike zip()
+        self._inline = [s for s in self.slots if s.inline]
+        self._readers = [s for s in self.slots if not s.inline]
+        #: Readings the sampler thread took of nonblocking sensors and has not stored yet, per tick:
+        #: (tick time, [(slot, t0, t1, values), …]).  See :meth:`sync`.
+        self._unsynced: list[tuple[float, list]] = []
+        self._stopped = True
         self._thread: threading.Thread | None = None
         self._generation = 0
         self.ticks = 0
@@ -605,15 +692,16 @@ class Sampler:
     # -- lifecycle --------------------------------------------------------------------------
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
+        return self._thread is not None and self._thread.is_alive() and not self._stopped
 
     def start(self) -> None:
-        """Start the sampler thread (and one reader per sensor).  Idempotent."""
+        """Start the sampler thread (and one reader per blocking sensor).  Idempotent."""
         if self.running:
             return
-        self._stop = _StopSignal()
-        self._generation += 1
-        gen = self._generation
+        with self.lock:
+            self._generation += 1
+            gen = self._generation
+            self._stopped = False
         now = self.clock()
         if self.started_at is None:
             self.started_at = now
@@ -621,140 +709,314 @@ class Sampler:
                 start = getattr(slot.sensor, "start", None)
                 if callable(start):
                     start(now)
-        for slot in self.slots:
-            if slot.inline:
-                continue
-            slot.go = threading.Event()
+        for slot in self._readers:
+            slot.wake = threading.Lock()
+            slot.wake.acquire()
+            slot.done = threading.Lock()
+            slot.busy_since = None
+            slot.hung = False
             slot.reader = threading.Thread(
-                target=self._reader_loop, args=(slot, gen, self._stop, slot.go),
+                target=self._reader_loop, args=(slot, gen, slot.wake, slot.done),
                 name=f"{THREAD_NAME}-read-{slot.sensor.name}", daemon=True,
             )
             slot.reader.start()
-        self._thread = threading.Thread(target=self._loop, args=(gen, self._stop), name=THREAD_NAME, daemon=True)
+        self._thread = threading.Thread(target=self._loop, args=(gen,), name=THREAD_NAME, daemon=True)
         self._thread.start()
 
     def stop(self, timeout_s: float = 1.0) -> None:
-        """Stop sampling; returns within about ``timeout_s`` even if a sensor hangs.  Idempotent."""
-        stop = self._stop
-        stop.set()
+        """Stop sampling.  Idempotent, and prompt even if a sensor hangs.
+
+        No tick reading lands after this returns.  The sampler thread itself sleeps
+        uninterruptibly between ticks (the cheapest wait there is) and exits when it next
+        wakes, within one interval; idle reader threads are woken and joined (up to
+        ``timeout_s``, at most 50 ms); a reader stuck in a hung read is left behind (a daemon).
+        """
+        with self.lock:  # a tick in progress finishes first; the next one sees the flag
+            self._stopped = True
+            self.sync()
         deadline = time.monotonic() + timeout_s
-        for slot in self.slots:
-            slot.go.set()
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(max(0.0, deadline - time.monotonic()))
-        for slot in self.slots:
+        idle = []
+        for slot in self._readers:
+            if slot.done.acquire(blocking=False):  # no read in flight: wake the reader so it exits
+                slot.wake.release()
+                idle.append(slot)
+        for slot in idle:
             r = slot.reader
-            if r is not None and r is not threading.current_thread() and slot.busy_since is None:
+            if r is not None and r is not threading.current_thread():
                 r.join(max(0.0, min(0.05, deadline - time.monotonic())))
 
     # -- reading ----------------------------------------------------------------------------
-    def _read_slot(self, slot: _SensorSlot, from_reader: bool) -> None:
-        """Read one sensor now and ingest the result.  Caller holds ``slot.lock``."""
-        clock = self.clock
-        t0 = clock()
-        try:
-            result = slot.sensor.read()
-            error = None
-        except Exception as exc:  # any failure of a sensor is recorded as a gap, never hidden
-            result, error = None, exc
-        t1 = clock()
+    def _ingest(self, slot: _SensorSlot, result, error: BaseException | None, t0: float, t1: float) -> None:
+        """Store one read of ``slot``'s sensor (the read call ran from ``t0`` to ``t1``).
+
+        ``result`` is what ``read_values()`` returned if the sensor has it, else what ``read()``
+        returned.  Caller holds the store lock.  A read that raised, took longer than
+        ``hang_timeout_s`` or returned something malformed becomes a gap in every domain of the
+        sensor; a domain missing from a ``read()`` mapping becomes a gap in that domain.
+        """
         t = 0.5 * (t0 + t1)
-        slow = t1 - t0 > self.hang_timeout_s
-        with self.lock:
-            for d in slot.domains:
-                s = self.series[d.name]
-                if error is not None:
-                    s.bad(t, f"raised: {type(error).__name__}: {error}"[:200])
-                elif slow:
-                    s.bad(t, f"hung: read took {t1 - t0:.2f} s")
-                else:
-                    r = result.get(d.name) if isinstance(result, dict) else None
+        reason = None
+        if error is not None:
+            reason = f"raised: {type(error).__name__}: {error}"[:200]
+        elif t1 - t0 > self.hang_timeout_s:
+            reason = f"hung: read took {t1 - t0:.2f} s"
+        elif slot.read_values is not None:
+            if isinstance(result, tuple) and len(result) == len(slot.targets):
+                for s, r in zip(slot.targets, result):
                     if r is None:
                         s.bad(t, "missing from reading")
                     else:
                         s.ingest(t, r, t0, t1)
-        if from_reader and t1 - slot.state_t >= STATE_INTERVAL_S and error is None:
-            slot.state_t = t1
-            try:
-                slot.state = dict(slot.sensor.state())
-            except Exception as exc:  # state is optional decoration: record why it is missing
-                slot.state = {"state_error": repr(exc)[:200]}
-
-    def _reader_loop(self, slot: _SensorSlot, gen: int, stop: _StopSignal, go: threading.Event) -> None:
-        while True:
-            go.wait()
-            go.clear()
-            if stop.is_set() or gen != self._generation:
-                slot.busy_since = None
                 return
-            with slot.lock:
-                self._read_slot(slot, from_reader=True)
+            reason = "malformed reading"
+        elif isinstance(result, dict):
+            for name, s in slot.series:
+                r = result.get(name)
+                if r is None:
+                    s.bad(t, "missing from reading")
+                else:
+                    s.ingest(t, r, t0, t1)
+            return
+        else:
+            reason = "missing from reading"
+        for s in slot.targets:
+            s.bad(t, reason)
+
+    @staticmethod
+    def _call_sensor(slot: _SensorSlot):
+        rv = slot.read_values
+        return rv() if rv is not None else slot.sensor.read()
+
+    def _read_inline(self, slot: _SensorSlot, tick: bool) -> None:
+        """Read a nonblocking sensor on this thread and store it.  Caller holds the store lock."""
+        clock = self.clock
+        t0 = clock()
+        try:
+            result = self._call_sensor(slot)
+        except Exception as exc:  # any failure of a sensor is recorded as a gap, never hidden
+            self._ingest(slot, None, exc, t0, clock())
+            return
+        t1 = clock()
+        self._ingest(slot, result, None, t0, t1)
+        if tick and t1 - slot.state_t >= STATE_INTERVAL_S:
+            self._refresh_state(slot, t1)
+
+    def _read_blocking(self, slot: _SensorSlot, gen: int, tick: bool) -> None:
+        """Read a blocking sensor (on its reader thread) and store it unless the sampler moved on."""
+        clock = self.clock
+        t0 = clock()
+        try:
+            result = self._call_sensor(slot)
+            error = None
+        except Exception as exc:  # any failure of a sensor is recorded as a gap, never hidden
+            result, error = None, exc
+        t1 = clock()
+        with self.lock:
+            if gen != self._generation or (tick and self._stopped):
+                return  # a read that outlived stop() or a restart: not this sampler's any more
+            self._ingest(slot, result, error, t0, t1)
+        if tick and error is None and t1 - slot.state_t >= STATE_INTERVAL_S:
+            self._refresh_state(slot, t1)
+
+    @staticmethod
+    def _refresh_state(slot: _SensorSlot, t: float) -> None:
+        slot.state_t = t
+        try:
+            slot.state = dict(slot.sensor.state())
+        except Exception as exc:  # state is optional decoration: record why it is missing
+            slot.state = {"state_error": repr(exc)[:200]}
+
+    def _reader_loop(self, slot: _SensorSlot, gen: int, wake: threading.Lock, done: threading.Lock) -> None:
+        clock = self.clock
+        while True:
+            wake.acquire()
+            if self._stopped or gen != self._generation:
+                if gen == self._generation:
+                    slot.busy_since = None
+                done.release()
+                return
+            since, tick = slot.busy_since, not slot.edge
+            self._read_blocking(slot, gen, tick)
+            if since is not None:
+                rt = min(clock() - since, self.edge_wait_s)
+                slot.round_trip_s = rt if slot.round_trip_s is None else 0.875 * slot.round_trip_s + 0.125 * rt
             slot.busy_since = None
-            if slot.hung:
-                slot.hung = False
+            slot.hung = False
+            done.release()
             self._thread_cpu_s[threading.get_ident()] = time.thread_time()
+            if self._stopped or gen != self._generation:
+                return  # stopped while this read was in flight
+
+    def _edge_oneshot(self, slot: _SensorSlot, gen: int, done: threading.Lock) -> None:
+        try:
+            self._read_blocking(slot, gen, tick=False)
+        finally:
+            slot.busy_since = None
+            slot.hung = False
+            done.release()
+
+    def _dispatch_edge(self, slot: _SensorSlot, now: float) -> None:
+        """Start an edge read of a blocking sensor; the caller holds ``slot.done``."""
+        slot.busy_since = now
+        slot.edge = True
+        if not self._stopped:
+            slot.wake.release()
+        else:  # no reader thread any more (a window ended after stop()): a one-off thread
+            threading.Thread(
+                target=self._edge_oneshot, args=(slot, self._generation, slot.done),
+                name=f"{THREAD_NAME}-edge-{slot.sensor.name}", daemon=True,
+            ).start()
+
+    def edge_timeout_s(self) -> float:
+        """How long a window edge waits for the blocking sensors' reads before using their buffers."""
+        rts = [s.round_trip_s for s in self._readers if s.round_trip_s is not None]
+        usual = max(rts) if rts else 0.0
+        return min(self.edge_wait_s, max(EDGE_TIMEOUT_MIN_S, 2.0 * usual))
 
     def edge_read(self) -> None:
-        """Read every healthy sensor now, on the calling thread (window edges).
+        """Read every healthy sensor now (window edges); returns within :meth:`edge_timeout_s`.
 
-        A sensor that is hung, or whose read stays in flight on its reader for longer than
-        :attr:`edge_wait_s`, is skipped: the window edge then uses its buffer.
+        Nonblocking sensors are read on the calling thread.  Blocking sensors are read by their
+        reader threads, all at once, and waited for; a read already in flight is waited for and
+        stands for the edge.  A sensor already marked hung is skipped.  One whose read does not
+        come back in time is marked hung and its domains get a gap from their last good read
+        (the window edge then uses the buffer, which stops at that read): a sensor that hangs
+        for the first time during an edge costs the caller at most the timeout.
         """
-        for slot in self.slots:
+        readers = self._readers
+        if not readers:
+            with self.lock:
+                self.sync()
+                for slot in self._inline:
+                    self._read_inline(slot, False)
+            return
+        clock = self.clock
+        now = clock()
+        gen = self._generation
+        dispatched: list[_SensorSlot] = []
+        in_flight: list[_SensorSlot] = []
+        for slot in readers:
             if slot.hung:
                 continue
-            if not slot.lock.acquire(timeout=self.edge_wait_s):
-                continue
-            try:
-                self._read_slot(slot, from_reader=False)
-            finally:
-                slot.lock.release()
+            if slot.done.acquire(blocking=False):
+                self._dispatch_edge(slot, now)
+                dispatched.append(slot)
+            else:
+                in_flight.append(slot)
+        if self._inline:
+            with self.lock:
+                self.sync()
+                for slot in self._inline:
+                    self._read_inline(slot, False)
+        bound = self.edge_timeout_s()
+        deadline = now + bound
+        late: list[_SensorSlot] = []
+        for slot in in_flight + dispatched:
+            left = deadline - clock()
+            if slot.done.acquire(timeout=left) if left > 0 else slot.done.acquire(blocking=False):
+                slot.done.release()
+            else:
+                late.append(slot)
+        if late:
+            t = clock()
+            with self.lock:
+                for slot in late:
+                    slot.hung = True
+                    for _, s in slot.series:
+                        s.bad(t, f"hung: edge read not back after {bound * 1e3:.0f} ms")
 
-    def _loop(self, gen: int, stop: _StopSignal) -> None:
+    def _loop(self, gen: int) -> None:
         interval = self.interval_s
         ident = threading.get_ident()
+        sleep, monotonic, thread_time = time.sleep, time.monotonic, time.thread_time
+        tick = self._tick
         k = 0
-        base = time.monotonic()
+        base = monotonic()
         while True:
             k += 1
-            target = base + k * interval + ((k * _GOLDEN) % 1.0) * interval
-            now_rt = time.monotonic()
+            target = base + (k + (k * _GOLDEN) % 1.0) * interval
+            now_rt = monotonic()
             if target < now_rt:  # overran: skip missed ticks instead of bursting
                 k = int((now_rt - base) / interval) + 1
-                target = base + k * interval + ((k * _GOLDEN) % 1.0) * interval
-            if stop.wait(target - now_rt):
-                self._thread_cpu_s[ident] = time.thread_time()
+                target = base + (k + (k * _GOLDEN) % 1.0) * interval
+            sleep(target - now_rt)
+            if not tick(gen):
+                self._thread_cpu_s[ident] = thread_time()
                 return
-            if gen != self._generation:
-                return
-            self._tick()
             if k & 7 == 0:
-                self._thread_cpu_s[ident] = time.thread_time()
+                self._thread_cpu_s[ident] = thread_time()
 
-    def _tick(self) -> None:
-        now = self.clock()
-        self.ticks += 1
-        hang = self.hang_timeout_s
-        for slot in self.slots:
-            if slot.inline:
-                if slot.lock.acquire(blocking=False):  # else a window edge is reading it right now
-                    try:
-                        self._read_slot(slot, from_reader=True)
-                    finally:
-                        slot.lock.release()
-                continue
-            since = slot.busy_since
-            if since is not None:
-                if not slot.hung and now - since > hang:
+    def _tick(self, gen: int) -> bool:
+        """One sample of every sensor; False once this sampler generation is stopped.
+
+        This runs ten times a second for as long as the kernel lives, so it does the least it
+        can: it dispatches the blocking sensors' reads and reads the nonblocking sensors, but
+        leaves what their readings mean (series, gaps, the ``on_tick`` hook) to :meth:`sync`,
+        every :data:`SYNC_TICKS` ticks or as soon as anyone looks.  A batch of readings costs
+        far less CPU than the same readings stored one cold wake-up at a time.
+        """
+        with self.lock:
+            if self._stopped or gen != self._generation:
+                return False
+            clock = self.clock
+            now = clock()
+            self.ticks += 1
+            for slot in self._readers:
+                if slot.done.acquire(blocking=False):
+                    slot.busy_since = now
+                    slot.edge = False
+                    slot.wake.release()
+                    continue
+                since = slot.busy_since
+                if since is not None and not slot.hung and now - since > self.hang_timeout_s:
                     slot.hung = True
-                    with self.lock:
-                        for d in slot.domains:
-                            self.series[d.name].bad(now, f"hung: read in flight > {hang:.2f} s")
-                continue
-            slot.busy_since = now
-            slot.go.set()
-        if self.on_tick is not None:
-            self.on_tick(now)
+                    self.sync()
+                    for s in slot.targets:
+                        s.bad(now, f"hung: read in flight > {self.hang_timeout_s:.2f} s")
+            taken = []
+            t0 = now
+            for slot in self._inline:
+                rv = slot.read_values
+                try:
+                    values = rv() if rv is not None else slot.sensor.read()
+                except Exception as exc:  # any failure of a sensor is recorded as a gap, never hidden
+                    t1 = clock()
+                    self.sync()
+                    self._ingest(slot, None, exc, t0, t1)
+                    t0 = t1
+                    continue
+                t1 = clock()
+                taken.append((slot, t0, t1, values))
+                t0 = t1
+            unsynced = self._unsynced
+            unsynced.append((now, taken))
+            if len(unsynced) >= SYNC_TICKS:
+                self.sync()
+        return True
+
+    def sync(self) -> None:
+        """Store the readings the sampler thread has taken but not stored yet, tick by tick, and
+        run the ``on_tick`` hook after each tick's readings, as if it had happened then.
+
+        Caller holds the store lock.  Everything that reads the series calls this first (window
+        edges, :class:`~ipython_energy.meter.Meter` queries, :meth:`stop`), so nobody sees them
+        behind by more than the reads in flight.
+        """
+        unsynced = self._unsynced
+        if not unsynced:
+            return
+        self._unsynced = []
+        hook = self.on_tick
+        ingest = self._ingest
+        for now, taken in unsynced:
+            for slot, t0, t1, values in taken:
+                ingest(slot, values, None, t0, t1)
+            if hook is not None:
+                hook(now)
+        t = unsynced[-1][0]
+        for slot in self._inline:
+            if t - slot.state_t >= STATE_INTERVAL_S:
+                self._refresh_state(slot, t)
 
     # -- queries ----------------------------------------------------------------------------
     @property

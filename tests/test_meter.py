@@ -389,6 +389,68 @@ def test_hung_sensor_does_not_block_windows_or_stop(meters):
     h.release.set()
 
 
+def test_sensor_hanging_first_during_the_end_edge_does_not_block_end(meters):
+    """A blocking sensor (a reader thread of its own) that has been fine hangs for the first time
+    inside the read that the window's end asks for: end() returns within the edge timeout, the
+    domain gets a hung gap up to the end and no energy past its last good read, the other domain
+    stays exact."""
+
+    class HangsOnNextRead:
+        name = "hangs"
+
+        def __init__(self, watts=50.0):
+            self.watts = watts
+            self.hang_next = False
+            self.hanging = 0
+            self.release = threading.Event()
+            self.t0 = time.monotonic()
+
+        def domains(self):
+            return [DomainInfo("pkg", "cpu", "counter", "hangs", update_period_s=0.0)]
+
+        def true_j(self, t):
+            return (t - self.t0) * self.watts
+
+        def read(self):
+            if self.hang_next:
+                self.hang_next = False
+                self.hanging += 1
+                self.release.wait(10)
+                self.hanging -= 1
+            return {"pkg": DomainReading(energy_j=self.true_j(time.monotonic()))}
+
+        def state(self):
+            return {}
+
+        def close(self):
+            self.release.set()
+
+    h = HangsOnNextRead()
+    sensors = [flat({"gpu0": 100.0})]
+    m = meters([h, *sensors], interval_s=0.05)
+    time.sleep(0.3)
+    w = m.begin("x")
+    time.sleep(0.4)
+    h.hang_next = True  # the next read hangs: the end edge's own, or a tick's that the end waits for
+    t0 = time.perf_counter()
+    r = w.end()
+    waited = time.perf_counter() - t0
+    try:
+        assert h.hanging == 1  # still stuck inside read() when end() returned
+        assert waited < m.sampler.edge_wait_s + 0.05, waited
+        p = r.provenance["pkg"]
+        assert p.gaps and p.gaps[-1].reason.startswith("hung")
+        assert p.gaps[-1].end_s == pytest.approx(r.duration_s)
+        assert p.coverage < 1.0
+        # energy up to the last good read (at most a couple of intervals before the end), none invented
+        assert h.true_j(w.end_s) - h.true_j(w.begin_s) - 50.0 * 0.15 < r.domains["pkg"]
+        assert r.domains["pkg"] <= (h.true_j(w.end_s) - h.true_j(w.begin_s)) * 1.001
+        assert r.domains["gpu0"] == pytest.approx(truth(sensors, w, "gpu0"), rel=5e-3)
+        assert r.provenance["gpu0"].coverage == 1.0
+    finally:
+        h.release.set()
+
+
 def test_begin_and_end_are_cheap(meters):
     m = meters([flat({"gpu0": 100.0, "cpu": 10.0})], interval_s=0.1)
     time.sleep(0.1)

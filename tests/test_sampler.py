@@ -116,6 +116,83 @@ def test_hung_sensor_becomes_gap_and_does_not_stall_others_or_stop():
     hung.release.set()
 
 
+class HangsOnRead:
+    """A blocking sensor at the seam (not ``nonblocking``, so it has a reader thread): a fresh
+    counter at ``watts`` whose ``hang_on``-th read hangs until ``release`` is set."""
+
+    name = "hangs"
+
+    def __init__(self, domain="pkg", watts=50.0, hang_on=None):
+        self.domain = domain
+        self.watts = watts
+        self.hang_on = hang_on
+        self.reads = 0
+        self.hanging = 0
+        self.release = threading.Event()
+        self.t0 = time.monotonic()
+
+    def domains(self):
+        return [DomainInfo(self.domain, "cpu", "counter", "hangs", update_period_s=0.0)]
+
+    def read(self):
+        self.reads += 1
+        if self.reads == self.hang_on:
+            self.hanging += 1
+            self.release.wait(10)
+            self.hanging -= 1
+        return {self.domain: DomainReading(energy_j=(time.monotonic() - self.t0) * self.watts)}
+
+    def state(self):
+        return {}
+
+    def close(self):
+        self.release.set()
+
+
+def test_first_hang_during_an_edge_read_is_bounded_and_becomes_a_gap():
+    # A long interval: no tick reads in the few hundred ms below, so the reads are the edges'.
+    sen = HangsOnRead(hang_on=3)
+    s = Sampler([sen, steady()], interval_s=5.0)
+    s.start()
+    try:
+        s.edge_read()
+        s.edge_read()
+        assert sen.reads == 2 and s.series["pkg"].gap_open is None
+        good_t = s.series["pkg"].last_good_t
+        t0 = time.perf_counter()
+        s.edge_read()  # the third read hangs: the edge gives up after its timeout
+        waited = time.perf_counter() - t0
+        assert sen.hanging == 1
+        assert waited < s.edge_timeout_s() + 0.02, waited
+        gap = s.series["pkg"].gap_open
+        assert gap is not None and gap[0] == good_t and gap[1].startswith("hung: edge read")
+        assert s.series["gpu0"].gap_open is None  # the replay domain was read normally
+        t0 = time.perf_counter()
+        s.edge_read()  # now marked hung: skipped at once
+        assert time.perf_counter() - t0 < 0.005
+        sen.release.set()  # the read comes back: the gap closes, reads go on
+        assert wait_for(lambda: s.series["pkg"].gap_open is None, 1.0)
+        s.edge_read()
+        assert sen.reads == 4 and s.series["pkg"].gap_open is None
+    finally:
+        sen.release.set()
+        s.stop()
+
+
+def test_edge_reads_after_stop_still_read_blocking_sensors():
+    sen = HangsOnRead()
+    s = Sampler([sen], interval_s=0.05)
+    s.start()
+    assert wait_for(lambda: sen.reads >= 2)
+    s.stop()
+    n = sen.reads
+    time.sleep(0.12)
+    assert sen.reads == n  # no tick reads after stop
+    s.edge_read()
+    assert sen.reads == n + 1
+    assert s.series["pkg"].points[-1][3] > time.monotonic() - 0.05
+
+
 def test_hung_sensor_recovers_and_gap_closes():
     sen = ScriptedSensor("x")
     s = Sampler([sen], interval_s=0.02, hang_timeout_s=0.05)
