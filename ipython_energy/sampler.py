@@ -30,15 +30,19 @@ an edge read costs the caller that bound, not the hang, and its domains get a ``
 gap from their last good read.
 
 The tick runs ten times a second for the kernel's lifetime, so its cost is watched
-(``bench/sampler_overhead.py``): the thread sleeps in :func:`time.sleep` (cheaper per
-wake-up than a timed lock or event wait), reads sensors through their allocation-light
-``read_values()`` where they have one, and a healthy fresh counter's reading takes a
-short path through :meth:`DomainSeries.ingest`.  Anything that can wait for a window
-edge (peak folding, the last counter steps) is done there instead.
+(``bench/sampler_overhead.py``): the thread sleeps in :func:`time.sleep` for relative
+durations (cheaper per wake-up than a timed lock or event wait, or than absolute
+deadlines), reads sensors through their allocation-light ``read_values()`` where they have
+one, and leaves the readings of in-process sensors to be stored in batches
+(:meth:`Sampler.sync`, run every few ticks and by every reader of the series), where a
+healthy fresh counter's reading takes a short path through :meth:`DomainSeries.ingest`.
+Anything that can wait for a window edge (peak folding, the last counter steps) is done
+there instead.
 
-Tick times are dithered within each interval (a golden-ratio sequence over the whole
-interval) so that a counter updating at about the sampling rate is observed at
-varying phases; that is what lets :class:`PhaseLock` find its update times.
+When a counter updates slowly, tick times are dithered within each interval (a
+golden-ratio sequence over the whole interval) so that a counter updating at about the
+sampling rate is observed at varying phases; that is what lets :class:`PhaseLock` find
+its update times.
 """
 
 from __future__ import annotations
@@ -678,10 +682,16 @@ class Sampler:
             slot.indices = tuple(range(len(slot.targets)))  # iterating this allocates nothing, unlike zip()
         self._inline = [s for s in self.slots if s.inline]
         self._readers = [s for s in self.slots if not s.inline]
-        #: Readings the sampler thread took of nonblocking sensors and has not stored yet, per tick:
-        #: (tick time, [(slot, t0, t1, values), …]).  See :meth:`sync`.
-        self._unsynced: list[tuple[float, list]] = []
+        #: Readings the sampler thread took of nonblocking sensors and has not stored yet:
+        #: (tick time, slot, read start, read end, values), in order.  See :meth:`sync`.
+        self._unsynced: deque[tuple] = deque()
+        #: Held while the nonblocking sensors are read, by the sampler thread at a tick or by a
+        #: window edge: their reads never overlap, and neither needs the store lock to read.
+        self._gate = threading.Lock()
+        self._sync_at = SYNC_TICKS * max(1, len(self._inline))  # entries in SYNC_TICKS ticks
         self._stopped = True
+        #: Dither the tick times only where a counter updates slowly (PhaseLock needs varied phases).
+        self._dither = any(ds.stale for ds in self.series.values())
         self._thread: threading.Thread | None = None
         self._generation = 0
         self.ticks = 0
@@ -731,8 +741,9 @@ class Sampler:
         wakes, within one interval; idle reader threads are woken and joined (up to
         ``timeout_s``, at most 50 ms); a reader stuck in a hung read is left behind (a daemon).
         """
-        with self.lock:  # a tick in progress finishes first; the next one sees the flag
+        with self._gate:  # a tick in progress finishes first; the next one sees the flag
             self._stopped = True
+        with self.lock:
             self.sync()
         deadline = time.monotonic() + timeout_s
         idle = []
@@ -885,7 +896,7 @@ class Sampler:
         """
         readers = self._readers
         if not readers:
-            with self.lock:
+            with self._gate, self.lock:
                 self.sync()
                 for slot in self._inline:
                     self._read_inline(slot, False)
@@ -904,7 +915,7 @@ class Sampler:
             else:
                 in_flight.append(slot)
         if self._inline:
-            with self.lock:
+            with self._gate, self.lock:
                 self.sync()
                 for slot in self._inline:
                     self._read_inline(slot, False)
@@ -926,23 +937,41 @@ class Sampler:
                         s.bad(t, f"hung: edge read not back after {bound * 1e3:.0f} ms")
 
     def _loop(self, gen: int) -> None:
+        """Tick every ``interval_s`` until stopped.
+
+        Sleeps for a relative duration (the interval, less the usual wake-up and tick overhead,
+        so the rate stays at 1 / interval) rather than until absolute deadlines: on this kind of
+        machine a wake-up locked to a fixed 100 ms grid cost measurably more CPU.  With a slowly
+        updating counter the durations are dithered (a golden-ratio sequence over the interval),
+        so that ticks fall at all phases of the counter's updates.
+        """
         interval = self.interval_s
+        dither = self._dither
         ident = threading.get_ident()
         sleep, monotonic, thread_time = time.sleep, time.monotonic, time.thread_time
         tick = self._tick
         k = 0
-        base = monotonic()
+        g_prev = 0.0
+        overhead = 0.0
+        t_prev = monotonic()
         while True:
             k += 1
-            target = base + (k + (k * _GOLDEN) % 1.0) * interval
-            now_rt = monotonic()
-            if target < now_rt:  # overran: skip missed ticks instead of bursting
-                k = int((now_rt - base) / interval) + 1
-                target = base + (k + (k * _GOLDEN) % 1.0) * interval
-            sleep(target - now_rt)
+            if dither:
+                g = (k * _GOLDEN) % 1.0
+                want = interval * (1.0 + g - g_prev)
+                g_prev = g
+            else:
+                want = interval
+            nap = want - overhead if want > overhead else 0.0
+            sleep(nap)
             if not tick(gen):
                 self._thread_cpu_s[ident] = thread_time()
                 return
+            t = monotonic()
+            late = t - t_prev - nap
+            if late < interval:  # (a longer stall is not overhead: missed ticks are skipped, not burst)
+                overhead += 0.125 * (late - overhead)
+            t_prev = t
             if k & 7 == 0:
                 self._thread_cpu_s[ident] = thread_time()
 
@@ -952,28 +981,22 @@ class Sampler:
         This runs ten times a second for as long as the kernel lives, so it does the least it
         can: it dispatches the blocking sensors' reads and reads the nonblocking sensors, but
         leaves what their readings mean (series, gaps, the ``on_tick`` hook) to :meth:`sync`,
-        every :data:`SYNC_TICKS` ticks or as soon as anyone looks.  A batch of readings costs
-        far less CPU than the same readings stored one cold wake-up at a time.
+        every :data:`SYNC_TICKS` ticks or as soon as anyone looks; and it takes the store lock
+        only then.  Batches of readings cost far less CPU than single readings stored at cold
+        wake-ups, and so does a tick without the store lock.
         """
-        with self.lock:
+        gate = self._gate
+        if not gate.acquire(False):
+            return True  # a window edge is reading the sensors this very moment: that reading stands
+        try:
             if self._stopped or gen != self._generation:
                 return False
             clock = self.clock
             now = clock()
             self.ticks += 1
-            for slot in self._readers:
-                if slot.done.acquire(blocking=False):
-                    slot.busy_since = now
-                    slot.edge = False
-                    slot.wake.release()
-                    continue
-                since = slot.busy_since
-                if since is not None and not slot.hung and now - since > self.hang_timeout_s:
-                    slot.hung = True
-                    self.sync()
-                    for s in slot.targets:
-                        s.bad(now, f"hung: read in flight > {self.hang_timeout_s:.2f} s")
-            taken = []
+            if self._readers:
+                self._dispatch_readers(now)
+            unsynced = self._unsynced
             t0 = now
             for slot in self._inline:
                 rv = slot.read_values
@@ -981,18 +1004,38 @@ class Sampler:
                     values = rv() if rv is not None else slot.sensor.read()
                 except Exception as exc:  # any failure of a sensor is recorded as a gap, never hidden
                     t1 = clock()
-                    self.sync()
-                    self._ingest(slot, None, exc, t0, t1)
+                    with self.lock:
+                        self.sync()
+                        self._ingest(slot, None, exc, t0, t1)
                     t0 = t1
                     continue
                 t1 = clock()
-                taken.append((slot, t0, t1, values))
+                unsynced.append((now, slot, t0, t1, values))
                 t0 = t1
-            unsynced = self._unsynced
-            unsynced.append((now, taken))
-            if len(unsynced) >= SYNC_TICKS:
-                self.sync()
+            if not self._inline:
+                unsynced.append((now, None, now, now, None))  # a tick with nothing to store: still a tick
+            if len(unsynced) >= self._sync_at:
+                with self.lock:
+                    self.sync()
+        finally:
+            gate.release()
         return True
+
+    def _dispatch_readers(self, now: float) -> None:
+        """Start a read on every idle blocking sensor; mark the ones in flight too long as hung."""
+        for slot in self._readers:
+            if slot.done.acquire(blocking=False):
+                slot.busy_since = now
+                slot.edge = False
+                slot.wake.release()
+                continue
+            since = slot.busy_since
+            if since is not None and not slot.hung and now - since > self.hang_timeout_s:
+                slot.hung = True
+                with self.lock:
+                    self.sync()
+                    for s in slot.targets:
+                        s.bad(now, f"hung: read in flight > {self.hang_timeout_s:.2f} s")
 
     def sync(self) -> None:
         """Store the readings the sampler thread has taken but not stored yet, tick by tick, and
@@ -1005,15 +1048,22 @@ class Sampler:
         unsynced = self._unsynced
         if not unsynced:
             return
-        self._unsynced = []
         hook = self.on_tick
         ingest = self._ingest
-        for now, taken in unsynced:
-            for slot, t0, t1, values in taken:
+        pop = unsynced.popleft  # (the sampler thread may append meanwhile: popleft and append are atomic)
+        now = None
+        while unsynced:
+            tick_t, slot, t0, t1, values = pop()
+            if hook is not None and now is not None and tick_t != now:
+                hook(now)  # the previous tick's readings are all stored
+            now = tick_t
+            if slot is not None:
                 ingest(slot, values, None, t0, t1)
-            if hook is not None:
-                hook(now)
-        t = unsynced[-1][0]
+        if now is None:
+            return
+        if hook is not None:
+            hook(now)
+        t = now
         for slot in self._inline:
             if t - slot.state_t >= STATE_INTERVAL_S:
                 self._refresh_state(slot, t)
