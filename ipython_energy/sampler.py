@@ -798,19 +798,31 @@ class Sampler:
         rv = slot.read_values
         return rv() if rv is not None else slot.sensor.read()
 
-    def _read_inline(self, slot: _SensorSlot, tick: bool) -> None:
-        """Read a nonblocking sensor on this thread and store it.  Caller holds the store lock."""
+    def _edge_inline(self) -> None:
+        """Read the nonblocking sensors on this thread for a window edge, then store the readings.
+
+        The reads come first (an edge is *now*: storing the sampler's pending batch first would
+        put a millisecond or two between the edge and its reads), then the pending batch, then
+        these readings, in time order.
+        """
         clock = self.clock
-        t0 = clock()
-        try:
-            result = self._call_sensor(slot)
-        except Exception as exc:  # any failure of a sensor is recorded as a gap, never hidden
-            self._ingest(slot, None, exc, t0, clock())
-            return
-        t1 = clock()
-        self._ingest(slot, result, None, t0, t1)
-        if tick and t1 - slot.state_t >= STATE_INTERVAL_S:
-            self._refresh_state(slot, t1)
+        taken = []
+        with self._gate:  # no tick reads these sensors meanwhile
+            t0 = clock()
+            for slot in self._inline:
+                rv = slot.read_values
+                try:
+                    values = rv() if rv is not None else slot.sensor.read()
+                    error = None
+                except Exception as exc:  # any failure of a sensor is recorded as a gap, never hidden
+                    values, error = None, exc
+                t1 = clock()
+                taken.append((slot, values, error, t0, t1))
+                t0 = t1
+            with self.lock:
+                self.sync()
+                for slot, values, error, a, b in taken:
+                    self._ingest(slot, values, error, a, b)
 
     def _read_blocking(self, slot: _SensorSlot, gen: int, tick: bool) -> None:
         """Read a blocking sensor (on its reader thread) and store it unless the sampler moved on."""
@@ -896,10 +908,7 @@ class Sampler:
         """
         readers = self._readers
         if not readers:
-            with self._gate, self.lock:
-                self.sync()
-                for slot in self._inline:
-                    self._read_inline(slot, False)
+            self._edge_inline()
             return
         clock = self.clock
         now = clock()
@@ -915,10 +924,7 @@ class Sampler:
             else:
                 in_flight.append(slot)
         if self._inline:
-            with self._gate, self.lock:
-                self.sync()
-                for slot in self._inline:
-                    self._read_inline(slot, False)
+            self._edge_inline()
         bound = self.edge_timeout_s()
         deadline = now + bound
         late: list[_SensorSlot] = []
