@@ -10,8 +10,10 @@ process CPU can.  For ipython-energy the sampler's own per-thread count
 
 Configurations:
   baseline          idle process
-  floor-10hz        a bare thread that wakes 10 times a second and does nothing (this machine's
-                    cost of a wake-up: the floor under any 10 Hz sampler)
+  floor-10hz        a bare thread that wakes 10 times a second (``time.sleep``, as our sampler does)
+                    and does nothing: this machine's cost of a wake-up, the floor under any 10 Hz sampler
+  floor-10hz-lock   the same thread waiting on a lock with a timeout instead (how the sampler
+                    slept before; kept to show the difference)
   ours-cpu-model    Meter at 10 Hz with the cpu-model estimate, one window open throughout
   ours-replay       Meter at 10 Hz with a replay sensor (two domains), one window open throughout
   ours-both         Meter at 10 Hz with cpu-model + replay
@@ -19,7 +21,11 @@ Configurations:
   mlflow-10s        the same at its default 10 s
   codecarbon-15s    codecarbon OfflineEmissionsTracker (country_iso_code, save_to_file=False), default 15 s
 
-Run:  python bench/sampler_overhead.py [--seconds 30] [--markdown] [--only ours-cpu-model,mlflow-1s]
+With ``--rounds N`` every configuration runs N times, interleaved round by round (the machine's
+load drifts; interleaving spreads it over all configurations), each round's baseline is subtracted
+from that round's runs, and the table shows medians with the min-max range across rounds.
+
+Run:  python bench/sampler_overhead.py [--seconds 30] [--rounds 3] [--markdown] [--only ours-cpu-model,mlflow-1s]
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ["baseline", "floor-10hz", "ours-cpu-model", "ours-replay", "ours-both", "mlflow-1s", "mlflow-10s", "codecarbon-15s"]
+CONFIGS = ["baseline", "floor-10hz", "floor-10hz-lock", "ours-cpu-model", "ours-replay", "ours-both", "mlflow-1s", "mlflow-10s", "codecarbon-15s"]
 
 
 def _child(config: str, seconds: float) -> dict:
@@ -57,13 +63,30 @@ def _child(config: str, seconds: float) -> dict:
         meter = Meter(sensors, interval_s=0.1)
         meter.start()
         window = meter.begin("bench")
+        thread_cpu = meter.sampler.cpu_time_s
 
         def stop():
-            extra["sampler_thread_cpu_s"] = meter.sampler.cpu_time_s()
+            # (the threads publish their CPU time every 8 ticks: close enough over 30 s)
+            extra["sampler_thread_cpu_s"] = thread_cpu() - extra.pop("thread_cpu_at_start_s")
             extra["ticks"] = meter.sampler.ticks
             window.end()
             meter.stop()
     elif config == "floor-10hz":
+        import threading
+
+        halt = []
+
+        def idle_loop():
+            while not halt:
+                time.sleep(0.1)
+
+        th = threading.Thread(target=idle_loop, daemon=True)
+        th.start()
+
+        def stop():
+            halt.append(True)
+            th.join()
+    elif config == "floor-10hz-lock":
         import threading
 
         gate = threading.Lock()
@@ -113,6 +136,8 @@ def _child(config: str, seconds: float) -> dict:
     elif config != "baseline":
         raise SystemExit(f"unknown config {config!r}")
     time.sleep(1.0)  # let start-up work finish before measuring
+    if config.startswith("ours"):
+        extra["thread_cpu_at_start_s"] = thread_cpu()
     c0, t0 = time.process_time(), time.monotonic()
     time.sleep(seconds)
     c1, t1 = time.process_time(), time.monotonic()
@@ -121,9 +146,16 @@ def _child(config: str, seconds: float) -> dict:
     return {"config": config, "cpu_s": c1 - c0, "wall_s": t1 - t0, **extra}
 
 
+def _median(values: list[float]) -> float:
+    values = sorted(values)
+    n = len(values)
+    return values[n // 2] if n % 2 else 0.5 * (values[n // 2 - 1] + values[n // 2])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=30.0, help="measured stretch per configuration (default 30)")
+    ap.add_argument("--rounds", type=int, default=1, help="runs per configuration, interleaved (default 1)")
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--only", default="", help="comma-separated subset of: " + ", ".join(CONFIGS))
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -132,36 +164,45 @@ def main(argv=None) -> int:
         print(json.dumps(_child(args.child, args.seconds)))
         return 0
     configs = [c for c in CONFIGS if not args.only or c in args.only.split(",") or c == "baseline"]
-    results = {}
-    for c in configs:
-        proc = subprocess.run(
-            [sys.executable, __file__, "--child", c, "--seconds", str(args.seconds)],
-            capture_output=True, text=True, timeout=args.seconds + 180,
-        )
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-        if proc.returncode != 0 or not lines:
-            print(f"# {c}: failed (rc={proc.returncode}): {proc.stderr.strip()[-400:]}", file=sys.stderr)
-            continue
-        results[c] = json.loads(lines[-1])
-    base = results.get("baseline", {"cpu_s": 0.0, "wall_s": 1.0})
-    base_pct = base["cpu_s"] / base["wall_s"] * 100
-    ours = results.get("ours-cpu-model")
+    runs: dict[str, list[dict]] = {c: [] for c in configs}
+    for _ in range(max(1, args.rounds)):
+        base_pct = None
+        for c in configs:
+            proc = subprocess.run(
+                [sys.executable, __file__, "--child", c, "--seconds", str(args.seconds)],
+                capture_output=True, text=True, timeout=args.seconds + 180,
+            )
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+            if proc.returncode != 0 or not lines:
+                print(f"# {c}: failed (rc={proc.returncode}): {proc.stderr.strip()[-400:]}", file=sys.stderr)
+                continue
+            r = json.loads(lines[-1])
+            r["pct"] = r["cpu_s"] / r["wall_s"] * 100
+            if c == "baseline":
+                base_pct = r["pct"]
+            r["net"] = max(0.0, r["pct"] - (base_pct or 0.0))
+            runs[c].append(r)
+    ours = _median([r["net"] for r in runs.get("ours-cpu-model", [])]) if runs.get("ours-cpu-model") else None
     rows = []
-    for c, r in results.items():
-        pct = r["cpu_s"] / r["wall_s"] * 100
-        net = max(0.0, pct - base_pct) if c != "baseline" else pct
-        thread = r.get("sampler_thread_cpu_s")
+    for c, rs in runs.items():
+        if not rs:
+            continue
+        pct = _median([r["pct"] for r in rs])
+        net = _median([r["net"] for r in rs])
+        spread = f" [{min(r['net'] for r in rs):.3f}–{max(r['net'] for r in rs):.3f}]" if len(rs) > 1 else ""
+        threads = [r["sampler_thread_cpu_s"] / r["wall_s"] * 100 for r in rs if "sampler_thread_cpu_s" in r]
         ratio = ""
-        if ours and c not in ("baseline",) and c != "ours-cpu-model":
-            ours_net = max(1e-6, ours["cpu_s"] / ours["wall_s"] * 100 - base_pct)
-            ratio = f"{net / ours_net:.1f}x"
+        if ours and c not in ("baseline", "ours-cpu-model"):
+            ratio = f"{net / max(ours, 1e-6):.1f}x"
         rows.append([
-            c, f"{r['cpu_s'] * 1000:.0f} ms", f"{pct:.3f}%", f"{net:.3f}%" if c != "baseline" else "",
-            "" if thread is None else f"{thread / r['wall_s'] * 100:.3f}%", ratio,
+            c, f"{_median([r['cpu_s'] for r in rs]) * 1000:.0f} ms", f"{pct:.3f}%",
+            "" if c == "baseline" else f"{net:.3f}%{spread}",
+            f"{_median(threads):.3f}%" if threads else "", ratio,
         ])
     head = ["configuration", "process CPU", "% of one core", "minus baseline", "sampler threads", "vs ours-cpu-model"]
     when = _dt.date.today().isoformat()
-    print(f"# sampler overhead: {args.seconds:g} s per configuration, each in its own process; {when}, "
+    rounds = f", median of {args.rounds} interleaved rounds [min–max]" if args.rounds > 1 else ""
+    print(f"# sampler overhead: {args.seconds:g} s per configuration, each in its own process{rounds}; {when}, "
           f"{platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}\n")
     if args.markdown:
         print("| " + " | ".join(head) + " |")

@@ -71,6 +71,8 @@ SYNC_TICKS = 8
 #: GIL waits on a loaded machine), and at most ``min(EDGE_TIMEOUT_MAX_S, hang_timeout_s / 4)``.
 EDGE_TIMEOUT_MIN_S = 0.005
 EDGE_TIMEOUT_MAX_S = 0.05
+#: Round trips remembered per blocking sensor for the edge timeout (about 6 s at 10 Hz).
+ROUND_TRIPS_KEPT = 64
 _GOLDEN = 0.6180339887498949
 _INF = math.inf
 
@@ -596,7 +598,7 @@ class _SensorSlot:
     """
 
     __slots__ = ("sensor", "domains", "series", "targets", "indices", "read_values", "inline", "wake", "done",
-                 "busy_since", "hung", "edge", "state", "state_t", "reader", "round_trip_s")
+                 "busy_since", "hung", "edge", "state", "state_t", "reader", "round_trips_s")
 
     def __init__(self, sensor: Sensor):
         self.sensor = sensor
@@ -622,8 +624,8 @@ class _SensorSlot:
         self.state: dict[str, str] = {}
         self.state_t = -math.inf
         self.reader: threading.Thread | None = None
-        #: Usual time from dispatch to ingested reading (seconds), for the edge timeout.
-        self.round_trip_s: float | None = None
+        #: Recent times from dispatch to stored reading (seconds), for the edge timeout.
+        self.round_trips_s: deque[float] = deque(maxlen=ROUND_TRIPS_KEPT)
 
 
 class Sampler:
@@ -861,8 +863,7 @@ class Sampler:
             since, tick = slot.busy_since, not slot.edge
             self._read_blocking(slot, gen, tick)
             if since is not None:
-                rt = min(clock() - since, self.edge_wait_s)
-                slot.round_trip_s = rt if slot.round_trip_s is None else 0.875 * slot.round_trip_s + 0.125 * rt
+                slot.round_trips_s.append(min(clock() - since, self.edge_wait_s))
             slot.busy_since = None
             slot.hung = False
             done.release()
@@ -891,10 +892,22 @@ class Sampler:
             ).start()
 
     def edge_timeout_s(self) -> float:
-        """How long a window edge waits for the blocking sensors' reads before using their buffers."""
-        rts = [s.round_trip_s for s in self._readers if s.round_trip_s is not None]
-        usual = max(rts) if rts else 0.0
-        return min(self.edge_wait_s, max(EDGE_TIMEOUT_MIN_S, 2.0 * usual))
+        """How long a window edge waits for the blocking sensors' reads before using their buffers.
+
+        Twice the longest of a sensor's last :data:`ROUND_TRIPS_KEPT` round trips (dispatch to
+        stored reading), at least :data:`EDGE_TIMEOUT_MIN_S` and at most :attr:`edge_wait_s`, which
+        is also the bound until a sensor has been read a few times.  The longest rather than the
+        usual round trip: some reads are slow every time (an H200's NVML energy counter takes
+        3-15 ms per read), and an edge that gives up on a read that was merely slow records a
+        gap and loses the energy since the last reading.
+        """
+        longest = 0.0
+        for slot in self._readers:
+            rts = slot.round_trips_s
+            if len(rts) < 3:
+                return self.edge_wait_s
+            longest = max(longest, max(rts))
+        return min(self.edge_wait_s, max(EDGE_TIMEOUT_MIN_S, 2.0 * longest))
 
     def edge_read(self) -> None:
         """Read every healthy sensor now (window edges); returns within :meth:`edge_timeout_s`.
