@@ -131,6 +131,29 @@ def main(argv=None) -> int:
     counter = info.method == "counter"
     print(f"gpu_check: {info.details.get('model')} driver {info.details.get('driver')}, method {info.method}")
 
+    # 0. what one NVML call costs on this machine: wall time and this thread's CPU time
+    call_cost = {}
+    calls = {
+        "energy_counter": lambda: nv.nvmlDeviceGetTotalEnergyConsumption(handle),
+        "power": lambda: nv.nvmlDeviceGetPowerUsage(handle),
+        "temperature": lambda: nv.nvmlDeviceGetTemperature(handle, nv.NVML_TEMPERATURE_GPU),
+    }
+    for name, call in calls.items():
+        if name == "energy_counter" and not counter:
+            continue
+        wall, cpu = [], []
+        for _ in range(200):
+            w0, c0 = time.perf_counter(), time.thread_time()
+            call()
+            cpu.append(time.thread_time() - c0)
+            wall.append(time.perf_counter() - w0)
+        wall.sort()
+        cpu.sort()
+        call_cost[name] = {"wall_p50_us": wall[100] * 1e6, "wall_p95_us": wall[190] * 1e6,
+                           "cpu_p50_us": cpu[100] * 1e6, "cpu_p95_us": cpu[190] * 1e6}
+        print(f"gpu_check: nvml {name}: wall p50 {wall[100] * 1e6:.0f} us (p95 {wall[190] * 1e6:.0f}), "
+              f"thread CPU p50 {cpu[100] * 1e6:.0f} us (p95 {cpu[190] * 1e6:.0f})")
+
     # 1. how often does the counter really change?
     update_period_s = None
     if counter:
@@ -228,7 +251,7 @@ def main(argv=None) -> int:
             print(f"total over windows >= 1 s: meter {tot_m:.0f} J vs {key} {tot_o:.0f} J ({(tot_m / tot_o - 1) * 100:+.2f}%)")
     result = {
         "gpu": dict(info.details), "method": info.method, "counter_update_period_s": update_period_s,
-        "idle_power_w": meter.idle_power_w, "windows": rows,
+        "idle_power_w": meter.idle_power_w, "nvml_call_cost": call_cost, "windows": rows,
     }
     out = os.environ.get("OUT")
     if out:
