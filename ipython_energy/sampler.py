@@ -60,6 +60,9 @@ THREAD_NAME = "ipython-energy-sampler"
 FRESH_PERIOD_S = 0.005
 #: Default buffer length in seconds of samples (per domain).
 DEFAULT_BUFFER_S = 600.0
+#: Low reads of a counter must rise this many times in a row, from the first, to be taken as a
+#: reset (see :meth:`DomainSeries._ingest_decrease`).
+RESET_RISES = 2
 #: Closed gaps remembered per domain.
 GAP_HISTORY = 512
 #: How often a sensor's volatile state (temperature…) is refreshed, in seconds.
@@ -190,8 +193,8 @@ class DomainSeries:
         "info", "points", "mode", "stale", "phase", "shift_s", "period_s",
         "has_read", "last_e", "last_lo", "last_hi",
         "last_good_t", "last_power_w", "last_increment_j", "offset_j", "last_raw_j",
-        "_glitch", "_timed_with", "_last_move", "_fast_evidence", "faster_than_nominal",
-        "gap_open", "gaps", "gap_seq", "gap_closed_s", "_fast", "now_w",
+        "_glitch", "_reset_from", "reset_check_j", "_timed_with", "_last_move", "_fast_evidence",
+        "faster_than_nominal", "gap_open", "gaps", "gap_seq", "gap_closed_s", "_fast", "now_w",
     )
 
     def __init__(self, info: DomainInfo, capacity: int):
@@ -216,7 +219,14 @@ class DomainSeries:
         self.last_increment_j = 0.0
         self.offset_j = 0.0  # rebasing after a counter reset
         self.last_raw_j: float | None = None
-        self._glitch: tuple[float, float] | None = None
+        # a stretch of reads below the last good one (whose raw value stays in last_raw_j):
+        # (time, raw) of its first read, its latest raw value, and how many times it rose
+        self._glitch: tuple[float, float, float, int] | None = None
+        # after a rebase: (raw value before the reset, offset before it, time of the rebase, base),
+        # kept until the counter passes that value again; reset_check_j is that value (else inf),
+        # the bound above which a read leaves the short path to be checked (_passed_reset_value)
+        self._reset_from: tuple[float, float, float, float] | None = None
+        self.reset_check_j = _INF
         self._timed_with: tuple[float, float] | None = None  # (phase, width) used to place the points
         self._last_move: tuple[float, float] | None = None  # read bracket of the last counter change
         self._fast_evidence = 0
@@ -276,10 +286,12 @@ class DomainSeries:
         they keep the update-phase evidence honest when a read was held up.
         """
         e, p = r
-        if self._fast and e is not None and self.last_raw_j <= e < _INF and (p is None or 0.0 <= p < _INF):
+        if (self._fast and e is not None and self.last_raw_j <= e < self.reset_check_j
+                and (p is None or 0.0 <= p < _INF)):
             # The common case, kept short because it runs for every domain on every tick: a fresh
             # counter in good health that did not go backwards (NaN and inf fail the comparisons
-            # and take the long path, which records them).  Same result as _ingest_counter.
+            # and take the long path, which records them; so does a read that passes the value a
+            # counter had before a reset).  Same result as _ingest_counter.
             # (while _fast holds, the newest point is (last_good_t, last_e, …): tau is the read time)
             self.last_raw_j = e
             if p is not None:
@@ -339,18 +351,16 @@ class DomainSeries:
 
     def _ingest_counter(self, t: float, raw: float, t_lo: float, t_hi: float) -> None:
         last = self.last_raw_j
-        if last is not None and raw < last:
-            g = self._glitch
-            if g is not None and raw >= g[1]:
-                # two consistent reads below the old value: the counter was reset. Rebase.
-                self.offset_j += last - g[1]
-                self._glitch = None
+        if last is not None:
+            if raw < last:
+                if not self._ingest_decrease(t, raw, last):
+                    return
             else:
-                self._glitch = (t, raw)
-                self.bad(t, "decreasing counter")
-                return
-        else:
-            self._glitch = None
+                if raw >= self.reset_check_j:
+                    self._passed_reset_value(t, raw, last)
+                # back at or above the last good value: any lower reads since were a glitch, and
+                # the counter, which kept counting, bridges them
+                self._glitch = None
         self.last_raw_j = raw
         energy = raw + self.offset_j
         pts = self.points
@@ -403,6 +413,73 @@ class DomainSeries:
         self._good(t)
         self._fast = not self.stale  # _good closed any gap; a pending reset check returned above
         self.now_w = None
+
+    def _ingest_decrease(self, t: float, raw: float, last: float) -> bool:
+        """A read below the last good one (``last``, raw): a glitch, or a counter reset.
+
+        The rule, from the readings alone:
+
+        * Reads below the last good value are a gap (``decreasing counter``) and are not stored;
+          ``last_raw_j`` keeps the last good value meanwhile.
+        * A later read at or above that value (the counter is back on its trajectory) ends the
+          glitch: the gap closes, nothing is rebased, and the counter, which kept counting,
+          bridges the gap (see :meth:`_ingest_counter`).
+        * Low reads that count up from a new base, each of :data:`RESET_RISES` reads strictly above
+          the one before (as a restarted counter does), are a reset: the series is rebased so that
+          the energy continues from the last good value plus what the counter gained since the
+          first low read (the base).  The stretch from the last good read to the first low one
+          is the gap's and is not counted.  A low value that stays put (a counter reading 0, a
+          stuck register) is not a reset: it stays a gap until the counter counts or comes back.
+        * A read below the previous low read starts the low stretch over from that read.
+
+        Returns True when the read is to be stored (rebased), False when it was a gap.
+        """
+        g = self._glitch  # (time, raw) of the first low read, the latest low raw, rises since the first
+        if g is None or raw < g[2]:
+            self._glitch = (t, raw, raw, 0)
+            self.bad(t, "decreasing counter")
+            return False
+        if raw == g[2] or g[3] + 1 < RESET_RISES:
+            if raw > g[2]:
+                self._glitch = (g[0], g[1], raw, g[3] + 1)
+            self.bad(t, "decreasing counter")
+            return False
+        # counting up from a new base: the counter was reset.  Rebase from the first low read.
+        base = g[1]
+        if self._reset_from is None:
+            # remember the value before the reset until the counter passes it again
+            self._reset_from = (last, self.offset_j, t, base)
+            self.reset_check_j = last
+        else:
+            # reset again before the counter passed the first reset's value: keep watching for a
+            # return to that value, counting the gain from this rebase
+            before, offset_before, _, _ = self._reset_from
+            self._reset_from = (before, offset_before, t, base)
+        self.offset_j += last - base
+        self._glitch = None
+        return True
+
+    def _passed_reset_value(self, t: float, raw: float, last: float) -> None:
+        """After a rebase, a read reaches the value the counter had before the reset.
+
+        A restarted counter gets there by counting, in steps like its others.  A counter whose
+        "reset" was in fact a stretch of wrong, lower readings that went on growing gets there in
+        one jump back to its earlier values.  The rule: a step from below that value to at or
+        above it that is larger than everything the counter gained since the rebase
+        (``raw - last > last - base``) is such a return.  The rebase is then undone: the energy
+        continues from the counter's earlier values (never below what was already counted), and
+        the stretch since the rebase becomes a gap (``counter returned to its pre-reset values``),
+        so the jump itself adds no energy.  Either way the check is disarmed.
+        """
+        _, offset_before, t_rebase, base = self._reset_from
+        self._reset_from = None
+        self.reset_check_j = _INF
+        if raw - last > last - base:
+            self.offset_j = max(self.last_e, raw + offset_before) - raw
+            if self.gap_open is None:
+                self.gap_open = (t_rebase, "counter returned to its pre-reset values")
+            elif t_rebase < self.gap_open[0]:
+                self.gap_open = (t_rebase, self.gap_open[1])
 
     def _retime(self, depth: int = 32) -> None:
         """Re-place the newest points when the phase estimate has moved (mostly right after start)."""

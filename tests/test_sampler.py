@@ -247,6 +247,80 @@ def test_counter_reset_is_rebased_not_negative():
     assert ds2.points[-1][1] == pytest.approx(25.0)
 
 
+def feed(raws, period_s=0.0):
+    """A DomainSeries fed one raw counter value per second; returns it."""
+    ds = DomainSeries(DomainInfo("x", "cpu", "counter", "t", update_period_s=period_s), 100)
+    for k, raw in enumerate(raws):
+        ds.ingest(float(k), DomainReading(energy_j=raw))
+    return ds
+
+
+def closed_gaps(ds):
+    return [(start, end, reason) for _, start, end, reason in ds.gaps]
+
+
+def test_counter_reading_zero_for_a_while_then_back_is_a_gap_and_no_energy():
+    # A counter at 1 MJ reads 0 for four reads, then is back on its trajectory (10 J/s).
+    ds = feed([1e6, 1e6 + 10, 0.0, 0.0, 0.0, 0.0, 1e6 + 60, 1e6 + 70])
+    assert [p[1] for p in ds.points] == [1e6, 1e6 + 10, 1e6 + 60, 1e6 + 70]  # bridged, nothing invented
+    assert closed_gaps(ds) == [(1.0, 6.0, "decreasing counter")]
+    assert ds.offset_j == 0.0 and ds.gap_open is None
+
+
+def test_low_reads_that_go_lower_still_are_a_glitch():
+    ds = feed([100.0, 110.0, 50.0, 40.0, 30.0, 140.0])
+    assert [p[1] for p in ds.points] == [100.0, 110.0, 140.0]
+    assert closed_gaps(ds) == [(1.0, 5.0, "decreasing counter")]
+
+
+def test_one_rise_from_a_low_base_is_not_yet_a_reset():
+    # a single higher low read (garbage, not counting) is no reset: the counter comes back
+    ds = feed([1000.0, 1010.0, 3.0, 700.0, 1030.0])
+    assert [p[1] for p in ds.points] == [1000.0, 1010.0, 1030.0]
+    assert ds.offset_j == 0.0
+
+
+def test_reset_that_starts_still_is_rebased_once_it_counts():
+    # restarted at 0 with nothing drawn for a while, then counting: rebased from the first low read
+    ds = feed([100.0, 110.0, 0.0, 0.0, 0.0, 3.0, 6.0, 9.0])
+    assert [p[1] for p in ds.points] == [100.0, 110.0, 116.0, 119.0]
+    assert closed_gaps(ds) == [(1.0, 6.0, "decreasing counter")]
+
+
+def test_low_stretch_that_counts_then_jumps_back_adds_no_energy():
+    # The low reads count (taken as a reset), then the counter is back on its old trajectory
+    # (10 J/s throughout): the jump back is not energy, the stretch since the rebase is a gap.
+    ds = feed([1000.0, 1010.0, 500.0, 505.0, 510.0, 515.0, 1060.0, 1070.0])
+    energies = [p[1] for p in ds.points]
+    assert energies == sorted(energies)
+    assert energies == [1000.0, 1010.0, 1020.0, 1025.0, 1060.0, 1070.0]
+    assert closed_gaps(ds) == [(1.0, 4.0, "decreasing counter"),
+                               (4.0, 6.0, "counter returned to its pre-reset values")]
+    assert ds.reset_check_j == math.inf  # disarmed
+
+
+def test_reset_counter_counting_past_its_old_value_is_energy():
+    # a real reset: the restarted counter counts past the value it had before, step by step
+    raws = [10.0, 20.0, 30.0, 2.0, 5.0, 9.0] + [9.0 + 4.0 * k for k in range(1, 9)]  # ... 37, 41
+    ds = feed(raws)
+    assert ds.points[-1][1] == pytest.approx(30.0 + (41.0 - 2.0))
+    assert ds.reset_check_j == math.inf and len(ds.gaps) == 1
+
+
+def test_reset_of_a_stale_counter_is_rebased_from_the_first_low_read():
+    # NVML-like: updates every 0.1 s, read every 0.05 s; restarts from 0 at t = 1.02 s
+    ds = DomainSeries(DomainInfo("g", "gpu", "counter", "t", update_period_s=0.1), 1000)
+    def counter(t):
+        return math.floor(t / 0.1) * 20.0 if t < 1.02 else math.floor((t - 1.02) / 0.1) * 20.0
+    for k in range(41):
+        t = k * 0.05
+        ds.ingest(t, DomainReading(energy_j=counter(t)), t, t)
+    e_end, _ = ds.energy_at(2.0)
+    # 200 W for 2 s, less the stretch from the last update before the restart to the first low read
+    assert 400.0 - 30.0 <= e_end <= 400.0
+    assert [r for _, _, _, r in ds.gaps] == ["decreasing counter"]
+
+
 def test_memory_is_bounded_with_many_samples():
     s = Sampler([steady(), steady("cpu", 20.0)], interval_s=0.001, capacity=200)
     s.start()
