@@ -12,8 +12,16 @@ RAPL domains nest (psys ⊃ package ⊃ core/uncore), so summing them double
 counts.  We report ``package<N>`` and ``dram<N>`` per socket, skip ``core`` and
 ``uncore``, fall back to ``psys`` only when no package zone exists, and ignore
 ``intel-rapl-mmio:*`` zones, which expose the same package counter a second time.
-Counters wrap at ``max_energy_range_uj``; reads unwrap them (a wrap takes tens
-of minutes even at full power, far longer than the sampler interval).
+Counters wrap at ``max_energy_range_uj``; reads unwrap them.  Not every decrease
+is a wrap, though: a counter can also restart from 0 (a driver reload) or return a
+bad value.  A decrease is taken as a wrap only if the zone could have drawn the
+distance from the last value to the top of the range and on to the new value in
+the time since the last read at :data:`MAX_ZONE_POWER_W` (plus one counter update
+period); anything else is passed on as the decrease it is, which the sampler
+records as a gap (and rebases if the counter counts up from its new base: see
+``DomainSeries._ingest_decrease``).  A wrap counted on a read that the next reads
+show to be a glitch (the counter is back at or above its value before the "wrap"
+sooner than it could have gone round) is taken back.
 
 Most current kernels make ``energy_uj`` readable by root only.  Discovery then
 records a note with the fix; asking for ``rapl`` explicitly raises
@@ -25,6 +33,7 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +42,13 @@ from .base import DomainInfo, DomainReading, SensorError, readings
 DEFAULT_ROOT = "/sys/class/powercap"
 #: RAPL counters update about every millisecond: effectively fresh at our read rates.
 RAPL_UPDATE_PERIOD_S = 0.001
+#: No RAPL zone draws more than this (W): the largest server packages are rated ~500 W.  Used only
+#: to tell a wraparound from a reset: a decrease of ``energy_uj`` is a wrap only if the distance to
+#: the top of the range and on to the new value fits in (time since the last read + one update
+#: period) at this power.  Generous on purpose: a wrap taken for a reset costs a gap and a
+#: sampler interval of energy, a reset taken for a wrap adds at most this power x that time.
+MAX_ZONE_POWER_W = 2000.0
+_NO_CHECK_UJ = 1 << 62  # above any energy_uj: no wrap to check
 
 PERMISSION_FIX = (
     "run `sudo chmod a+r /sys/class/powercap/intel-rapl:*/energy_uj "
@@ -57,7 +73,12 @@ class _Zone:
     zone_name: str
     max_range_uj: int
     last_raw_uj: int = -1
+    last_t: float = 0.0  # when last_raw_uj was read (the sensor's clock)
     wraps: int = 0
+    #: After a counted wrap: the raw value before it (else above any value) and when it was read.
+    #: A read back at or above it sooner than the counter could have gone round takes the wrap back.
+    wrapped_from_uj: int = _NO_CHECK_UJ
+    wrapped_t: float = 0.0
     energy_path: Path = field(init=False)  # path / "energy_uj", read on every sample
 
     def __post_init__(self) -> None:
@@ -68,14 +89,19 @@ class RaplSensor:
     """RAPL package and DRAM counters for every socket.
 
     Build it with :func:`open_rapl` (explicit, raises) or :func:`discover_rapl` (never raises).
+    ``clock`` (monotonic seconds) times the reads, to tell a wraparound from a reset.
     """
 
     name = "rapl"
 
-    def __init__(self, zones: list[_Zone], root: str):
+    def __init__(self, zones: list[_Zone], root: str, clock=time.monotonic):
         self._zones = zones
         self.root = root
+        self._clock = clock
         self._lock = threading.Lock()
+        now = clock()
+        for z in zones:
+            z.last_t = now
         self._domains = [
             DomainInfo(
                 name=z.domain,
@@ -100,17 +126,45 @@ class RaplSensor:
         return readings(self._domains, self.read_values())
 
     def read_values(self) -> tuple[tuple[float, None], ...]:
-        """One ``(energy_j, None)`` pair per zone, in the order of :meth:`domains`."""
+        """One ``(energy_j, None)`` pair per zone, in the order of :meth:`domains`.
+
+        The energy is ``energy_uj`` unwrapped: it only goes down where ``energy_uj`` went down
+        and was not a wrap (a reset or a bad read: see :meth:`_decrease`).
+        """
         out: list[tuple[float, None]] = []
         with self._lock:
+            now = self._clock()
             for z in self._zones:
                 raw = int(_read_file(z.energy_path).strip())
-                if z.last_raw_uj >= 0 and raw < z.last_raw_uj:
-                    z.wraps += 1  # counter wrapped at max_energy_range_uj
+                if raw < z.last_raw_uj:
+                    self._decrease(z, raw, now)
+                elif raw >= z.wrapped_from_uj:
+                    self._back_above_wrap(z, raw, now)
                 z.last_raw_uj = raw
+                z.last_t = now
                 total_uj = raw + z.wraps * z.max_range_uj
                 out.append((total_uj * 1e-6, None))
         return tuple(out)
+
+    @staticmethod
+    def _could_cover_uj(z: _Zone, since: float, now: float) -> float:
+        """The most energy the zone can have drawn from ``since`` to ``now`` (µJ)."""
+        return (now - since + RAPL_UPDATE_PERIOD_S) * MAX_ZONE_POWER_W * 1e6
+
+    def _decrease(self, z: _Zone, raw: int, now: float) -> None:
+        """``energy_uj`` went down: a wrap if the zone could have gone over the top since the
+        last read, else a reset or a bad read, left as the decrease it is (the sampler makes it
+        a gap)."""
+        if z.max_range_uj - z.last_raw_uj + raw <= self._could_cover_uj(z, z.last_t, now):
+            z.wraps += 1  # wrapped at max_energy_range_uj
+            z.wrapped_from_uj, z.wrapped_t = z.last_raw_uj, z.last_t
+
+    def _back_above_wrap(self, z: _Zone, raw: int, now: float) -> None:
+        """After a counted wrap the counter reads at or above its value before it: fine if it had
+        the time to go round, else the read taken for a wrap was a glitch: the wrap is taken back."""
+        if z.max_range_uj - z.wrapped_from_uj + raw > self._could_cover_uj(z, z.wrapped_t, now):
+            z.wraps -= 1
+        z.wrapped_from_uj = _NO_CHECK_UJ
 
     def state(self) -> dict[str, str]:
         return {}
@@ -169,8 +223,8 @@ def _scan(root: Path) -> tuple[list[_Zone], list[str]]:
     ], problems
 
 
-def open_rapl(root: str | os.PathLike = DEFAULT_ROOT) -> RaplSensor:
-    """Open RAPL explicitly.
+def open_rapl(root: str | os.PathLike = DEFAULT_ROOT, *, clock=time.monotonic) -> RaplSensor:
+    """Open RAPL explicitly.  ``clock``: monotonic seconds, to time the reads (tests inject one).
 
     Raises:
         SensorError: no usable zone, or energy_uj not readable (the message gives the fix).
@@ -194,7 +248,7 @@ def open_rapl(root: str | os.PathLike = DEFAULT_ROOT) -> RaplSensor:
         usable.append(z)
     if not usable:
         raise SensorError("; ".join(problems))
-    return RaplSensor(usable, str(rootp))
+    return RaplSensor(usable, str(rootp), clock=clock)
 
 
 def discover_rapl(root: str | os.PathLike = DEFAULT_ROOT) -> tuple[RaplSensor | None, list[str]]:

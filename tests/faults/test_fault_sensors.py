@@ -334,11 +334,9 @@ def test_rapl_wraparound_mid_cell_loses_nothing(open_shell, powercap, sqlite_uri
     assert run.data.tags["energy.coverage"] == "1.000" and run.data.tags["energy.gaps"] == ""
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "sensors/rapl.py RaplSensor.read counts every decrease of energy_uj as a wraparound "
-    "(wraps += 1), so a counter reset mid-run adds max_energy_range_uj - last (here ~162 kJ) "
-    "of energy that was never drawn; owner: core"))
 def test_rapl_counter_reset_mid_cell_is_not_counted_as_a_wrap(open_shell, powercap, sqlite_uri):
+    """162 kJ to the top of the range cannot be drawn in one sampler interval, so the decrease is a
+    reset, not a wrap: the backend passes it on and the sampler makes it a gap and rebases."""
     # Real range (262 kJ); the counter stands at 100 kJ, then restarts from 0 mid-cell.
     fake_tree = powercap({"intel-rapl:0": ("package-0", 50.0, 262_143_328_850),
                        "intel-rapl:0:0": ("dram", 10.0, 262_143_328_850)}, start_uj=100_000_000_000)
@@ -349,4 +347,7 @@ def test_rapl_counter_reset_mid_cell_is_not_counted_as_a_wrap(open_shell, powerc
     assert m.domains["dram0"] == pytest.approx(10.0 * m.duration_s, rel=0.02)
     # Right: about 50 W x duration (a reset may cost one sampler interval, and should be a gap).
     assert 50.0 * (m.duration_s - 0.15) < m.domains["package0"] <= 50.0 * m.duration_s * 1.02
-    assert m.provenance["package0"].coverage < 1.0
+    p = m.provenance["package0"]
+    assert p.coverage < 1.0 and p.gaps and "decreasing counter" in p.gaps[0].reason
+    _, run = logged_run(sqlite_uri)
+    assert_gap_logged(run, m, "package0", "decreasing counter")
