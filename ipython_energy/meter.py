@@ -320,13 +320,31 @@ class Meter:
             p = s.unmoved_power_w(e.t)
             if p is None:
                 p = s.power_now_w() or 0.0
-            return max(0.0, p) * duration, True, True
+            return max(0.0, p) * self._unmoved_span_s(s, b, e, name), True, True
         energy = max(0.0, ee - eb)
         if energy == 0.0 and duration > 0 and s.gap_open is None:
             # moved, yet no energy between the edges (the edges fell within one update): interpolate
             p = s.unmoved_power_w(e.t) or s.power_now_w() or 0.0
-            return max(0.0, p) * duration, True, True
+            return max(0.0, p) * self._unmoved_span_s(s, b, e, name), True, True
         return energy, short, True
+
+    @staticmethod
+    def _unmoved_span_s(s, b: _Edge, e: _Edge, name: str) -> float:
+        """How long to interpolate a counter that did not move between the edges.
+
+        The whole window while the domain had no gap in it (a healthy counter in a window shorter
+        than its updates: never a silent 0 J).  Otherwise only the time not in a gap, and at most
+        one update period of it: a counter that could be read and did not move can hide at most
+        one update's worth of energy, and the gap's stretch gets none (its coverage says so).
+        """
+        duration = e.t - b.t
+        since_seq = b.gap_seq.get(name, 0)
+        if s.gap_open is None and s.gap_seq == since_seq:
+            return duration  # no gap opened or closed since the begin edge
+        _, gap_s = s.gaps_between(b.t, e.t, since_seq)
+        if gap_s <= 0.0:
+            return duration
+        return min(max(0.0, duration - gap_s), s.info.update_period_s)
 
     def _total_between(self, b: _Edge, e: _Edge) -> float:
         self._refine(b)

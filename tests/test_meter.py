@@ -316,6 +316,54 @@ def test_failing_sensor_records_gap_and_counter_still_bridges_it(meters):
     assert r.has_gaps and r.coverage == p.coverage
 
 
+@pytest.mark.parametrize("update_period_s", [0.1, 0.0])
+def test_counter_lost_right_after_begin_gets_energy_only_for_covered_time(meters, update_period_s):
+    """The counter fails right after the begin edge, so it never moves between the edges: the
+    'never 0 J' interpolation of an unmoved counter must not cover the gap.  Stale (NVML-like,
+    0.1 s updates) and fresh counters; a replay trace behind a raising wrapper (the seam)."""
+    kw = {"update_period_s": 0.1, "phase_s": 0.03, "report_power": False} if update_period_s else {}
+    fl = Flaky(flat({"gpu1": 300.0}, **kw))
+    other = flat({"gpu0": 200.0})
+    m = meters([fl, other], interval_s=0.05)
+    time.sleep(1.0)  # a stale counter's update phase is known by then
+    w = m.begin("x")
+    fl.failing = True
+    time.sleep(0.5)
+    r = w.end()
+    g1 = r.provenance["gpu1"]
+    assert g1.gaps and g1.gaps[0].reason.startswith("raised: OSError") and g1.coverage < 0.05
+    # at most one counter update of interpolation before the gap, never power x the whole window
+    assert r.domains["gpu1"] <= 300.0 * max(update_period_s, 0.01)
+    assert r.domains["gpu0"] == pytest.approx(truth([other], w, "gpu0"), rel=5e-3)
+    assert r.provenance["gpu0"].coverage == 1.0
+
+
+def test_unmoved_counter_in_a_closed_gap_is_interpolated_over_covered_time_only(meters):
+    """A short window in which a stale counter (updates every 0.2 s) does not move and fails for a
+    while, then reads again: interpolated over the covered time, at most one update period."""
+    fl = Flaky(flat({"gpu1": 300.0}, update_period_s=0.2, phase_s=0.0, report_power=False))
+    m = meters([fl], interval_s=0.02)
+    time.sleep(1.5)
+    s = m.sampler.series["gpu1"]
+    # begin just after an update, so the counter cannot move within the next ~0.15 s
+    last_update = s.phase.last_update(time.monotonic())
+    time.sleep(max(0.0, last_update + 0.2 + 0.02 - time.monotonic()))
+    w = m.begin("x")
+    time.sleep(0.03)
+    fl.failing = True
+    time.sleep(0.06)
+    fl.failing = False
+    time.sleep(0.03)
+    r = w.end()
+    p = r.provenance["gpu1"]
+    if r.duration_s > 0.17 or not p.gaps:
+        pytest.skip(f"timing on this machine: the window took {r.duration_s:.3f} s (a counter update fell inside)")
+    assert p.short_window and 0.1 < p.coverage < 0.9
+    covered_s = p.coverage * r.duration_s
+    assert r.domains["gpu1"] == pytest.approx(300.0 * covered_s, rel=0.1)
+    assert r.domains["gpu1"] > 0
+
+
 def test_gpu_vanishing_mid_run_is_a_gap_and_others_stay_right(meters, monkeypatch):
     gpus = [FakeGpu(uuid="GPU-0", power_w=200.0), FakeGpu(uuid="GPU-1", power_w=300.0)]
     monkeypatch.setitem(sys.modules, "pynvml", make_fake_pynvml(gpus))
@@ -383,6 +431,7 @@ def test_hung_sensor_does_not_block_windows_or_stop(meters):
     assert r.domains["gpu0"] == pytest.approx(truth(sensors, w, "gpu0"), rel=5e-3)
     assert r.provenance["stuck"].coverage == 0.0
     assert r.provenance["stuck"].gaps[0].reason.startswith("hung")
+    assert r.domains["stuck"] == 0.0  # hung before the window began: nothing covered, nothing credited
     t0 = time.monotonic()
     m.stop(timeout_s=0.5)
     assert time.monotonic() - t0 < 0.6

@@ -256,12 +256,9 @@ def test_nvml_counter_restart_mid_cell_is_rebased(open_shell, fake_gpus, sqlite_
     assert_gap_logged(run, m, "gpu0", "decreasing counter")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "meter.py Meter._domain_energy: when a counter did not move between the edges it returns "
-    "power x the whole window (the 'never 0 J' interpolation) even while the domain is in a gap, "
-    "so a GPU lost 20 ms into a cell is credited with its full power for the whole cell at "
-    "coverage 0; owner: core"))
 def test_gpu_lost_right_after_the_cell_begins_gets_no_invented_energy(open_shell, fake_gpus, sqlite_uri):
+    """When the lost GPU's counter did not move between the edges, the interpolation that keeps a
+    short window from reading 0 J covers only the time not in a gap, at most one counter update."""
     ip = open_shell(env={"IPYTHON_ENERGY_SENSORS": "nvml", "IPYTHON_ENERGY_INTERVAL_S": "0.05",
                          "MLFLOW_TRACKING_URI": sqlite_uri})
     ip.user_ns["gpus"] = fake_gpus
@@ -270,6 +267,10 @@ def test_gpu_lost_right_after_the_cell_begins_gets_no_invented_energy(open_shell
     assert m.domains["gpu0"] == pytest.approx(200.0 * m.duration_s, rel=0.01)
     # At most the 100 ms the counter could have been mid-update, not the whole cell.
     assert m.domains["gpu1"] <= 300.0 * 0.15
+    g1 = m.provenance["gpu1"]
+    assert g1.gaps and "GPU is lost" in g1.gaps[-1].reason
+    _, run = logged_run(sqlite_uri)
+    assert_gap_logged(run, m, "gpu1", "GPU is lost")
 
 
 # ---- RAPL: wraparound and reset through a fake powercap tree -------------------------------------------
