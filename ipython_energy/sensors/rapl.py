@@ -147,7 +147,7 @@ class RaplSensor:
         return tuple(out)
 
     @staticmethod
-    def _could_cover_uj(z: _Zone, since: float, now: float) -> float:
+    def _could_cover_uj(since: float, now: float) -> float:
         """The most energy the zone can have drawn from ``since`` to ``now`` (µJ)."""
         return (now - since + RAPL_UPDATE_PERIOD_S) * MAX_ZONE_POWER_W * 1e6
 
@@ -155,14 +155,14 @@ class RaplSensor:
         """``energy_uj`` went down: a wrap if the zone could have gone over the top since the
         last read, else a reset or a bad read, left as the decrease it is (the sampler makes it
         a gap)."""
-        if z.max_range_uj - z.last_raw_uj + raw <= self._could_cover_uj(z, z.last_t, now):
+        if z.max_range_uj - z.last_raw_uj + raw <= self._could_cover_uj(z.last_t, now):
             z.wraps += 1  # wrapped at max_energy_range_uj
             z.wrapped_from_uj, z.wrapped_t = z.last_raw_uj, z.last_t
 
     def _back_above_wrap(self, z: _Zone, raw: int, now: float) -> None:
         """After a counted wrap the counter reads at or above its value before it: fine if it had
         the time to go round, else the read taken for a wrap was a glitch: the wrap is taken back."""
-        if z.max_range_uj - z.wrapped_from_uj + raw > self._could_cover_uj(z, z.wrapped_t, now):
+        if z.max_range_uj - z.wrapped_from_uj + raw > self._could_cover_uj(z.wrapped_t, now):
             z.wraps -= 1
         z.wrapped_from_uj = _NO_CHECK_UJ
 
