@@ -8,7 +8,8 @@ import shlex
 import sys
 import threading
 import time
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Mapping, NamedTuple
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
@@ -53,6 +54,24 @@ def _parse_count(text: str, flag: str) -> float:
     return value
 
 
+class CellArgs(NamedTuple):
+    """The ``%%energy`` line, parsed and checked: a pure function of the line (see ``_parse_cell_args``)."""
+
+    output: str | None
+    run: str | None
+    sweep: str | None
+    params: Mapping[str, str]  # read-only: the same object serves every cell with this line
+    units: tuple[float, str] | None
+    quiet: bool
+    no_log: bool
+    live: bool
+
+
+#: Distinct ``%%energy`` lines whose parse is kept (a notebook has a handful; a sweep generated
+#: with ``--param lr={lr}`` has one per value).  Past this the oldest entry is dropped.
+CELL_ARGS_CACHED = 256
+
+
 def _name(value: str | None, what: str) -> str | None:
     if value is None:
         return None
@@ -74,6 +93,9 @@ class EnergyMagics(Magics):
         self._autolog_run: Run | None = None
         self._autolog_on = False
         self.config_warnings: list[str] = []
+        #: ``%%energy`` line -> its parse.  Only lines that parsed cleanly are kept, so a bad line
+        #: is parsed (and rejected with the same UsageError) every time.
+        self._cell_args: dict[str, CellArgs] = {}
 
     # ---- configuration ----------------------------------------------------------------------
     def build_config(self) -> cfg.Config:
@@ -125,26 +147,11 @@ class EnergyMagics(Magics):
             model.fit(X, y)
         """
         __tracebackhide__ = True  # the user's traceback starts in their cell
-        try:  # POSIX quoting, so --sweep 'my sweep' names my sweep
-            words = shlex.split(line)
-        except ValueError as exc:
-            raise UsageError(f"%%energy: {exc}") from None
-        args = self.energy.parser.parse_args(words)
-        if args.output is not None and not args.output.isidentifier():
-            raise UsageError(f"-o takes a Python name, not {args.output!r}")
-        params = _parse_params(args.param)
-        run_name = _name(args.run, "run")
-        sweep_name = _name(args.sweep, "sweep")
-        units: tuple[float, str] | None = None
-        if args.units is not None:
-            n = _parse_count(args.units, "--units")
-            try:
-                units = check_units(n, args.unit or "samples")
-            except ValueError as exc:
-                raise UsageError(str(exc)) from None
-        elif args.unit is not None:
-            raise UsageError("--unit names what --units counts; give --units N too")
-        tracker = self.tracker
+        args = self._cell_args.get(line)
+        if args is None:
+            args = self._parse_cell_args(line)
+        params, run_name, sweep_name, units = args.params, args.run, args.sweep, args.units
+        tracker = get_tracker()
         log = tracker.config.log and not args.no_log
 
         # Which run does this cell belong to?  Everything is checked before the cell runs.
@@ -152,8 +159,11 @@ class EnergyMagics(Magics):
         if params and active is not None and (run_name is None or run_name == active.name):
             raise UsageError(f"--param sets the parameters of a new run, but run {active.name!r} is already "
                              f"running; end it with %energy end, or give --run NEWNAME")
+        count = self.shell.execution_count
+        label = f"In [{count}]"
         try:
-            check_params(params)  # every value is checked before anything is started or logged
+            if params:
+                check_params(params)  # every value is checked before anything is started or logged
             sweep = tracker.start_sweep(sweep_name, log=log) if sweep_name else None
             if run_name is not None and active is not None and active.name == run_name:
                 run, owns_run = active, False
@@ -161,7 +171,7 @@ class EnergyMagics(Magics):
                 run, owns_run = active, False
             else:
                 run = tracker.start_run(run_name, params, sweep=sweep, implicit=run_name is None, log=log,
-                                        cell=True, label=f"In [{self.shell.execution_count}]")
+                                        cell=True, label=label)
                 owns_run = True
         except BudgetExceeded as exc:
             raise UsageError(str(exc)) from None
@@ -170,9 +180,8 @@ class EnergyMagics(Magics):
         if units is not None:
             run.add_units(*units)
 
-        count = self.shell.execution_count
         # A run made for this cell alone measures exactly the cell: one window serves both.
-        window = run.window if owns_run else tracker.meter.begin(f"In [{count}]", cell=True)
+        window = run.window if owns_run else tracker.meter.begin(label, cell=True)
         live = _LiveReadout(window) if args.live else None
         status = "FINISHED"
         try:
@@ -195,6 +204,40 @@ class EnergyMagics(Magics):
             elif text:
                 print(text)
             self._warn_backend(tracker)
+
+    def _parse_cell_args(self, line: str) -> CellArgs:
+        """Parse and check the ``%%energy`` line; UsageError for anything wrong with it.
+
+        Depends on nothing but ``line``: the result is kept per line string, so a repeated line
+        (the usual case: an empty one, or the same options cell after cell) is not parsed again.
+        What depends on the tracker's state (an active run, a sweep's budget) is checked per cell.
+        """
+        try:  # POSIX quoting, so --sweep 'my sweep' names my sweep
+            words = shlex.split(line)
+        except ValueError as exc:
+            raise UsageError(f"%%energy: {exc}") from None
+        a = self.energy.parser.parse_args(words)
+        if a.output is not None and not a.output.isidentifier():
+            raise UsageError(f"-o takes a Python name, not {a.output!r}")
+        params = _parse_params(a.param)
+        run_name = _name(a.run, "run")
+        sweep_name = _name(a.sweep, "sweep")
+        units: tuple[float, str] | None = None
+        if a.units is not None:
+            n = _parse_count(a.units, "--units")
+            try:
+                units = check_units(n, a.unit or "samples")
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+        elif a.unit is not None:
+            raise UsageError("--unit names what --units counts; give --units N too")
+        args = CellArgs(a.output, run_name, sweep_name, MappingProxyType(params), units,
+                        bool(a.quiet), bool(a.no_log), bool(a.live))
+        cache = self._cell_args
+        if len(cache) >= CELL_ARGS_CACHED:
+            del cache[next(iter(cache))]
+        cache[line] = args
+        return args
 
     def _execute(self, cell: str) -> Any:
         """Run the cell in the user namespace, returning its last expression like a plain cell."""

@@ -289,3 +289,48 @@ def test_chart_inline_and_artifact_on_the_sweep(ip, sqlite_uri):
     parent = next(r for r in runs if r.data.tags["energy.kind"] == "sweep")
     artifacts = [a.path for a in client.list_artifacts(parent.info.run_id)]
     assert "energy_sweep.html" in artifacts
+
+
+def test_repeated_and_expanded_lines_give_each_cell_its_own_arguments(ip, sqlite_uri):
+    """A line seen before is not parsed again; each cell still gets exactly what its line says."""
+    for lr in ("0.1", "0.2", "0.1"):  # {lr} is expanded by IPython before the magic sees the line
+        ip.user_ns["lr"] = lr
+        assert run_cell(ip, "%%energy --quiet -o m --param lr={lr} --units 10 --unit tokens\npass").success
+    assert run_cell(ip, "%%energy --quiet -o m2 --param lr=0.3\npass").success
+    assert ip.user_ns["m"] is not ip.user_ns["m2"]
+    assert ipython_energy.flush(120)
+    _, runs = mlflow_runs(sqlite_uri)
+    assert sorted(r.data.params["lr"] for r in runs) == ["0.1", "0.1", "0.2", "0.3"]
+    assert [r.data.metrics.get("units_tokens") for r in runs].count(10) == 3
+    assert all(r.data.params == {"lr": r.data.params["lr"]} for r in runs)  # no param leaked between cells
+
+
+@pytest.mark.parametrize("args,message", BAD_CELL_ARGS[:4] + BAD_CELL_ARGS[-2:])
+def test_a_bad_line_is_rejected_every_time(ip, args, message):
+    for _ in range(3):
+        with pytest.raises(UsageError, match=message):
+            ip.run_cell_magic("energy", args, "ran = True")
+    assert "ran" not in ip.user_ns
+
+
+def test_state_checks_are_made_per_cell_for_a_repeated_line(ip):
+    """Only the line's own parse is reused: --param with a run active is refused when it is."""
+    assert run_cell(ip, "%%energy --quiet --no-log --param lr=1\npass").success
+    ip.run_line_magic("energy", "run training")
+    with pytest.raises(UsageError, match="already running"):
+        ip.run_cell_magic("energy", "--quiet --no-log --param lr=1", "ran = True")
+    ip.run_line_magic("energy", "end")
+    assert "ran" not in ip.user_ns
+    assert run_cell(ip, "%%energy --quiet --no-log --param lr=1\npass").success
+
+
+def test_many_distinct_lines_keep_a_bounded_parse_cache(ip):
+    from ipython_energy.magics import CELL_ARGS_CACHED
+
+    magics = ip.magics_manager.registry["EnergyMagics"]
+    for i in range(CELL_ARGS_CACHED + 20):
+        ip.run_cell_magic("energy", f"--quiet --no-log -o m{i}", "pass")
+    assert isinstance(ip.user_ns[f"m{CELL_ARGS_CACHED + 19}"], Measurement)
+    assert len(magics._cell_args) == CELL_ARGS_CACHED
+    ip.run_cell_magic("energy", "--quiet --no-log -o m0", "pass")  # dropped earlier: parsed again
+    assert isinstance(ip.user_ns["m0"], Measurement)
