@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -321,8 +322,10 @@ class Writer:
             backend = self._backend_for(uid)
             backend.end_run(event, in_doubt)
             sweep_uid = self._context[uid].get("sweep_uid")
-            if sweep_uid and not event.get("delete"):
-                backend.update_sweep(sweep_uid, self._context, in_doubt)
+            if sweep_uid and event.get("delete"):
+                backend.forget_child(sweep_uid, event["uid"])
+            elif sweep_uid:
+                backend.update_sweep(sweep_uid, self._context, in_doubt, ended=event)
         elif kind == "sweep_end":
             self._backend_for(uid).end_sweep(event, self._context)
         else:
@@ -459,6 +462,32 @@ def _host_lock(key: str):
         os.close(fd)
 
 
+class _SweepState:
+    """What this writer knows of one sweep's children, so that a run costs no full listing.
+
+    ``children`` maps each child run id seen to its final ``energy_j`` (``None`` while running
+    or finished without energy).  ``points`` is how many ``sweep_energy_j`` points the parent
+    had after this writer's last look or write: when MLflow has another number, another writer
+    (a second kernel, a worker process) touched the sweep and the children are listed again.
+    """
+
+    __slots__ = ("children", "points", "last_index")
+
+    def __init__(self) -> None:
+        self.children: dict[str, float | None] = {}
+        self.points = 0
+        self.last_index = 0  # the highest energy.run_index seen: a deleted child keeps its number
+
+    def saw(self, run) -> None:
+        try:
+            self.last_index = max(self.last_index, int(run.data.tags.get("energy.run_index", 0)))
+        except ValueError:
+            pass
+
+    def finished(self) -> list[float]:
+        return [e for e in self.children.values() if e is not None]
+
+
 class Backend:
     """MLflow operations for one (tracking URI, experiment), imported lazily in the writer thread."""
 
@@ -481,6 +510,8 @@ class Backend:
         self._experiment_id: str | None = None
         self.run_ids: dict[str, str] = {}
         self._host_tags: dict[str, str] | None = None
+        self._sweeps: dict[str, _SweepState] = {}
+        self._history: set[tuple[int, float]] = set()  # the last sweep_energy_j history read
 
     @property
     def host_tags(self) -> dict[str, str]:
@@ -560,7 +591,9 @@ class Backend:
             parent = self.run_id(event["sweep_uid"])
             tags["mlflow.parentRunId"] = parent
             tags["energy.sweep"] = context[event["sweep_uid"]]["name"]
-            tags["energy.run_index"] = str(self._count_children(parent) + 1)
+            state = self._sweep_state(parent, running=True)
+            index = max(state.last_index, len(state.children)) + 1
+            tags["energy.run_index"] = str(index)
         if event["type"] == "sweep_start":
             tags["energy.sweep"] = event["name"]
             if event.get("planned") is not None:
@@ -571,6 +604,9 @@ class Backend:
         run = self.client.create_run(self.experiment_id, start_time=event["t_ms"],
                                      tags={k: str(v) for k, v in tags.items()}, run_name=event["name"])
         run_id = run.info.run_id
+        if event.get("sweep_uid") and parent in self._sweeps:
+            self._sweeps[parent].children[run_id] = None
+            self._sweeps[parent].last_index = max(self._sweeps[parent].last_index, index)
         self._log_start_data(run_id, event, in_doubt=False)
         return run_id
 
@@ -640,8 +676,35 @@ class Backend:
         data = build_sweep_data(header, [run_row(r) for r in self._children(parent_run_id)])
         self.client.log_text(parent_run_id, sweep_html(data), "energy_sweep.html")
 
-    def _count_children(self, parent_run_id: str) -> int:
-        return len(self._children(parent_run_id))
+    def _sweep_state(self, parent_run_id: str, *, running: bool = False) -> _SweepState:
+        """The sweep's children as far as this writer can know them without listing them all.
+
+        Listed in full the first time, and again whenever the parent's ``sweep_energy_j``
+        history has points this writer did not see (another writer finished runs).  With
+        ``running``, the sweep's RUNNING children are looked up too (a short list), so that
+        runs another writer started since are counted for ``energy.run_index``.
+        """
+        history = self.client.get_metric_history(parent_run_id, "sweep_energy_j")
+        points = len(history)
+        self._history = {(m.step, m.value) for m in history}
+        state = self._sweeps.get(parent_run_id)
+        if state is None or state.points != points:
+            state = _SweepState()
+            for r in self._children(parent_run_id):
+                done = r.info.status in RUN_STATUSES and "energy_j" in r.data.metrics
+                state.children[r.info.run_id] = r.data.metrics["energy_j"] if done else None
+                state.saw(r)
+            state.points = points
+            self._sweeps[parent_run_id] = state
+        elif running:
+            page = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'RUNNING'",
+                max_results=1000)
+            for r in page:
+                state.children.setdefault(r.info.run_id, None)
+                state.saw(r)
+        return state
 
     def log_metrics(self, uid: str, rows, in_doubt: bool) -> None:
         run_id = self.run_id(uid)
@@ -662,16 +725,38 @@ class Backend:
             # A cell's own run that a real run opened inside the cell took the place of.
             self.client.delete_run(run_id)
 
-    def update_sweep(self, sweep_uid: str, context: dict[str, dict[str, Any]], in_doubt: bool) -> None:
-        """Recompute the sweep's totals from its finished children, as MLflow has them."""
+    def forget_child(self, sweep_uid: str, uid: str) -> None:
+        """A deleted child (a cell's run superseded by a real run) no longer counts for the sweep."""
+        state = self._sweeps.get(self.run_id(sweep_uid))
+        if state is not None:
+            state.children.pop(self.run_id(uid), None)
+
+    def update_sweep(self, sweep_uid: str, context: dict[str, dict[str, Any]], in_doubt: bool,
+                     ended: dict[str, Any] | None = None) -> None:
+        """Recompute the sweep's totals from its finished children, as MLflow has them.
+
+        ``ended`` is the run_end event that triggered this: its run's final ``energy_j`` is
+        taken from the event, and the other children from :meth:`_sweep_state`, so a run costs
+        one read of the parent's history rather than a listing of every child.
+        """
         from mlflow.entities import RunTag
 
         parent = self.run_id(sweep_uid)
-        done = [r for r in self._children(parent) if r.info.status in RUN_STATUSES and "energy_j" in r.data.metrics]
+        if in_doubt:
+            self._sweeps.pop(parent, None)  # a failed write may have landed: look again
+        state = self._sweep_state(parent)
+        if ended is not None:
+            run_id = self.run_id(ended["uid"])
+            energy = [row[1] for row in ended.get("metrics") or [] if row[0] == "energy_j"]
+            if energy and ended.get("status") in RUN_STATUSES:
+                state.children[run_id] = float(energy[-1])
+            elif run_id not in state.children:
+                state.children[run_id] = None
+        done = state.finished()
         n = len(done)
         if n == 0:
             return
-        total = sum(r.data.metrics["energy_j"] for r in done)
+        total = math.fsum(done)  # exactly rounded, so whatever order the children come in
         now = int(time.time() * 1000)
         rows = [["sweep_energy_j", total, n, now], ["sweep_runs", n, n, now],
                 ["sweep_mean_energy_per_run_j", total / n, n, now]]
@@ -683,12 +768,13 @@ class Backend:
         budget = start.get("budget_j")
         if budget is not None:
             tags.append(RunTag("energy.budget_state", "over" if total > float(budget) else "ok"))
-        history = {(m.step, m.value) for m in self.client.get_metric_history(parent, "sweep_energy_j")}
-        if (n, total) in history:
-            rows = []  # this exact total was logged already (a replay, or another kernel)
+        if (n, total) in self._history:
+            rows = []  # this exact total was logged already (a replay, or another writer)
         metrics = self._metrics(rows, parent, False)
         if metrics or tags:
             self.client.log_batch(parent, metrics=metrics, tags=tags)
+            if metrics:
+                state.points += 1
 
     def end_sweep(self, event: dict[str, Any], context: dict[str, dict[str, Any]]) -> None:
         run_id = self.run_id(event["uid"])

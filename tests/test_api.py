@@ -6,6 +6,7 @@ Hardware seam: the replay sensor (flat 100 W + 20 W trace); MLflow is real (sqli
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -55,8 +56,8 @@ def check_shared_sweep(uri, expected_children):
     parent = sweeps[0]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == expected_children
-    total = sum(c.data.metrics["energy_j"] for c in children)
-    # The last logged total is the exact sum of the children, whichever writer logged it.
+    total = math.fsum(c.data.metrics["energy_j"] for c in children)
+    # The last logged total is the exact sum of the children (exactly rounded), whichever writer logged it.
     history = sorted(client.get_metric_history(parent.info.run_id, "sweep_energy_j"), key=lambda m: (m.step, m.timestamp))
     assert history[-1].step == expected_children
     assert history[-1].value == total

@@ -6,6 +6,7 @@ expected joules are known; everything above it (sampler, windows, writer, MLflow
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import textwrap
@@ -180,7 +181,7 @@ def test_sweep_total_equals_sum_of_children_exactly(ip, sqlite_uri, capsys):
     parent = next(r for r in runs if r.data.tags["energy.kind"] == "sweep")
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 3
-    assert parent.data.metrics["sweep_energy_j"] == sum(c.data.metrics["energy_j"] for c in children)
+    assert parent.data.metrics["sweep_energy_j"] == math.fsum(c.data.metrics["energy_j"] for c in children)
     history = client.get_metric_history(parent.info.run_id, "sweep_energy_j")
     values = [m.value for m in sorted(history, key=lambda m: m.step)]
     assert values == sorted(values) and len(values) == 3

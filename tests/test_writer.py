@@ -1,5 +1,6 @@
 """The background writer against a real MLflow sqlite store and a real ``mlflow server`` process."""
 
+import math
 import time
 
 import pytest
@@ -185,3 +186,44 @@ def test_refused_event_is_set_aside_and_does_not_block_the_rest(energy_home, sql
     rejected = (energy_home / "spool" / "poison.rejected.jsonl").read_text()
     assert '"uid":"ghost"' in rejected
     writer.close()
+
+
+def _one_run(uri, sweep_uid, uid, energy):
+    return [
+        {"type": "run_start", "uid": uid, "name": uid, "sweep_uid": sweep_uid, "params": {}, "tags": {},
+         "t_ms": _t(), "tracking_uri": uri, "experiment": "exp"},
+        {"type": "run_end", "uid": uid, "status": "FINISHED", "t_ms": _t(),
+         "metrics": [["energy_j", energy, 0, _t()]], "tags": {}},
+    ]
+
+
+def test_sweep_bookkeeping_is_incremental_and_sees_another_writer(energy_home, sqlite_uri):
+    """A run costs no listing of the sweep's children, yet runs of a second writer are counted."""
+    start = {"type": "sweep_start", "name": "shared", "planned": None, "budget_j": None,
+             "tracking_uri": sqlite_uri, "experiment": "exp"}
+    w1, w2 = Writer(Spool.create("w1")), Writer(Spool.create("w2"))
+    w1.submit({**start, "uid": "s1", "t_ms": _t()})
+    w2.submit({**start, "uid": "s2", "t_ms": _t()})  # joins the RUNNING parent of the same name
+    expected = []
+    for i, (writer, sweep_uid) in enumerate([(w1, "s1"), (w2, "s2"), (w1, "s1"), (w2, "s2")]):
+        for ev in _one_run(sqlite_uri, sweep_uid, f"r{i}", 1.5 + i):
+            writer.submit(ev)
+        assert writer.flush(120)
+        expected.append((i + 1, math.fsum(1.5 + k for k in range(i + 1))))
+    backend = next(iter(w1._backends.values()))
+    listings = []
+    original = backend._children
+    backend._children = lambda parent: listings.append(parent) or original(parent)
+    for i in range(4, 10):
+        for ev in _one_run(sqlite_uri, "s1", f"r{i}", 1.5 + i):
+            w1.submit(ev)
+        assert w1.flush(120)
+        expected.append((i + 1, math.fsum(1.5 + k for k in range(i + 1))))
+    assert listings == [backend.run_id("s1")], "one listing after the other writer's run, then none"
+    client, sweeps, children = runs_by_kind(sqlite_uri)
+    assert len(sweeps) == 1 and len(children) == 10
+    history = sorted((m.step, m.value) for m in client.get_metric_history(sweeps[0].info.run_id, "sweep_energy_j"))
+    assert history == expected
+    assert sorted(int(c.data.tags["energy.run_index"]) for c in children) == list(range(1, 11))
+    w1.close()
+    w2.close()
