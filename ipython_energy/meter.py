@@ -28,6 +28,12 @@ from .sensors.base import DomainInfo, Sensor
 
 #: Quiet time (no window open) over which the idle baseline is measured.
 IDLE_MEASURE_S = 2.0
+#: A window shorter than its counter's update period, on a domain with no gap in it, gets at
+#: least this fraction of the domain's recent mean power times its duration (see
+#: :meth:`Meter._short_floor_j`): never a near-0 J where the counter kept counting.
+SHORT_WINDOW_FLOOR = 0.25
+#: "Recent" for that floor: the mean power over at least this many update periods.
+SHORT_FLOOR_SPAN_UPDATES = 3
 #: Most gaps listed per domain in one Measurement (all of them count towards coverage).
 MAX_GAPS_LISTED = 50
 
@@ -315,18 +321,44 @@ class Meter:
             short = short or duration < info.averaging_s
             return max(0.0, ee - eb), short, True
         moved = e.counter_j.get(name, 0.0) > b.counter_j.get(name, 0.0)
+        # a window shorter than one update on a domain with no gap since its begin edge gets at
+        # least a fraction of what the recent power says for it (see _short_floor_j)
+        floor = (self._short_floor_j(s, duration)
+                 if short and s.gap_open is None and s.gap_seq == b.gap_seq.get(name, 0) else 0.0)
         if not moved:
             # the counter did not move: never report 0 J for that, interpolate from recent power
             p = s.unmoved_power_w(e.t)
             if p is None:
                 p = s.power_now_w() or 0.0
-            return max(0.0, p) * self._unmoved_span_s(s, b, e, name), True, True
+            return max(max(0.0, p) * self._unmoved_span_s(s, b, e, name), floor), True, True
         energy = max(0.0, ee - eb)
         if energy == 0.0 and duration > 0 and s.gap_open is None:
             # moved, yet no energy between the edges (the edges fell within one update): interpolate
             p = s.unmoved_power_w(e.t) or s.power_now_w() or 0.0
-            return max(0.0, p) * self._unmoved_span_s(s, b, e, name), True, True
-        return energy, short, True
+            return max(max(0.0, p) * self._unmoved_span_s(s, b, e, name), floor), True, True
+        return max(energy, floor), short, True
+
+    @staticmethod
+    def _short_floor_j(s, duration: float) -> float:
+        """The least a short window on a healthy counter is given: :data:`SHORT_WINDOW_FLOOR` of the
+        domain's recent power times the window's duration.  Recent power: the higher of the mean
+        power over the counter's last few updates (:meth:`DomainSeries.mean_power_w`) and the
+        sensor's own last power reading, where it gives one (NVML does).
+
+        A window shorter than one update lies within one or two counter steps, and where those
+        steps were placed decides its energy.  A step placed a little early or late (an update
+        time estimated to a few milliseconds, a read that took milliseconds) can leave both edges
+        on a stretch the series shows as flat, and the difference of the edges near 0 J, though
+        the counter kept counting.  A real drop in power inside one update, the one thing that
+        makes a short window's true energy low, is not visible in a counter that has not updated
+        yet, so the floor costs nothing there; it only catches values the counter cannot support.
+        A counter that stalls for a few updates (and catches up later) looks like zero power to
+        the counter alone; the power reading keeps such a window off 0 J.
+        """
+        p = max(s.mean_power_w(SHORT_FLOOR_SPAN_UPDATES * s.info.update_period_s) or 0.0, s.last_power_w or 0.0)
+        if p <= 0.0 or duration <= 0.0:
+            return 0.0
+        return SHORT_WINDOW_FLOOR * p * duration
 
     @staticmethod
     def _unmoved_span_s(s, b: _Edge, e: _Edge, name: str) -> float:

@@ -63,6 +63,10 @@ DEFAULT_BUFFER_S = 600.0
 #: Low reads of a counter must rise this many times in a row, from the first, to be taken as a
 #: reset (see :meth:`DomainSeries._ingest_decrease`).
 RESET_RISES = 2
+#: A read of a slowly updating counter that did not see it move is taken for a new (flat) update
+#: only if it began this fraction of the update period (plus the phase estimate's uncertainty)
+#: after the estimated update time: see :meth:`DomainSeries._ingest_counter`.
+SAME_UPDATE_MARGIN = 0.02
 #: Closed gaps remembered per domain.
 GAP_HISTORY = 512
 #: How often a sensor's volatile state (temperature…) is refreshed, in seconds.
@@ -388,7 +392,11 @@ class DomainSeries:
             tau = lock.last_update(t)
             if pts:
                 t_last = pts[-1][0]
-                if not moved and tau <= t_last + 0.5 * period:
+                if not moved and lock.last_update(t_lo - lock.uncertainty_s - SAME_UPDATE_MARGIN * period) <= t_last + 0.5 * period:
+                    # an unmoved read that may have sampled the counter before the estimated update
+                    # (the read began within the estimate's uncertainty of it, or a driver call took
+                    # milliseconds): the same update as the last point, not a flat step, which
+                    # would put a stretch of zero power where the counter was counting
                     self.has_read, self.last_e, self.last_lo, self.last_hi = True, energy, t_lo, t_hi
                     self._good(t)
                     return  # same update as the last point: nothing new
@@ -567,6 +575,23 @@ class DomainSeries:
         t0, e0 = pts[-k][0], pts[-k][1]
         t1, e1 = pts[-1][0], pts[-1][1]
         return max(0.0, (e1 - e0) / (t1 - t0)) if t1 > t0 else 0.0
+
+    def mean_power_w(self, span_s: float) -> float | None:
+        """Mean power over the newest points that span at least ``span_s`` (all of them if they span
+        less), from the cumulative energy; None without two points or for polled power.  Unlike
+        :meth:`stale_slope_w` it does not hang on the last step, so one step placed too early
+        or too late (a flat stretch) weighs only its share."""
+        pts = self.points
+        n = len(pts)
+        if self.mode != "counter" or n < 2:
+            return None
+        t1, e1 = pts[-1][0], pts[-1][1]
+        k = n - 2
+        stop = max(0, n - 256)
+        while k > stop and t1 - pts[k][0] < span_s:
+            k -= 1
+        t0, e0 = pts[k][0], pts[k][1]
+        return (e1 - e0) / (t1 - t0) if t1 > t0 else None
 
     def recent_power_w(self) -> float | None:
         """Power over the most recent stretch of at least one update period (or the last reading)."""

@@ -162,6 +162,33 @@ def test_counter_that_did_not_move_is_interpolated_not_zero(meters):
     assert r.domains["coarse"] == pytest.approx(50.0 * r.duration_s, rel=0.3)
 
 
+def test_short_window_while_the_counter_stalls_is_not_zero(meters, monkeypatch):
+    """A 100 ms NVML counter that stops publishing updates for a while (fake ``pynvml`` at the
+    seam, real NVML backend): the series shows its last updates as flat, and a short window in
+    the stall did see no counter movement.  It is flagged and gets a plausible value from the
+    recent power (the sensor's power reading here), never 0 J."""
+    gpu = FakeGpu(uuid="GPU-0", power_w=200.0, counter_period_s=0.1, counter_phase_s=0.037)
+    monkeypatch.setitem(sys.modules, "pynvml", make_fake_pynvml([gpu]))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    from ipython_energy.sensors import discover
+
+    found = discover("nvml")
+    m = meters(found.sensors, interval_s=0.05)
+    time.sleep(1.5)
+    gpu.hold_counter = True
+    time.sleep(0.4)  # several updates missed: the newest steps of the series are flat
+    w = m.begin("tiny")
+    time.sleep(0.03)
+    r = w.end()
+    gpu.hold_counter = False
+    p = r.provenance["gpu0"]
+    assert p.short_window and p.coverage == 1.0
+    assert r.domains["gpu0"] >= 0.2 * 200.0 * r.duration_s
+    assert r.domains["gpu0"] <= 1.5 * 200.0 * r.duration_s
+    for s in found.sensors:
+        s.close()
+
+
 def test_nested_and_overlapping_windows_on_two_threads(meters):
     sensors = [square("gpu0", 7, seconds=600)]
     m = meters(sensors)

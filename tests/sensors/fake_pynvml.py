@@ -8,6 +8,7 @@ Tests inject the module with ``monkeypatch.setitem(sys.modules, "pynvml", fake)`
 
 from __future__ import annotations
 
+import math
 import time
 import types
 from dataclasses import dataclass, field
@@ -29,8 +30,30 @@ class NVMLError(Exception):
         return self._names.get(self.value, f"NVML Error with code {self.value}")
 
 
+def burn_cpu_s(seconds: float) -> None:
+    """Spend ``seconds`` of this thread's CPU time in a busy loop (a driver call that computes)."""
+    if seconds <= 0:
+        return
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
 @dataclass
 class FakeGpu:
+    """One fake GPU.
+
+    By default its energy counter is fresh (it moves on every read) and reading it is free.
+    ``counter_period_s`` makes the counter change only every that many seconds (at phase
+    ``counter_phase_s``), as the H100's does every 100 ms; ``counter_cost_s`` makes every read of
+    the counter burn that much CPU time on the calling thread, as the H100's driver does (~3 ms).
+    ``energy_j_at`` / ``power_w_at`` (functions of seconds since ``t0``) replace the constant
+    ``power_w`` with a load that changes; ``energy_j_at`` must be the integral of ``power_w_at``.
+    ``hold_counter`` freezes the counter at its current value (a driver that stops publishing
+    updates for a while); when cleared, the counter reads its true value again.
+    ``counter_reads`` and ``power_reads`` count the calls.
+    """
+
     uuid: str
     name: str = "NVIDIA H100 80GB HBM3"
     power_w: float = 100.0
@@ -41,9 +64,38 @@ class FakeGpu:
     lost: bool = False
     t0: float = field(default_factory=time.monotonic)
     clock: Callable[[], float] = time.monotonic
+    counter_period_s: float = 0.0
+    counter_phase_s: float = 0.0
+    counter_cost_s: float = 0.0
+    energy_j_at: Callable[[float], float] | None = None
+    power_w_at: Callable[[float], float] | None = None
+    hold_counter: bool = False
+    counter_reads: int = 0
+    power_reads: int = 0
+    _held_mj: int | None = None
+
+    def true_energy_j(self, x: float) -> float:
+        """Exact cumulative energy at ``x`` seconds after ``t0`` (the truth for tests)."""
+        return self.energy_j_at(x) if self.energy_j_at is not None else x * self.power_w
 
     def energy_mj(self) -> int:
-        return int((self.clock() - self.t0) * self.power_w * 1000)
+        x = self.clock() - self.t0
+        p = self.counter_period_s
+        if p > 0:
+            ph = self.counter_phase_s
+            x = max(0.0, ph + math.floor((x - ph) / p) * p)
+        value = int(self.true_energy_j(x) * 1000)
+        if self.hold_counter:
+            if self._held_mj is None:
+                self._held_mj = value
+            return self._held_mj
+        self._held_mj = None
+        return value
+
+    def power_mw(self) -> int:
+        if self.power_w_at is not None:
+            return int(self.power_w_at(self.clock() - self.t0) * 1000)
+        return int(self.power_w * 1000)
 
 
 def make_fake_pynvml(gpus: list[FakeGpu], *, init_error: int | None = None) -> types.ModuleType:
@@ -82,7 +134,14 @@ def make_fake_pynvml(gpus: list[FakeGpu], *, init_error: int | None = None) -> t
         g = _gpu(h)
         if not g.has_counter:
             raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        g.counter_reads += 1
+        burn_cpu_s(g.counter_cost_s)
         return g.energy_mj()
+
+    def nvmlDeviceGetPowerUsage(h):
+        g = _gpu(h)
+        g.power_reads += 1
+        return g.power_mw()
 
     nv.nvmlInit = nvmlInit
     nv.nvmlShutdown = nvmlShutdown
@@ -93,7 +152,7 @@ def make_fake_pynvml(gpus: list[FakeGpu], *, init_error: int | None = None) -> t
     nv.nvmlSystemGetDriverVersion = lambda: "550.54.15"
     nv.nvmlDeviceGetEnforcedPowerLimit = lambda h: _gpu(h).power_limit_mw
     nv.nvmlDeviceGetTotalEnergyConsumption = nvmlDeviceGetTotalEnergyConsumption
-    nv.nvmlDeviceGetPowerUsage = lambda h: int(_gpu(h).power_w * 1000)
+    nv.nvmlDeviceGetPowerUsage = nvmlDeviceGetPowerUsage
     nv.nvmlDeviceGetTemperature = lambda h, sensor: _gpu(h).temperature_c
     nv.nvmlDeviceGetArchitecture = lambda h: _gpu(h).arch
     return nv
