@@ -193,9 +193,14 @@ class EnergyMagics(Magics):
             status = "FAILED"
             raise
         finally:
-            m = tracker.end_run(run, status) if owns_run else window.end()
-            if log:
-                tracker.log_cell(run, m, count)
+            if not owns_run:
+                m = window.end()
+                if log:
+                    tracker.log_cell(run, m, count)
+            elif log:
+                m = tracker.end_cell_run(run, status, count)
+            else:
+                m = tracker.end_run(run, status)
             if args.output:
                 self.shell.user_ns[args.output] = m
             text = None if (args.quiet or tracker.config.quiet) else self.summary_line(m, run)

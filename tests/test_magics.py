@@ -7,6 +7,7 @@ expected joules are known; everything above it (sampler, windows, writer, MLflow
 from __future__ import annotations
 
 import math
+import json
 import subprocess
 import sys
 import textwrap
@@ -335,3 +336,37 @@ def test_many_distinct_lines_keep_a_bounded_parse_cache(ip):
     assert len(magics._cell_args) == CELL_ARGS_CACHED
     ip.run_cell_magic("energy", "--quiet --no-log -o m0", "pass")  # dropped earlier: parsed again
     assert isinstance(ip.user_ns["m0"], Measurement)
+
+
+def test_a_cells_own_run_is_journaled_as_start_and_end_with_the_cells_rows(ip, sqlite_uri, energy_home):
+    ip.user_ns["counts"] = counts = []  # each cell notes the execution count it runs under
+    for _ in range(3):
+        src = "%%energy --quiet --units 8\ncounts.append(get_ipython().execution_count)"
+        assert ip.run_cell(src, store_history=True).success
+    assert ipython_energy.flush(120)
+    tracker = ipython_energy.tracker()
+    events = [json.loads(line) for line in (energy_home / "spool" / f"{tracker.session}.jsonl").read_text().splitlines()]
+    kinds = [e.get("type") for e in events if "type" in e]
+    assert kinds == ["run_start", "run_end"] * 3  # the cell's rows travel with the run's end
+    client, runs = mlflow_runs(sqlite_uri)
+    assert len(runs) == 3
+    for run in runs:
+        (point,) = client.get_metric_history(run.info.run_id, "cell_energy_j")
+        assert point.value == run.data.metrics["energy_j"]
+        for key in ("cell_duration_s", "cell_power_mean_w", "cell_power_peak_w"):
+            assert len(client.get_metric_history(run.info.run_id, key)) == 1
+        assert run.data.metrics["units_samples"] == 8
+        assert run.info.status == "FINISHED"
+    assert len(set(counts)) == 3
+    assert sorted(client.get_metric_history(r.info.run_id, "cell_energy_j")[0].step for r in runs) == counts
+
+
+def test_a_run_opened_inside_the_cell_takes_the_place_of_the_cells_own(ip, sqlite_uri):
+    src = ("%%energy --quiet -o m\nimport time, ipython_energy as e\n"
+           "with e.run('inner', params={'k': 1}):\n    time.sleep(0.05)")
+    assert run_cell(ip, src).success
+    assert isinstance(ip.user_ns["m"], Measurement)
+    assert ipython_energy.flush(120)
+    _, runs = mlflow_runs(sqlite_uri)
+    assert [r.data.tags["mlflow.runName"] for r in runs] == ["inner"]  # the cell's own run is deleted
+    assert runs[0].data.params == {"k": "1"}
