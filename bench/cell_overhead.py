@@ -1,6 +1,6 @@
 """Added wall time per cell of ``%%energy`` (logging on, sqlite store), side by side with the peers.
 
-    python bench/cell_overhead.py [--cells 400] [--markdown]
+    python bench/cell_overhead.py [--cells 400] [--markdown] [--compare DIR]
 
 In one real IPython shell, interleaved in a shuffled order every round, it times
 ``shell.run_cell`` for the same tiny cell body (``x = 1``) run
@@ -15,6 +15,14 @@ In one real IPython shell, interleaved in a shuffled order every round, it times
 It reports p50 and p95 per variant and the added p50 over the plain cell, and the ratios.
 It also times ``%load_ext ipython_energy`` in fresh interpreters (median of several).
 
+``--compare DIR`` also loads the ``ipython_energy`` of another checkout (an earlier commit in a
+``git worktree``, say) into the same shell, with its own tracker, sampler, writer and sqlite
+store, as ``%%energy_compared``, and times it in the same shuffled rounds: the two versions then
+see the same machine at the same moments, which separate runs on a loaded VM do not.  Two
+trackers sample and write at once, so every variant is a little slower than in a run without it;
+compare the two ``%%energy`` rows with each other, and a magic that only runs its body
+(``%%body_only``, the part of the cost that any cell magic running its cell pays).
+
 The energy sensors are what this machine has: without GPU or RAPL that is the CPU estimate
 (``IPYTHON_ENERGY_SENSORS`` may select another, e.g. ``replay:trace.csv``).
 Targets: ≤ 0.5 ms p50 added per cell; ``%load_ext`` ≤ 150 ms.
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import io
 import os
 import random
@@ -58,6 +67,25 @@ def load_ext_times(repeats: int) -> list[float]:
     return times
 
 
+def load_compared(shell, root: Path, tmp: Path):
+    """Load ``root``'s ipython_energy as another package and register its %%energy as %%energy_compared."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ipython_energy_compared", root / "ipython_energy" / "__init__.py",
+                                                  submodule_search_locations=[str(root / "ipython_energy")])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = package
+    spec.loader.exec_module(package)
+    magics_mod = importlib.import_module(f"{spec.name}.magics")
+    tracking_mod = importlib.import_module(f"{spec.name}.tracking")
+    magics = magics_mod.EnergyMagics(shell=shell)
+    config = magics.build_config().with_values(tracking_uri=f"sqlite:///{tmp / 'compared.db'}")
+    tracking_mod.set_tracker(tracking_mod.Tracker(config))
+    tracking_mod.get_tracker().start_background()
+    shell.register_magic_function(magics.energy, "cell", "energy_compared")
+    return package
+
+
 def percentile(values: list[float], q: float) -> float:
     values = sorted(values)
     k = (len(values) - 1) * q
@@ -71,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--loads", type=int, default=7, help="fresh interpreters for the %%load_ext timing")
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--no-codecarbon", action="store_true")
+    ap.add_argument("--compare", metavar="DIR", type=Path,
+                    help="another checkout whose %%%%energy is timed beside this one, as %%%%energy_compared")
+    ap.add_argument("--no-peers", action="store_true", help="leave out the MLflow and CodeCarbon variants")
     args = ap.parse_args(argv)
 
     tmp = Path(tempfile.mkdtemp(prefix="cell-overhead-"))
@@ -91,9 +122,16 @@ def main(argv: list[str] | None = None) -> int:
             "plain cell": "x = 1",
             "%%time": "%%time\nx = 1",
             "%%energy": "%%energy\nx = 1",
-            "MLflow start_run/end_run": "mlflow.start_run()\nx = 1\nmlflow.end_run()",
         }
-        if not args.no_codecarbon:
+        if not args.no_peers:
+            variants["MLflow start_run/end_run"] = "mlflow.start_run()\nx = 1\nmlflow.end_run()"
+        if args.compare is not None:
+            magics = shell.magics_manager.registry["EnergyMagics"]
+            shell.register_magic_function(lambda line, cell: magics._execute(cell), "cell", "body_only")
+            variants["%%body_only"] = "%%body_only\nx = 1"
+            compared = load_compared(shell, args.compare.resolve(), tmp)
+            variants["%%energy_compared"] = "%%energy_compared\nx = 1"
+        if not args.no_codecarbon and not args.no_peers:
             try:
                 shell.run_cell(
                     "from codecarbon import OfflineEmissionsTracker\n"
@@ -108,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         import ipython_energy
 
         ipython_energy.flush(120)
+        if args.compare is not None:
+            compared.flush(120)
 
     times: dict[str, list[float]] = {name: [] for name in variants}
     times["autolog (plain cell measured)"] = []
@@ -129,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
             sink.seek(0)
             sink.truncate()
         flushed = ipython_energy.flush(300)
+        if args.compare is not None:
+            flushed = compared.flush(300) and flushed
 
     loads = load_ext_times(args.loads)
     plain = percentile(times["plain cell"], 0.5)
@@ -151,6 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     out.append(f"`%load_ext ipython_energy`: median {statistics.median(loads):.1f} ms, max {max(loads):.1f} ms "
                f"over {len(loads)} fresh interpreters (target ≤ 150 ms)")
     out.append(f"%%energy added p50: {energy_added:.3f} ms (target ≤ 0.5 ms); every measurement reached MLflow: {flushed}")
+    if args.compare is not None:
+        other = next(r[3] for r in rows if r[0] == "%%energy_compared")
+        body = next(r[3] for r in rows if r[0] == "%%body_only")
+        out.append(f"%%energy_compared ({args.compare}) added p50: {other:.3f} ms; this checkout / compared: "
+                   f"{energy_added / other:.2f}; above %%body_only: {energy_added - body:.3f} ms vs "
+                   f"{other - body:.3f} ms")
     print("\n".join(out))
     return 0
 
