@@ -7,7 +7,13 @@ On a machine with an NVIDIA GPU and ``pynvml`` (nvidia-ml-py), through the real 
   reads to the sensors' reader threads and waits for them, at most ``Sampler.edge_timeout_s()``),
   and how many edges timed out (recorded as ``hung`` gaps);
 * the process CPU of the sampler at 10 Hz with one window open (sampler thread + one reader
-  thread per GPU), over ``--idle`` seconds in which the main thread only sleeps.
+  thread per GPU), over ``--idle`` seconds in which the main thread only sleeps, and the CPU
+  of the sampler's own threads (``Sampler.cpu_time_s``) over the same stretch;
+* how often the sampler calls ``nvmlDeviceGetTotalEnergyConsumption`` and
+  ``nvmlDeviceGetPowerUsage`` per GPU per second in the background (counted by wrapping the
+  two ``pynvml`` functions, which the backend looks up at each call), and how often at the
+  window edges;
+* ``hung`` gaps: at the edges, and in the long window over the idle stretch.
 
 It skips cleanly (exit 0, with a message) where NVML is not usable.
 
@@ -47,6 +53,21 @@ def main(argv=None) -> int:
         return 0
     sensors = found.sensors
     out: dict = {"gpus": [s.domains()[0].details.get("model", "?") for s in sensors]}
+    import pynvml
+
+    calls = {"counter": 0, "power": 0}
+
+    def counted(name, key):
+        fn = getattr(pynvml, name)
+
+        def wrapper(*a, **kw):
+            calls[key] += 1
+            return fn(*a, **kw)
+
+        setattr(pynvml, name, wrapper)
+
+    counted("nvmlDeviceGetTotalEnergyConsumption", "counter")
+    counted("nvmlDeviceGetPowerUsage", "power")
     s0 = sensors[0]
     reads = []
     for _ in range(200):
@@ -58,6 +79,13 @@ def main(argv=None) -> int:
     meter = Meter(sensors, interval_s=0.1, idle_power_w=0.0)
     meter.start()
     time.sleep(3.0)  # counter update phase found, usual round trip known
+    n_gpus = len(sensors)
+    c_bg, t_bg = dict(calls), time.monotonic()
+    time.sleep(5.0)
+    dt = time.monotonic() - t_bg
+    out["background_counter_reads_per_s_per_gpu"] = (calls["counter"] - c_bg["counter"]) / dt / n_gpus
+    out["background_power_reads_per_s_per_gpu"] = (calls["power"] - c_bg["power"]) / dt / n_gpus
+    c_edges = dict(calls)
     begins, ends, gaps = [], [], 0
     for _ in range(args.windows):
         t0 = time.perf_counter()
@@ -74,6 +102,9 @@ def main(argv=None) -> int:
     out["begin_us"] = {"p50": pct(begins, 0.5) * 1e6, "p95": pct(begins, 0.95) * 1e6, "max": max(begins) * 1e6}
     out["end_us"] = {"p50": pct(ends, 0.5) * 1e6, "p95": pct(ends, 0.95) * 1e6, "max": max(ends) * 1e6}
     out["edge_hung_gaps"] = gaps
+    edges_s = sum(begins) + sum(ends) + 0.012 * args.windows  # about the time the edge loop took
+    out["counter_reads_per_edge"] = ((calls["counter"] - c_edges["counter"])
+                                     - out["background_counter_reads_per_s_per_gpu"] * n_gpus * edges_s) / (2 * args.windows)
     out["edge_timeout_ms"] = meter.sampler.edge_timeout_s() * 1e3
     out["round_trip_us"] = [
         {"p50": pct(list(s.round_trips_s), 0.5) * 1e6, "max": max(s.round_trips_s) * 1e6}
@@ -82,11 +113,16 @@ def main(argv=None) -> int:
 
     w = meter.begin("idle")
     time.sleep(1.0)
-    c0, t0 = time.process_time(), time.monotonic()
+    c0, t0, s0, k0 = time.process_time(), time.monotonic(), meter.sampler.cpu_time_s(), dict(calls)
     time.sleep(args.idle)
-    c1, t1 = time.process_time(), time.monotonic()
+    c1, t1, s1 = time.process_time(), time.monotonic(), meter.sampler.cpu_time_s()
     m = w.end()
     out["sampler_cpu_pct_of_one_core"] = (c1 - c0) / (t1 - t0) * 100
+    out["sampler_threads_cpu_pct_of_one_core"] = (s1 - s0) / (t1 - t0) * 100
+    out["idle_counter_reads_per_s_per_gpu"] = (calls["counter"] - k0["counter"]) / (t1 - t0) / n_gpus
+    out["idle_power_reads_per_s_per_gpu"] = (calls["power"] - k0["power"]) / (t1 - t0) / n_gpus
+    out["idle_window_hung_gaps"] = sum(1 for p in m.provenance.values() for g in p.gaps if g.reason.startswith("hung"))
+    out["idle_window_coverage"] = min(p.coverage for p in m.provenance.values())
     out["idle_window_j"] = m.energy_j
     out["idle_window_power_w"] = m.power_mean_w
     meter.close()

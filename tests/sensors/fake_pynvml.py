@@ -8,6 +8,7 @@ Tests inject the module with ``monkeypatch.setitem(sys.modules, "pynvml", fake)`
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 import types
@@ -30,13 +31,19 @@ class NVMLError(Exception):
         return self._names.get(self.value, f"NVML Error with code {self.value}")
 
 
+_CHUNK = bytes(1 << 16)
+
+
 def burn_cpu_s(seconds: float) -> None:
-    """Spend ``seconds`` of this thread's CPU time in a busy loop (a driver call that computes)."""
+    """Spend ``seconds`` of this thread's CPU time in a busy loop (a driver call that computes).
+
+    The loop hashes a buffer: hashlib releases the GIL for large inputs, so other threads run
+    meanwhile, as they do during a real NVML call (ctypes releases the GIL)."""
     if seconds <= 0:
         return
     end = time.thread_time() + seconds
     while time.thread_time() < end:
-        pass
+        hashlib.sha256(_CHUNK)
 
 
 @dataclass

@@ -46,6 +46,30 @@ def test_counter_gpus_one_domain_each(two_gpus):
     assert two_gpus.init_count == 0
 
 
+def test_fake_counter_steps_and_costs_cpu(monkeypatch):
+    """The fake itself (used by the meter tests): a counter that changes every 100 ms at its phase
+    and burns CPU on every read, as an H100's does (~3 ms)."""
+    gpu = FakeGpu(uuid="GPU-x", power_w=100.0, counter_period_s=0.1, counter_phase_s=0.03, counter_cost_s=0.002)
+    monkeypatch.setitem(sys.modules, "pynvml", make_fake_pynvml([gpu]))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    (sensor,), _ = discover_nvml()
+    counter0, power0 = gpu.counter_reads, gpu.power_reads  # discovery probes the counter once
+    c0 = time.thread_time()
+    values = set()
+    reads = 0
+    end = time.monotonic() + 0.35
+    while time.monotonic() < end:
+        values.add(sensor.read_values()[0][0])
+        reads += 1
+    assert time.thread_time() - c0 >= 0.002 * reads
+    assert gpu.counter_reads - counter0 == reads and gpu.power_reads - power0 == reads
+    steps = sorted(values)
+    assert 3 <= len(steps) <= 5
+    # one update every 100 ms at 100 W: 10 J apart (the first value may be the one before t0 + phase)
+    assert all(b - a == pytest.approx(10.0) for a, b in zip(steps[1:], steps[2:]))
+    sensor.close()
+
+
 def test_cuda_visible_devices_by_index_and_uuid(two_gpus, monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
     sensors, _ = discover_nvml()
