@@ -61,6 +61,7 @@ class CellArgs(NamedTuple):
     run: str | None
     sweep: str | None
     params: Mapping[str, str]  # read-only: the same object serves every cell with this line
+    params_error: str | None  # why MLflow could not store a value, raised only where the cell checks params
     units: tuple[float, str] | None
     quiet: bool
     no_log: bool
@@ -159,11 +160,11 @@ class EnergyMagics(Magics):
         if params and active is not None and (run_name is None or run_name == active.name):
             raise UsageError(f"--param sets the parameters of a new run, but run {active.name!r} is already "
                              f"running; end it with %energy end, or give --run NEWNAME")
+        if args.params_error is not None:  # every value is checked before anything is started or logged
+            raise UsageError(args.params_error)
         count = self.shell.execution_count
         label = f"In [{count}]"
         try:
-            if params:
-                check_params(params)  # every value is checked before anything is started or logged
             sweep = tracker.start_sweep(sweep_name, log=log) if sweep_name else None
             if run_name is not None and active is not None and active.name == run_name:
                 run, owns_run = active, False
@@ -236,7 +237,12 @@ class EnergyMagics(Magics):
                 raise UsageError(str(exc)) from None
         elif a.unit is not None:
             raise UsageError("--unit names what --units counts; give --units N too")
-        args = CellArgs(a.output, run_name, sweep_name, MappingProxyType(params), units,
+        try:
+            check_params(params)
+            params_error = None
+        except ValueError as exc:
+            params_error = str(exc)
+        args = CellArgs(a.output, run_name, sweep_name, MappingProxyType(params), params_error, units,
                         bool(a.quiet), bool(a.no_log), bool(a.live))
         cache = self._cell_args
         if len(cache) >= CELL_ARGS_CACHED:

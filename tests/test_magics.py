@@ -315,6 +315,21 @@ def test_a_bad_line_is_rejected_every_time(ip, args, message):
     assert "ran" not in ip.user_ns
 
 
+def test_a_param_value_mlflow_cannot_store_is_refused_every_time_after_the_run_check(ip, sqlite_uri):
+    line = "--quiet --param note=" + "x" * 6001
+    for _ in range(2):
+        with pytest.raises(UsageError, match="too long for MLflow"):
+            ip.run_cell_magic("energy", line, "ran = True")
+    ip.run_line_magic("energy", "run training")
+    with pytest.raises(UsageError, match="already running"):  # the run check comes first, as it did
+        ip.run_cell_magic("energy", line, "ran = True")
+    ip.run_line_magic("energy", "end")
+    assert "ran" not in ip.user_ns
+    assert ipython_energy.flush(60)
+    _, runs = mlflow_runs(sqlite_uri)
+    assert [r.data.tags["mlflow.runName"] for r in runs] == ["training"]
+
+
 def test_state_checks_are_made_per_cell_for_a_repeated_line(ip):
     """Only the line's own parse is reused: --param with a run active is refused when it is."""
     assert run_cell(ip, "%%energy --quiet --no-log --param lr=1\npass").success
