@@ -409,7 +409,7 @@ class Meter:
             elif s.phase is not None and s.mode == "counter":
                 details["update_phase"] = (
                     f"estimated to ±{s.phase.uncertainty_s / 2 * 1e3:.0f} ms"
-                    if s.phase.feasible != s.phase._full
+                    if s.phase.feasible != s.phase._full and s.stale_shown
                     else "unknown (counter staleness not corrected yet)"
                 )
             if s.mode == "polled" and info.averaging_s > 0:

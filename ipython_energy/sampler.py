@@ -67,6 +67,27 @@ RESET_RISES = 2
 #: only if it began this fraction of the update period (plus the phase estimate's uncertainty)
 #: after the estimated update time: see :meth:`DomainSeries._ingest_counter`.
 SAME_UPDATE_MARGIN = 0.02
+#: A slowly updating counter is taken to be as slow as declared, and its values are placed at their
+#: estimated update times, only once a read has seen it not move for at least this fraction of its
+#: update period while it was counting (until then read times are used): a counter that updates
+#: faster than that (every read, every 10 ms) never gives such evidence.  See
+#: :meth:`DomainSeries._ingest_counter`.
+STALE_PROOF = 0.05
+#: Two moves of a slowly updating counter within less than this fraction of its update period are
+#: evidence that it updates faster than declared; :data:`FAST_EVIDENCE` of them decide it.
+FAST_SPAN = 0.8
+FAST_EVIDENCE = 3
+#: Power is never derived from counter points closer than this fraction of the counter's declared
+#: update period (nor than :data:`MIN_POWER_SPAN_S`): the slope of two points a microsecond apart
+#: is no power at all (see :meth:`DomainSeries.power_now_w`).
+POWER_SPAN = 0.75
+MIN_POWER_SPAN_S = 0.02
+#: Right after :meth:`Sampler.start`, when a counter updates slowly, the first this many ticks come
+#: every :data:`PROBE_FRACTION` of its update period (if the interval is longer): dense reads that
+#: show within a fraction of a second whether it updates as slowly as declared (and pin its update
+#: phase down sooner), before the first window depends on it.
+PROBE_TICKS = 12
+PROBE_FRACTION = 0.25
 #: Closed gaps remembered per domain.
 GAP_HISTORY = 512
 #: How often a sensor's volatile state (temperature…) is refreshed, in seconds.
@@ -198,7 +219,8 @@ class DomainSeries:
         "has_read", "last_e", "last_lo", "last_hi",
         "last_good_t", "last_power_w", "last_increment_j", "offset_j", "last_raw_j",
         "_glitch", "_reset_from", "reset_check_j", "_timed_with", "_last_move", "_fast_evidence",
-        "faster_than_nominal", "gap_open", "gaps", "gap_seq", "gap_closed_s", "_fast", "now_w",
+        "faster_than_nominal", "stale_shown", "power_span_s", "_ever_locked",
+        "gap_open", "gaps", "gap_seq", "gap_closed_s", "_fast", "now_w",
     )
 
     def __init__(self, info: DomainInfo, capacity: int):
@@ -235,6 +257,13 @@ class DomainSeries:
         self._last_move: tuple[float, float] | None = None  # read bracket of the last counter change
         self._fast_evidence = 0
         self.faster_than_nominal = False
+        #: True once a read saw this slowly updating counter not move for a good part of its update
+        #: period (:data:`STALE_PROOF`) while counting: from then on its values are placed at their
+        #: estimated update times; before, at their read times.
+        self.stale_shown = False
+        self._ever_locked = False  # set once the update phase was first pinned down (see _retime)
+        #: Power is derived only from points at least this far apart (:data:`POWER_SPAN`).
+        self.power_span_s = max(MIN_POWER_SPAN_S, POWER_SPAN * info.update_period_s)
         # gaps
         self.gap_open: tuple[float, str] | None = None
         self.gaps: deque[tuple[int, float, float, str]] = deque(maxlen=GAP_HISTORY)
@@ -309,7 +338,7 @@ class DomainSeries:
             seg = t - t0
             slope = (energy - e0) / seg
             self.points.append((t, energy, slope, t))
-            self.now_w = (slope if slope > 0.0 else 0.0) if seg >= 0.02 else None
+            self.now_w = (slope if slope > 0.0 else 0.0) if seg >= self.power_span_s else None
             self.last_e = energy
             self.last_good_t = t
             return
@@ -373,13 +402,14 @@ class DomainSeries:
         period = self.period_s
         if moved and self.stale:
             lm = self._last_move
-            if lm is not None and lm[1] == self.last_hi and t_hi - lm[0] < 0.8 * period:
-                # two changes within less than one nominal period: this counter is faster than declared
+            if lm is not None and t_hi - lm[0] < FAST_SPAN * period:
+                # two changes within less than one nominal period (each change needs an update after
+                # the read before it sampled, so the two updates are distinct and both fell between
+                # the start of the read before the first change and the end of this one): this
+                # counter is faster than declared
                 self._fast_evidence += 1
-                if self._fast_evidence >= 3:
-                    self.stale = False
-                    self.phase = None
-                    self.faster_than_nominal = True
+                if self._fast_evidence >= FAST_EVIDENCE:
+                    self._use_read_times()
             self._last_move = (self.last_lo, t_hi)
         if self.stale:
             lock = self.phase
@@ -388,6 +418,20 @@ class DomainSeries:
                     lock.moved(self.last_lo, t_hi)  # an update fell after the last read began, before this one ended
                 elif self.last_increment_j > 0:
                     lock.still(self.last_hi, t_lo)  # none fell between the end of the last read and the start of this
+                    if t_lo - self.last_hi >= STALE_PROOF * period:
+                        self.stale_shown = True
+        if self.stale and not self.stale_shown:
+            # no read has shown yet that this counter holds its value between updates as long as
+            # declared: its values are placed at their read times until one does (an unmoved read
+            # is not stored meanwhile; the next move carries its energy)
+            if had and not moved:
+                self.has_read, self.last_e, self.last_lo, self.last_hi = True, energy, t_lo, t_hi
+                self._good(t)
+                return
+            tau = t
+            if pts and tau <= pts[-1][0]:
+                return
+        elif self.stale:
             self._retime()
             tau = lock.last_update(t)
             if pts:
@@ -401,10 +445,7 @@ class DomainSeries:
                     self._good(t)
                     return  # same update as the last point: nothing new
                 if tau <= t_last + 0.5 * period:
-                    # it moved, yet the phase estimate puts this read in the last point's update
-                    # (a read right at an update boundary, within the estimate's uncertainty):
-                    # this is the next update, one period on, and not after this read
-                    tau = min(t_last + period, t_hi)
+                    tau = self._moved_in_last_update(t_last, t_hi)
                 tau = max(tau, t_last + 1e-6)
         else:
             tau = t
@@ -489,19 +530,65 @@ class DomainSeries:
             elif t_rebase < self.gap_open[0]:
                 self.gap_open = (t_rebase, self.gap_open[1])
 
+    def _use_read_times(self) -> None:
+        """The counter updates faster than declared: from now on its values are placed at their read
+        times, and so are the ones already stored at an estimated update time (all of them: the
+        estimate was of a period the counter does not have), so that edges refined later and the
+        slopes between points agree with the reads."""
+        self.stale = False
+        self.phase = None
+        self.faster_than_nominal = True
+        self._timed_with = None
+        pts = self.points
+        prev_tau, prev_e = -math.inf, None
+        for i in range(len(pts)):
+            _, e, p, tr = pts[i]
+            tau = max(tr, prev_tau)
+            if prev_e is not None:
+                p = (e - prev_e) / (tau - prev_tau) if tau > prev_tau else 0.0
+            pts[i] = (tau, e, p, tr)
+            prev_tau, prev_e = tau, e
+
+    def _moved_in_last_update(self, t_last: float, t_hi: float) -> float:
+        """Where to place a read that saw the counter move although the phase estimate puts it in the
+        update of the point before (at ``t_last``): a read right after an update that the estimate,
+        within its uncertainty, puts a little later.  The update is the estimated one nearest the
+        end of the read (``t_hi``), when that is a later update than the last point's; else the one
+        a period after the last point (a read right at a boundary); never after the read.  (A read
+        that comes two updates after the last point, as sparse reads do, thus lands at the second,
+        not at the first, which would give the first a slope of two updates' energy.)
+        """
+        lock = self.phase
+        period = self.period_s
+        tau = lock.last_update(t_hi + lock.uncertainty_s)
+        if tau <= t_last + 0.5 * period:
+            tau = t_last + period
+        return min(tau, t_hi)
+
     def _retime(self, depth: int = 32) -> None:
-        """Re-place the newest points when the phase estimate has moved (mostly right after start)."""
+        """Re-place the newest points when the phase estimate has moved (mostly right after start).
+
+        Each point goes where :meth:`_ingest_counter` would put it with the new estimate: at the last
+        estimated update at or before its read, and a point whose counter moved yet lands in the
+        update of the point before goes one period after that one (never after its read).  Until
+        the phase is first pinned down, every point is re-placed, back to the first read: a window
+        that began right after the start is refined from them.
+        """
         lock = self.phase
         if lock.feasible == lock._full:
             return
         phase, width = lock._estimate()
         old = self._timed_with
-        bin_s = self.info.update_period_s / lock.BINS
+        period = self.info.update_period_s
+        bin_s = period / lock.BINS
         if old is not None and abs(phase - old[0]) < 2 * bin_s and width >= old[1] / 2:
             return
         self._timed_with = (phase, width)
         pts = self.points
         n = len(pts)
+        if not self._ever_locked:
+            self._ever_locked = lock.locked
+            depth = n
         k0 = max(0, n - depth)
         if k0 > 0:
             prev_tau, prev_e = pts[k0 - 1][0], pts[k0 - 1][1]
@@ -509,7 +596,10 @@ class DomainSeries:
             prev_tau, prev_e = -math.inf, None
         for i in range(k0, n):
             _, e, p, tr = pts[i]
-            tau = max(min(lock.last_update(tr), tr), prev_tau + 1e-6)
+            tau = min(lock.last_update(tr), tr)
+            if prev_e is not None and e > prev_e and tau <= prev_tau + 0.5 * period:
+                tau = self._moved_in_last_update(prev_tau, tr)
+            tau = max(tau, prev_tau + 1e-6)
             if prev_e is not None:
                 p = (e - prev_e) / (tau - prev_tau)
             pts[i] = (tau, e, p, tr)
@@ -572,8 +662,11 @@ class DomainSeries:
         if n < 2:
             return max(0.0, self.last_power_w or 0.0)
         k = 3 if n >= 3 and pts[-1][0] - pts[-3][0] <= 2.5 * self.info.update_period_s else 2
-        t0, e0 = pts[-k][0], pts[-k][1]
         t1, e1 = pts[-1][0], pts[-1][1]
+        stop = min(n, 64)
+        while k < stop and t1 - pts[-k][0] < self.power_span_s:
+            k += 1  # never a slope over points closer than power_span_s
+        t0, e0 = pts[-k][0], pts[-k][1]
         return max(0.0, (e1 - e0) / (t1 - t0)) if t1 > t0 else 0.0
 
     def mean_power_w(self, span_s: float) -> float | None:
@@ -672,19 +765,27 @@ class DomainSeries:
 
     @property
     def timing_settled(self) -> bool:
-        """False while a slowly updating counter's update phase is still being estimated."""
-        return self.phase is None or self.phase.locked
+        """False while a slowly updating counter's timing is still being found out: until a read has
+        shown that it updates as slowly as declared (:attr:`stale_shown`) or that it updates faster
+        (then read times are used), and while its update phase is being estimated."""
+        return self.phase is None or (self.stale_shown and self.phase.locked)
 
     def power_now_w(self) -> float | None:
-        """Latest power: the counter's recent slope, or the last polled reading."""
-        if self.mode == "counter" and not self.stale:
-            pts = self.points
-            if len(pts) >= 2 and pts[-1][0] - pts[-2][0] >= 0.02:
-                return max(0.0, pts[-1][2])  # the last segment is long enough to be a fair slope
+        """Latest power: the counter's recent slope, or the last polled reading.
+
+        A counter's slope is taken over its last segment if that is at least :attr:`power_span_s`
+        long, else over the newest points that span at least one update period
+        (:meth:`recent_power_w`): never over two points that the update-time estimate put close
+        together, whose slope can be anything up to megawatts.
+        """
         if self.mode == "counter":
-            if self.stale and len(self.points) >= 2:
-                return max(0.0, self.points[-1][2])
-            p = self.recent_power_w()
+            pts = self.points
+            if len(pts) >= 2 and pts[-1][0] - pts[-2][0] >= self.power_span_s:
+                return max(0.0, pts[-1][2])  # the last segment is long enough to be a fair slope
+            if len(pts) >= 2 and pts[-1][0] - pts[0][0] < self.power_span_s:
+                p = self.last_power_w  # too little history for a slope: the sensor's own reading, if any
+            else:
+                p = self.recent_power_w()
             return None if p is None else max(0.0, p)
         return self.last_power_w
 
@@ -796,6 +897,10 @@ class Sampler:
         self._stopped = True
         #: Dither the tick times only where a counter updates slowly (PhaseLock needs varied phases).
         self._dither = any(ds.stale for ds in self.series.values())
+        #: Interval of the first :data:`PROBE_TICKS` ticks after a start, where a counter updates
+        #: slowly and the interval is longer than a fraction of its period (else None).
+        probe = min((PROBE_FRACTION * ds.period_s for ds in self.series.values() if ds.stale), default=None)
+        self._probe_s = probe if probe is not None and probe < self.interval_s else None
         self._thread: threading.Thread | None = None
         self._generation = 0
         self.ticks = 0
@@ -1064,10 +1169,16 @@ class Sampler:
         so the rate stays at 1 / interval) rather than until absolute deadlines: on this kind of
         machine a wake-up locked to a fixed 100 ms grid cost measurably more CPU.  With a slowly
         updating counter the durations are dithered (a golden-ratio sequence over the interval),
-        so that ticks fall at all phases of the counter's updates.
+        so that ticks fall at all phases of the counter's updates.  The first :data:`PROBE_TICKS`
+        ticks after a start come every ``PROBE_FRACTION`` of such a counter's period instead, where
+        that is shorter than the interval: dense enough that a counter updating faster than declared
+        is seen moving on consecutive reads (and one that does not, standing still between them)
+        within a fraction of a second, before the first window depends on it.
         """
         interval = self.interval_s
         dither = self._dither
+        probe_s = self._probe_s
+        probe_left = PROBE_TICKS if probe_s is not None else 0
         ident = threading.get_ident()
         sleep, monotonic, thread_time = time.sleep, time.monotonic, time.thread_time
         tick = self._tick
@@ -1077,7 +1188,10 @@ class Sampler:
         t_prev = monotonic()
         while True:
             k += 1
-            if dither:
+            if probe_left:
+                probe_left -= 1
+                want = probe_s
+            elif dither:
                 g = (k * _GOLDEN) % 1.0
                 want = interval * (1.0 + g - g_prev)
                 g_prev = g

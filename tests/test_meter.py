@@ -189,6 +189,39 @@ def test_short_window_while_the_counter_stalls_is_not_zero(meters, monkeypatch):
         s.close()
 
 
+@pytest.mark.parametrize("load_to_cell_s", [0.0, 0.3])
+@pytest.mark.parametrize("counter_period_s", [1e-6, 0.01, 0.1])
+def test_first_cell_on_a_counter_faster_than_nominal_is_right(meters, monkeypatch, counter_period_s, load_to_cell_s):
+    """An NVML energy counter declared to update every 100 ms (``update_period_s``) that really
+    updates every 1 µs or every 10 ms, beside one that does update every 100 ms (fake ``pynvml`` at
+    the seam, real NVML backend; steady 100 W; every counter read costs 3 ms of CPU as on an
+    H100).  The first cell begins right after load, or a moment later: its energy is within 0.5 % and its peak
+    power is what the GPU draws, not tens of MW (two re-timed points 1 µs apart) nor a fraction
+    of it.  The faster counters are recognised as such before the cell ends."""
+    gpu = FakeGpu(uuid="GPU-0", power_w=100.0, counter_period_s=counter_period_s, counter_phase_s=0.037,
+                  counter_cost_s=0.003, t0=time.monotonic() - 1000.0)  # counting long before the load
+    monkeypatch.setitem(sys.modules, "pynvml", make_fake_pynvml([gpu]))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    from ipython_energy.sensors import discover
+
+    found = discover("nvml")
+    m = meters(found.sensors, interval_s=0.1)
+    time.sleep(load_to_cell_s)
+    w = m.begin("first cell")
+    time.sleep(3.0)
+    r = w.end()
+    true_j = gpu.true_energy_j(w.end_s - gpu.t0) - gpu.true_energy_j(w.begin_s - gpu.t0)
+    assert r.domains["gpu0"] == pytest.approx(true_j, rel=0.005)
+    assert 0.9 * 100.0 <= r.power_peak_w <= 1.5 * 100.0
+    detail = r.provenance["gpu0"].details["update_phase"]
+    if counter_period_s < 0.05:
+        assert detail.startswith("counter updates faster than update_period_s")
+    else:
+        assert detail.startswith("estimated to")
+    for s in found.sensors:
+        s.close()
+
+
 def test_nested_and_overlapping_windows_on_two_threads(meters):
     sensors = [square("gpu0", 7, seconds=600)]
     m = meters(sensors)

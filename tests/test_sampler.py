@@ -247,6 +247,55 @@ def test_counter_reset_is_rebased_not_negative():
     assert ds2.points[-1][1] == pytest.approx(25.0)
 
 
+def _probe_then_dithered_reads(t0: float) -> list[float]:
+    """Read times as the sampler makes them for a counter declared to update every 100 ms: 12 ticks
+    25 ms apart after the start, then 100 ms ticks dithered by the golden-ratio sequence, with a
+    window edge read 4 ms after every third tick."""
+    golden = 0.6180339887498949
+    t, out = t0, [t0]
+    for _ in range(12):
+        t += 0.025
+        out.append(t)
+    g_prev = 0.0
+    for k in range(1, 40):
+        g = (k * golden) % 1.0
+        t += 0.1 * (1.0 + g - g_prev)
+        g_prev = g
+        out.append(t)
+        if k % 3 == 0:
+            out.append(t + 0.004)
+    return out
+
+
+@pytest.mark.parametrize("counter_period_s", [1e-6, 0.01, 0.1])
+def test_counter_declared_at_100ms_is_timed_by_what_it_does(counter_period_s):
+    """A counter declared to update every 100 ms (as NVML's) that updates every 1 µs, every 10 ms or
+    every 100 ms, at a steady 100 W, read for 3 ms at the sampler's read times.  The faster ones are
+    recognised within the dense reads after the start and keep their read times (all stored points
+    included); the 100 ms one is seen standing still and is re-timed.  The power derived from the
+    series stays what the counter draws at every read (it was 25-30 W, or MW where two points were
+    re-timed 1 µs apart); the energy at each read is within one 10 ms update of the truth."""
+    info = DomainInfo("gpu0", "gpu", "counter", "nvml", update_period_s=0.1)
+    ds = DomainSeries(info, 1000)
+    reads = _probe_then_dithered_reads(1000.0)
+    for i, t in enumerate(reads):
+        sampled = t - 0.0015  # the driver samples the counter at the start of the read
+        raw = 100.0 * math.floor(sampled / counter_period_s) * counter_period_s
+        ds.ingest(t, DomainReading(raw, 100.0), t - 0.0015, t + 0.0015)
+        if counter_period_s < 0.1 or i <= 12:
+            assert 90.0 <= ds.power_now_w() <= 150.0, (i, ds.power_now_w())
+        if counter_period_s < 0.1:
+            assert ds.energy_at(t)[0] == pytest.approx(100.0 * t, abs=100.0 * (counter_period_s + 0.0016))
+        if i == 12:  # the dense reads are over
+            assert ds.faster_than_nominal == (counter_period_s < 0.1)
+            assert ds.stale_shown == (counter_period_s == 0.1)
+    if counter_period_s < 0.1:
+        assert ds.timing_settled and not ds.stale and ds.phase is None
+        assert all(tau == read_t for tau, _, _, read_t in ds.points)
+    else:
+        assert not ds.faster_than_nominal and ds.timing_settled
+
+
 def feed(raws, period_s=0.0):
     """A DomainSeries fed one raw counter value per second; returns it."""
     ds = DomainSeries(DomainInfo("x", "cpu", "counter", "t", update_period_s=period_s), 100)
