@@ -69,12 +69,20 @@ def provenance_tags(m: Measurement, *, idle_source: str, unit: str | None = None
         "energy.short_window": "true" if m.short_window else "false",
         "energy.idle_source": idle_source,
     }
-    models = sorted({p.details.get("model", "") for p in prov.values() if p.details.get("model")})
-    drivers = sorted({p.details.get("driver", "") for p in prov.values() if p.details.get("driver")})
+    gpus = [p for p in prov.values() if p.sensor == "nvml"]
+    models = sorted({p.details["model"] for p in gpus if p.details.get("model")})
+    drivers = sorted({p.details["driver"] for p in gpus if p.details.get("driver")})
     if models:
         tags["energy.gpu_model"] = ",".join(models)
     if drivers:
         tags["energy.gpu_driver"] = ",".join(drivers)
+    estimates = "; ".join(
+        f"{name}: {p.details.get('model', p.sensor)}"
+        + "".join(f", {k}={v}" for k, v in sorted(p.details.items()) if k != "model")
+        for name, p in prov.items() if p.method == "estimated"
+    )
+    if estimates:
+        tags["energy.estimate_model"] = estimates[:5000]
     temps = ",".join(
         f"{domain}={state['temperature_c']}" for domain, state in m.state.items() if "temperature_c" in state
     )

@@ -465,9 +465,10 @@ def status_text(tracker: Tracker) -> str:
     power = tracker.meter.power_now()
     for d in tracker.meter.domains:
         p = power.get(d.name)
-        label = " (estimated)" if d.estimated else ""
+        label = " (estimated)" if d.estimated and d.method != "estimated" else ""
         now = f"{p:.1f} W now" if p is not None else "no reading yet"
-        lines.append(f"  {d.name}: {d.sensor}, {d.method}{label}, every {d.update_period_s:g} s — {now}")
+        updates = f"updates every {d.update_period_s:g} s" if d.update_period_s > 0 else "fresh at every read"
+        lines.append(f"  {d.name}: {d.sensor}, {d.method}{label}, {updates} — {now}")
     if not tracker.meter.domains:
         lines.append("  no sensors: nothing can be measured (see docs/sensors.md)")
     for note in tracker.meter.notes + tracker.notes:
