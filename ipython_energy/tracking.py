@@ -513,7 +513,7 @@ class Tracker:
 
     def backend_warning(self) -> str | None:
         """One warning per outage of the MLflow backend (or the spool); None otherwise."""
-        if self._writer is None:
+        if self._writer is None or (not self._warned_outage and self._writer.healthy()):
             return None
         status = self._writer.status()
         if status.backend_ok and status.spool_ok:

@@ -126,6 +126,12 @@ class Writer:
                 self._idle.wait(min(left, 0.2))
         return True
 
+    def healthy(self) -> bool:
+        """True when MLflow and the spool are fine: the per-cell check, cheaper than :meth:`status`."""
+        since = self._applying_since
+        return (self.backend_ok and self.spool_error is None
+                and (since is None or time.monotonic() - since <= self.slow_after_s))
+
     def status(self) -> WriterStatus:
         since = self._applying_since
         slow = since is not None and time.monotonic() - since > self.slow_after_s
