@@ -551,19 +551,11 @@ class DomainSeries:
 
     def _moved_in_last_update(self, t_last: float, t_hi: float) -> float:
         """Where to place a read that saw the counter move although the phase estimate puts it in the
-        update of the point before (at ``t_last``): a read right after an update that the estimate,
-        within its uncertainty, puts a little later.  The update is the estimated one nearest the
-        end of the read (``t_hi``), when that is a later update than the last point's; else the one
-        a period after the last point (a read right at a boundary); never after the read.  (A read
-        that comes two updates after the last point, as sparse reads do, thus lands at the second,
-        not at the first, which would give the first a slope of two updates' energy.)
-        """
-        lock = self.phase
-        period = self.period_s
-        tau = lock.last_update(t_hi + lock.uncertainty_s)
-        if tau <= t_last + 0.5 * period:
-            tau = t_last + period
-        return min(tau, t_hi)
+        update of the point before (at ``t_last``): a read right at an update boundary, within the
+        estimate's uncertainty.  This is the next update, one period on, and not after the read
+        (``t_hi``).  Used both when a read is stored and when points are re-placed, so that the two
+        agree (re-placing used to put such a point 1 µs after the one before)."""
+        return min(t_last + self.period_s, t_hi)
 
     def _retime(self, depth: int = 32) -> None:
         """Re-place the newest points when the phase estimate has moved (mostly right after start).
