@@ -448,3 +448,17 @@ def test_unmoved_read_near_the_estimated_update_is_not_a_flat_step():
         e0, _ = ds.energy_at(100.0)
         e1, _ = ds.energy_at(200.0)
         assert e1 - e0 == pytest.approx(200.0 * 100.0, rel=1e-3)
+
+
+def test_recent_power_with_many_points_inside_one_update_is_not_the_buffer_average():
+    """Window edges of rapid cells add points: more than 64 within 20 ms must not make the power
+    the average since the oldest point in the buffer."""
+    fresh = DomainSeries(DomainInfo("cpu", "cpu", "counter", "t", update_period_s=0.0), 10_000)
+    t, e = 0.0, 0.0
+    for _ in range(600):  # 60 s at 10 W
+        t, e = t + 0.1, e + 1.0
+        fresh.ingest(t, DomainReading(energy_j=e))
+    for _ in range(200):  # then 200 reads 50 us apart at 100 W
+        t, e = t + 50e-6, e + 100.0 * 50e-6
+        fresh.ingest(t, DomainReading(energy_j=e))
+    assert fresh.recent_power_w() == pytest.approx(100.0, rel=1e-6)
