@@ -326,12 +326,18 @@ class Writer:
             self._backend_for(uid).log_metrics(uid, event["metrics"], in_doubt)
         elif kind == "run_end":
             backend = self._backend_for(uid)
-            backend.end_run(event, in_doubt)
             sweep_uid = self._context[uid].get("sweep_uid")
-            if sweep_uid and event.get("delete"):
-                backend.forget_child(sweep_uid, event["uid"])
-            elif sweep_uid:
-                backend.update_sweep(sweep_uid, self._context, in_doubt, ended=event)
+            if not sweep_uid:
+                backend.end_run(event, in_doubt)
+                return
+            # Ending a child and recounting its sweep is one step for every writer on this host,
+            # so that another writer's count never falls between the two (see update_sweep).
+            with backend.sweep_lock(sweep_uid):
+                backend.end_run(event, in_doubt)
+                if event.get("delete"):
+                    backend.forget_child(sweep_uid, event["uid"])
+                else:
+                    backend.update_sweep(sweep_uid, self._context, in_doubt, ended=event)
         elif kind == "sweep_end":
             self._backend_for(uid).end_sweep(event, self._context)
         else:
@@ -593,13 +599,6 @@ class Backend:
         tags = {**self.host_tags, **(event.get("tags") or {})}
         tags["energy.uid"] = uid
         tags["energy.kind"] = "sweep" if event["type"] == "sweep_start" else "run"
-        if event.get("sweep_uid"):
-            parent = self.run_id(event["sweep_uid"])
-            tags["mlflow.parentRunId"] = parent
-            tags["energy.sweep"] = context[event["sweep_uid"]]["name"]
-            state = self._sweep_state(parent, running=True)
-            index = max(state.last_index, len(state.children)) + 1
-            tags["energy.run_index"] = str(index)
         if event["type"] == "sweep_start":
             tags["energy.sweep"] = event["name"]
             if event.get("planned") is not None:
@@ -607,14 +606,32 @@ class Backend:
             if event.get("budget_j") is not None:
                 tags["energy.budget_j"] = repr(float(event["budget_j"]))
                 tags["energy.budget_state"] = "ok"
-        run = self.client.create_run(self.experiment_id, start_time=event["t_ms"],
-                                     tags={k: str(v) for k, v in tags.items()}, run_name=event["name"])
-        run_id = run.info.run_id
-        if event.get("sweep_uid") and parent in self._sweeps:
-            self._sweeps[parent].children[run_id] = None
-            self._sweeps[parent].last_index = max(self._sweeps[parent].last_index, index)
+        if event.get("sweep_uid"):
+            # Counting the sweep's children and creating this one is one step for every writer
+            # on this host: two runs of one sweep never get the same energy.run_index.
+            with self.sweep_lock(event["sweep_uid"]):
+                parent = self.run_id(event["sweep_uid"])
+                tags["mlflow.parentRunId"] = parent
+                tags["energy.sweep"] = context[event["sweep_uid"]]["name"]
+                state = self._sweep_state(parent, running=True)
+                index = max(state.last_index, len(state.children)) + 1
+                tags["energy.run_index"] = str(index)
+                run_id = self._create_run(event, tags)
+                state.children[run_id] = None
+                state.last_index = max(state.last_index, index)
+        else:
+            run_id = self._create_run(event, tags)
         self._log_start_data(run_id, event, in_doubt=False)
         return run_id
+
+    def _create_run(self, event: dict[str, Any], tags: dict[str, Any]) -> str:
+        run = self.client.create_run(self.experiment_id, start_time=event["t_ms"],
+                                     tags={k: str(v) for k, v in tags.items()}, run_name=event["name"])
+        return run.info.run_id
+
+    def sweep_lock(self, sweep_uid: str):
+        """The host-wide lock under which this sweep's children are counted, created and ended."""
+        return _host_lock(f"sweep|{self.tracking_uri}|{self.experiment}|{self.run_id(sweep_uid)}")
 
     def _log_start_data(self, run_id: str, event: dict[str, Any], in_doubt: bool) -> None:
         """The params (and a sweep's budget) of a new run; safe to repeat (same values, deduplicated points).

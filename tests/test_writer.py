@@ -227,3 +227,36 @@ def test_sweep_bookkeeping_is_incremental_and_sees_another_writer(energy_home, s
     assert sorted(int(c.data.tags["energy.run_index"]) for c in children) == list(range(1, 11))
     w1.close()
     w2.close()
+
+
+def test_two_writers_racing_on_one_sweep_end_with_the_complete_total(energy_home, sqlite_uri):
+    """Runs of two writers end at the same moments; the last total counts them all, once each."""
+    import threading
+
+    start = {"type": "sweep_start", "name": "race", "planned": None, "budget_j": None,
+             "tracking_uri": sqlite_uri, "experiment": "exp"}
+    writers = [Writer(Spool.create("w1")), Writer(Spool.create("w2"))]
+    for writer, uid in zip(writers, ("s1", "s2")):
+        writer.submit({**start, "uid": uid, "t_ms": _t()})
+        assert writer.flush(120)
+
+    def produce(writer, sweep_uid, tag):
+        for i in range(8):
+            for ev in _one_run(sqlite_uri, sweep_uid, f"{tag}{i}", 1.0 + i / 8 + (tag == "b")):
+                writer.submit(ev)
+            time.sleep(0.01)
+        assert writer.flush(120)
+
+    threads = [threading.Thread(target=produce, args=(w, s, t)) for w, s, t in zip(writers, ("s1", "s2"), "ab")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(180)
+    client, sweeps, children = runs_by_kind(sqlite_uri)
+    assert len(sweeps) == 1 and len(children) == 16
+    last = max(client.get_metric_history(sweeps[0].info.run_id, "sweep_energy_j"), key=lambda m: (m.step, m.timestamp))
+    assert last.step == 16
+    assert last.value == math.fsum(c.data.metrics["energy_j"] for c in children)
+    assert sorted(int(c.data.tags["energy.run_index"]) for c in children) == list(range(1, 17))
+    for writer in writers:
+        writer.close()
