@@ -661,46 +661,43 @@ class DomainSeries:
         t0, e0 = pts[-k][0], pts[-k][1]
         return max(0.0, (e1 - e0) / (t1 - t0)) if t1 > t0 else 0.0
 
+    def _slope_back(self, span_s: float, depth: int) -> tuple[float | None, bool]:
+        """Slope from the newest point back to the newest point at least ``span_s`` older, looking
+        at most ``depth`` points back: ``(watts, reached)``.  When no point that old is within
+        ``depth``, the slope to the oldest point looked at, with ``reached`` False.  Watts are None
+        when that point is not older.  Needs two points."""
+        pts = self.points
+        n = len(pts)
+        t1, e1 = pts[-1][0], pts[-1][1]
+        k = n - 2
+        stop = max(0, n - depth)
+        while k > stop and t1 - pts[k][0] < span_s:
+            k -= 1
+        t0, e0 = pts[k][0], pts[k][1]
+        return ((e1 - e0) / (t1 - t0) if t1 > t0 else None), t1 - t0 >= span_s
+
     def mean_power_w(self, span_s: float) -> float | None:
         """Mean power over the newest points that span at least ``span_s`` (all of them if they span
         less), from the cumulative energy; None without two points or for polled power.  Unlike
         :meth:`stale_slope_w` it does not hang on the last step, so one step placed too early
         or too late (a flat stretch) weighs only its share."""
-        pts = self.points
-        n = len(pts)
-        if self.mode != "counter" or n < 2:
+        if self.mode != "counter" or len(self.points) < 2:
             return None
-        t1, e1 = pts[-1][0], pts[-1][1]
-        k = n - 2
-        stop = max(0, n - 256)
-        while k > stop and t1 - pts[k][0] < span_s:
-            k -= 1
-        t0, e0 = pts[k][0], pts[k][1]
-        return (e1 - e0) / (t1 - t0) if t1 > t0 else None
+        return self._slope_back(span_s, 256)[0]
 
     def recent_power_w(self) -> float | None:
         """Power over the most recent stretch of at least one update period (or the last reading)."""
-        pts = self.points
-        if self.mode == "polled":
+        if self.mode == "polled" or len(self.points) < 2:
             return self.last_power_w
-        if len(pts) < 2:
-            return self.last_power_w
-        base = max(self.info.update_period_s, 0.02)
-        t1, e1 = pts[-1][0], pts[-1][1]
-        n = min(len(pts), 64)
-        for k in range(2, n + 1):
-            t0, e0 = pts[-k][0], pts[-k][1]
-            if t1 - t0 >= base:
-                return (e1 - e0) / (t1 - t0)
-        if n == len(pts):  # the whole buffer is younger than one update period
-            t0, e0 = pts[0][0], pts[0][1]
-            return (e1 - e0) / (t1 - t0) if t1 > t0 else self.last_power_w
+        p, reached = self._slope_back(max(self.info.update_period_s, 0.02), 64)
+        if reached:
+            return p
+        if len(self.points) <= 64:  # the whole buffer is younger than one update period
+            return self.last_power_w if p is None else p
         # More than 64 points inside one update period (window edges of rapid cells add points):
         # a fresh counter's slope over them is still exact; a stale counter's is not a power.
-        if self.info.update_period_s <= FRESH_PERIOD_S:
-            t0, e0 = pts[-n][0], pts[-n][1]
-            if t1 > t0:
-                return (e1 - e0) / (t1 - t0)
+        if self.info.update_period_s <= FRESH_PERIOD_S and p is not None:
+            return p
         return self.last_power_w
 
     def energy_at(self, x: float) -> tuple[float | None, bool]:

@@ -481,13 +481,15 @@ class _SweepState:
     or finished without energy).  ``points`` is how many ``sweep_energy_j`` points the parent
     had after this writer's last look or write: when MLflow has another number, another writer
     (a second kernel, a worker process) touched the sweep and the children are listed again.
+    ``logged`` holds the ``(step, value)`` of those points at the last look.
     """
 
-    __slots__ = ("children", "points", "last_index")
+    __slots__ = ("children", "points", "logged", "last_index")
 
     def __init__(self) -> None:
         self.children: dict[str, float | None] = {}
         self.points = 0
+        self.logged: set[tuple[int, float]] = set()
         self.last_index = 0  # the highest energy.run_index seen: a deleted child keeps its number
 
     def saw(self, run) -> None:
@@ -523,7 +525,6 @@ class Backend:
         self.run_ids: dict[str, str] = {}
         self._host_tags: dict[str, str] | None = None
         self._sweeps: dict[str, _SweepState] = {}
-        self._history: set[tuple[int, float]] = set()  # the last sweep_energy_j history read
 
     @property
     def host_tags(self) -> dict[str, str]:
@@ -709,7 +710,6 @@ class Backend:
         """
         history = self.client.get_metric_history(parent_run_id, "sweep_energy_j")
         points = len(history)
-        self._history = {(m.step, m.value) for m in history}
         state = self._sweeps.get(parent_run_id)
         if state is None or state.points != points:
             state = _SweepState()
@@ -727,6 +727,7 @@ class Backend:
             for r in page:
                 state.children.setdefault(r.info.run_id, None)
                 state.saw(r)
+        state.logged = {(m.step, m.value) for m in history}
         return state
 
     def log_metrics(self, uid: str, rows, in_doubt: bool) -> None:
@@ -791,7 +792,7 @@ class Backend:
         budget = start.get("budget_j")
         if budget is not None:
             tags.append(RunTag("energy.budget_state", "over" if total > float(budget) else "ok"))
-        if (n, total) in self._history:
+        if (n, total) in state.logged:
             rows = []  # this exact total was logged already (a replay, or another writer)
         metrics = self._metrics(rows, parent, False)
         if metrics or tags:

@@ -101,15 +101,20 @@ def test_one_decreasing_reading_is_a_gap_and_costs_nothing(misbehaving, sqlite_u
     assert_gap_logged(run, m, "package0", "decreasing counter")
 
 
+def _counter_misreads_for_a_while(open_shell, sqlite_uri, mode: str):
+    """A cell in which a counter at 1 MJ (since boot) misreads in ``mode`` for 0.4 s, then is back."""
+    sensor = Misbehaving("package0", PKG_W, base_j=1e6)
+    ip = open_shell(tracker=make_tracker([sensor, flat_replay({"gpu0": GPU_W})], sqlite_uri))
+    ip.user_ns["sensor"] = sensor
+    return run_faulty_cell(ip, f"import time\ntime.sleep(0.3)\nsensor.mode = {mode!r}\ntime.sleep(0.4)\n"
+                               "sensor.mode = 'ok'\ntime.sleep(0.3)")
+
+
 def test_counter_that_reads_zero_for_a_while_then_recovers_is_a_gap_not_energy(open_shell, sqlite_uri):
     """A counter at 1 MJ reads 0 for 0.4 s, then is back on its trajectory: a constant low value is
     not a reset (a reset counts up from its new base), so the stretch stays a gap until the counter
     is back at or above its last good value, and the counter, which kept counting, bridges it."""
-    sensor = Misbehaving("package0", PKG_W, base_j=1e6)  # a counter since boot: 1 MJ
-    ip = open_shell(tracker=make_tracker([sensor, flat_replay({"gpu0": GPU_W})], sqlite_uri))
-    ip.user_ns["sensor"] = sensor
-    m = run_faulty_cell(ip, "import time\ntime.sleep(0.3)\nsensor.mode = 'zero'\ntime.sleep(0.4)\n"
-                            "sensor.mode = 'ok'\ntime.sleep(0.3)")
+    m = _counter_misreads_for_a_while(open_shell, sqlite_uri, "zero")
     assert m.domains["gpu0"] == pytest.approx(GPU_W * m.duration_s, rel=0.005)
     p = m.provenance["package0"]
     assert p.gaps and "decreasing counter" in p.gaps[0].reason and 0.3 < p.coverage < 0.8
@@ -122,11 +127,7 @@ def test_counter_that_reads_low_and_growing_then_recovers_adds_no_energy(open_sh
     """A counter at 1 MJ reads half its value (still counting, so it passes for a reset and is
     rebased) for 0.4 s, then is back on its trajectory: the jump back, larger than everything
     counted since the rebase, is the counter returning to its earlier values, not energy."""
-    sensor = Misbehaving("package0", PKG_W, base_j=1e6)
-    ip = open_shell(tracker=make_tracker([sensor, flat_replay({"gpu0": GPU_W})], sqlite_uri))
-    ip.user_ns["sensor"] = sensor
-    m = run_faulty_cell(ip, "import time\ntime.sleep(0.3)\nsensor.mode = 'low'\ntime.sleep(0.4)\n"
-                            "sensor.mode = 'ok'\ntime.sleep(0.3)")
+    m = _counter_misreads_for_a_while(open_shell, sqlite_uri, "low")
     assert m.domains["gpu0"] == pytest.approx(GPU_W * m.duration_s, rel=0.005)
     p = m.provenance["package0"]
     assert [g.reason for g in p.gaps] == ["decreasing counter", "counter returned to its pre-reset values"]
