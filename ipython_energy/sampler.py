@@ -17,27 +17,28 @@ interpolated, plus the domain's gaps.
 Each hardware sensor is read by its own small reader thread, dispatched by the
 sampler thread on every tick (sensors that only compute in-process and declare
 ``nonblocking = True``, such as the replay sensor and the cpu-model estimate, are
-read on the sampler thread itself); a sensor whose previous read is still in flight is not
+sampled on the sampler thread itself: see the protocol in :mod:`.sensors.base`); a sensor whose previous read is still in flight is not
 dispatched again, and once it has been in flight longer than ``hang_timeout_s``
 its domains get a ``hung`` gap.  A hung sensor therefore never stalls the others,
 and :meth:`Sampler.stop` returns promptly.  Readings that raise, are NaN or
 negative, or make a counter go backwards become gaps too.
 
-Window edges (:meth:`Sampler.edge_read`) read the nonblocking sensors on the caller's
+Window edges (:meth:`Sampler.edge_read`) sample the nonblocking sensors on the caller's
 thread and hand the blocking ones to their reader threads, waiting a few milliseconds
 at most (:meth:`Sampler.edge_timeout_s`): a sensor that hangs for the first time during
 an edge read costs the caller that bound, not the hang, and its domains get a ``hung``
 gap from their last good read.
 
-The tick runs ten times a second for the kernel's lifetime, so its cost is watched
-(``bench/sampler_overhead.py``): the thread sleeps in :func:`time.sleep` for relative
-durations (cheaper per wake-up than a timed lock or event wait, or than absolute
-deadlines), reads sensors through their allocation-light ``read_values()`` where they have
-one, and leaves the readings of in-process sensors to be stored in batches
-(:meth:`Sampler.sync`, run every few ticks and by every reader of the series), where a
-healthy fresh counter's reading takes a short path through :meth:`DomainSeries.ingest`.
-Anything that can wait for a window edge (peak folding, the last counter steps) is done
-there instead.
+The tick runs ten times a second for the kernel's lifetime, and each wake-up finds the
+CPU's caches cold, so its cost is watched (``bench/sampler_overhead.py``): the thread
+sleeps in :func:`time.sleep` for relative durations (cheaper per wake-up than a timed
+lock or event wait, or than absolute deadlines); for a nonblocking sensor it only
+records the time and the sensor's ``sample()`` in preallocated lists, without a lock,
+and the readings are worked out and stored in batches (:meth:`Sampler.sync`, run every
+few ticks and by every reader of the series), where a healthy fresh counter's reading
+takes a short path through :meth:`DomainSeries.ingest`.  Hardware sensors are read
+through their allocation-light ``read_values()`` where they have one.  Anything that can
+wait for a window edge (peak folding, the last counter steps) is done there instead.
 
 When a counter updates slowly, tick times are dithered within each interval (a
 golden-ratio sequence over the whole interval) so that a counter updating at about the
@@ -95,6 +96,9 @@ STATE_INTERVAL_S = 2.0
 #: The sampler thread stores its readings of nonblocking sensors in batches of this many ticks
 #: (and whenever anyone looks at the series): see :meth:`Sampler.sync`.
 SYNC_TICKS = 8
+#: Ticks the sampler thread can record before they are stored (a power of two, > 2 * SYNC_TICKS).
+_RING = 64
+_RING_MASK = _RING - 1
 #: A window edge waits at least this long for a blocking sensor's read (thread hand-off and
 #: GIL waits on a loaded machine), and at most ``min(EDGE_TIMEOUT_MAX_S, hang_timeout_s / 4)``.
 EDGE_TIMEOUT_MIN_S = 0.005
@@ -798,24 +802,31 @@ class _SensorSlot:
     one with a timeout.
     """
 
-    __slots__ = ("sensor", "domains", "series", "targets", "indices", "read_values", "inline", "wake", "done",
-                 "busy_since", "hung", "edge", "state", "state_t", "reader", "round_trips_s")
+    __slots__ = ("sensor", "domains", "series", "targets", "read_values", "tuples", "inline", "sample",
+                 "values_at", "wake", "done", "busy_since", "hung", "edge", "state", "state_t", "reader",
+                 "round_trips_s")
 
     def __init__(self, sensor: Sensor):
         self.sensor = sensor
         self.domains = sensor.domains()
         self.series: list[tuple[str, DomainSeries]] = []  # (domain, series), filled by the sampler
         self.targets: tuple[DomainSeries, ...] = ()  # the same series, in the order of domains()
-        self.indices: tuple[int, ...] = ()
         #: The sensor's ``read_values`` (a tuple of (energy_j, power_w) pairs in domain order)
         #: if it has one: cheaper than ``read`` on every sample.
         rv = getattr(sensor, "read_values", None)
         self.read_values = rv if callable(rv) else None
-        #: Sensors that compute in-process and cannot block (``nonblocking = True``: the replay
-        #: sensor, the cpu-model estimate) are read on the sampler thread itself (and at window
-        #: edges on the caller's thread); hardware sensors get a reader thread so that a hung
-        #: driver call never stalls the others, nor a window edge.
-        self.inline = bool(getattr(sensor, "nonblocking", False))
+        #: Sensors that compute in-process and cannot block (``nonblocking = True`` with ``sample``
+        #: and ``values_at``: the replay sensor, the cpu-model estimate) are sampled on the sampler
+        #: thread itself (and at window edges on the caller's thread), and their readings worked out
+        #: later by whoever stores them; hardware sensors get a reader thread so that a hung driver
+        #: call never stalls the others, nor a window edge.
+        va = getattr(sensor, "values_at", None)
+        self.inline = bool(getattr(sensor, "nonblocking", False)) and callable(va)
+        self.values_at = va if self.inline else None
+        sample = getattr(sensor, "sample", None) if self.inline else None
+        self.sample = sample if callable(sample) else None
+        #: Readings come as one (energy_j, power_w) pair per domain, in the order of domains().
+        self.tuples = self.inline or self.read_values is not None
         self.wake = threading.Lock()
         self.wake.acquire()
         self.done = threading.Lock()
@@ -882,16 +893,21 @@ class Sampler:
                 self.domain_slot[d.name] = slot
                 slot.series.append((d.name, ds))
             slot.targets = tuple(ds for _, ds in slot.series)
-            slot.indices = tuple(range(len(slot.targets)))  # iterating this allocates nothing, unlike zip()
         self._inline = [s for s in self.slots if s.inline]
         self._readers = [s for s in self.slots if not s.inline]
-        #: Readings the sampler thread took of nonblocking sensors and has not stored yet:
-        #: (tick time, slot, read start, read end, values), in order.  See :meth:`sync`.
-        self._unsynced: deque[tuple] = deque()
-        #: Held while the nonblocking sensors are read, by the sampler thread at a tick or by a
-        #: window edge: their reads never overlap, and neither needs the store lock to read.
-        self._gate = threading.Lock()
-        self._sync_at = SYNC_TICKS * max(1, len(self._inline))  # entries in SYNC_TICKS ticks
+        # What the sampler thread records at each tick and :meth:`sync` stores: tick ``n`` is at
+        # index ``n & _RING_MASK`` of the tick times and of one list of samples per nonblocking
+        # sensor (its ``sample()``, or the exception it raised).  The thread appends, advances
+        # ``_n``, and never overtakes the unstored ticks (it syncs first once SYNC_TICKS of them wait).
+        self._times: list[float] = [0.0] * _RING
+        self._samples: list[list] = [[None] * _RING for _ in self._inline]
+        self._captures = tuple((slot.sample, buf) for slot, buf in zip(self._inline, self._samples)
+                               if slot.sample is not None)
+        self._n = 0  # ticks recorded
+        self._synced = 0  # ticks stored
+        #: Time of the last nonblocking readings stored (by sync() or an edge): older ones are late.
+        self._inline_t = -_INF
+        self._stop_t = _INF  # clock time of stop(): ticks recorded after it are dropped
         self._stopped = True
         #: Dither the tick times only where a counter updates slowly (PhaseLock needs varied phases).
         self._dither = any(ds.stale for ds in self.series.values())
@@ -901,12 +917,16 @@ class Sampler:
         self._probe_s = probe if probe is not None and probe < self.interval_s else None
         self._thread: threading.Thread | None = None
         self._generation = 0
-        self.ticks = 0
         self.started_at: float | None = None
         self._thread_cpu_s: dict[int, float] = {}
         self.tick_errors: deque[str] = deque(maxlen=32)
 
     # -- lifecycle --------------------------------------------------------------------------
+    @property
+    def ticks(self) -> int:
+        """Ticks taken so far (all starts together)."""
+        return self._n
+
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and not self._stopped
@@ -919,6 +939,7 @@ class Sampler:
             self._generation += 1
             gen = self._generation
             self._stopped = False
+            self._stop_t = _INF
         now = self.clock()
         if self.started_at is None:
             self.started_at = now
@@ -943,14 +964,14 @@ class Sampler:
     def stop(self, timeout_s: float = 1.0) -> None:
         """Stop sampling.  Idempotent, and prompt even if a sensor hangs.
 
-        No tick reading lands after this returns.  The sampler thread itself sleeps
+        No tick taken after this is called lands.  The sampler thread itself sleeps
         uninterruptibly between ticks (the cheapest wait there is) and exits when it next
         wakes, within one interval; idle reader threads are woken and joined (up to
         ``timeout_s``, at most 50 ms); a reader stuck in a hung read is left behind (a daemon).
         """
-        with self._gate:  # a tick in progress finishes first; the next one sees the flag
-            self._stopped = True
         with self.lock:
+            self._stopped = True
+            self._stop_t = self.clock()
             self.sync()
         deadline = time.monotonic() + timeout_s
         idle = []
@@ -978,7 +999,7 @@ class Sampler:
             reason = f"raised: {type(error).__name__}: {error}"[:200]
         elif t1 - t0 > self.hang_timeout_s:
             reason = f"hung: read took {t1 - t0:.2f} s"
-        elif slot.read_values is not None:
+        elif slot.tuples:
             if isinstance(result, tuple) and len(result) == len(slot.targets):
                 for s, r in zip(slot.targets, result):
                     if r is None:
@@ -1005,31 +1026,46 @@ class Sampler:
         rv = slot.read_values
         return rv() if rv is not None else slot.sensor.read()
 
-    def _edge_inline(self) -> None:
-        """Read the nonblocking sensors on this thread for a window edge, then store the readings.
+    def _store_inline(self, slot: _SensorSlot, t: float, sample) -> None:
+        """Work out and store a nonblocking sensor's reading at ``t`` from its ``sample`` there.
+        Caller holds the store lock, and calls in time order."""
+        if isinstance(sample, BaseException):
+            self._ingest(slot, None, sample, t, t)
+            return
+        try:
+            values = slot.values_at(t, sample)
+        except Exception as exc:  # any failure of a sensor is recorded as a gap, never hidden
+            values, error = None, exc
+        else:
+            error = None
+        self._ingest(slot, values, error, t, t)
 
-        The reads come first (an edge is *now*: storing the sampler's pending batch first would
-        put a millisecond or two between the edge and its reads), then the pending batch, then
-        these readings, in time order.
+    def _edge_inline(self) -> None:
+        """Sample the nonblocking sensors on this thread for a window edge, then store the readings.
+
+        The samples come first (an edge is *now*: storing the sampler's pending ticks first would
+        put a millisecond between the edge and its samples), then the pending ticks, then these
+        readings.  Readings are stored in time order only: of two edges on two threads, the later
+        one's readings stand for both (the series interpolates the earlier one's instant).
         """
-        clock = self.clock
+        t = self.clock()
         taken = []
-        with self._gate:  # no tick reads these sensors meanwhile
-            t0 = clock()
-            for slot in self._inline:
-                rv = slot.read_values
+        for slot in self._inline:
+            fn = slot.sample
+            if fn is None:
+                x = None
+            else:
                 try:
-                    values = rv() if rv is not None else slot.sensor.read()
-                    error = None
-                except Exception as exc:  # any failure of a sensor is recorded as a gap, never hidden
-                    values, error = None, exc
-                t1 = clock()
-                taken.append((slot, values, error, t0, t1))
-                t0 = t1
-            with self.lock:
-                self.sync()
-                for slot, values, error, a, b in taken:
-                    self._ingest(slot, values, error, a, b)
+                    x = fn()
+                except Exception as exc:  # recorded as a gap when stored
+                    x = exc
+            taken.append((slot, x))
+        with self.lock:
+            self.sync()
+            if t > self._inline_t:
+                self._inline_t = t
+                for slot, x in taken:
+                    self._store_inline(slot, t, x)
 
     def _read_blocking(self, slot: _SensorSlot, gen: int, tick: bool) -> None:
         """Read a blocking sensor (on its reader thread) and store it unless the sampler moved on."""
@@ -1179,7 +1215,9 @@ class Sampler:
         probe_left = PROBE_TICKS if probe_s is not None else 0
         ident = threading.get_ident()
         sleep, monotonic, thread_time = time.sleep, time.monotonic, time.thread_time
-        tick = self._tick
+        clock = self.clock
+        readers = self._readers
+        times, captures = self._times, self._captures
         k = 0
         g_prev = 0.0
         overhead = 0.0
@@ -1197,62 +1235,36 @@ class Sampler:
                 want = interval
             nap = want - overhead if want > overhead else 0.0
             sleep(nap)
-            if not tick(gen):
+            # The tick.  It runs ten times a second for as long as the kernel lives, and a wake-up
+            # finds the CPU's caches cold, so every kind of operation it does costs
+            # (bench/sampler_overhead.py): it records the time and each nonblocking sensor's
+            # sample() in preallocated lists, dispatches the blocking sensors' reads, and leaves
+            # what the samples mean (series, gaps, the on_tick hook) to sync(), every SYNC_TICKS
+            # ticks or as soon as anyone looks.  No lock and no allocation of its own.
+            if self._stopped or gen != self._generation:
                 self._thread_cpu_s[ident] = thread_time()
                 return
+            now = clock()
+            if readers:
+                self._dispatch_readers(now)
+            n = self._n
+            i = n & _RING_MASK
+            times[i] = now
+            for fn, buf in captures:
+                try:
+                    buf[i] = fn()
+                except Exception as exc:  # any failure of a sensor is recorded as a gap, never hidden
+                    buf[i] = exc
+            self._n = n = n + 1
+            if n - self._synced >= SYNC_TICKS:
+                with self.lock:
+                    self.sync()
+                self._thread_cpu_s[ident] = thread_time()
             t = monotonic()
             late = t - t_prev - nap
             if late < interval:  # (a longer stall is not overhead: missed ticks are skipped, not burst)
                 overhead += 0.125 * (late - overhead)
             t_prev = t
-            if k & 7 == 0:
-                self._thread_cpu_s[ident] = thread_time()
-
-    def _tick(self, gen: int) -> bool:
-        """One sample of every sensor; False once this sampler generation is stopped.
-
-        This runs ten times a second for as long as the kernel lives, so it does the least it
-        can: it dispatches the blocking sensors' reads and reads the nonblocking sensors, but
-        leaves what their readings mean (series, gaps, the ``on_tick`` hook) to :meth:`sync`,
-        every :data:`SYNC_TICKS` ticks or as soon as anyone looks; and it takes the store lock
-        only then.  Batches of readings cost far less CPU than single readings stored at cold
-        wake-ups, and so does a tick without the store lock.
-        """
-        gate = self._gate
-        if not gate.acquire(False):
-            return True  # a window edge is reading the sensors this very moment: that reading stands
-        try:
-            if self._stopped or gen != self._generation:
-                return False
-            clock = self.clock
-            now = clock()
-            self.ticks += 1
-            if self._readers:
-                self._dispatch_readers(now)
-            unsynced = self._unsynced
-            t0 = now
-            for slot in self._inline:
-                rv = slot.read_values
-                try:
-                    values = rv() if rv is not None else slot.sensor.read()
-                except Exception as exc:  # any failure of a sensor is recorded as a gap, never hidden
-                    t1 = clock()
-                    with self.lock:
-                        self.sync()
-                        self._ingest(slot, None, exc, t0, t1)
-                    t0 = t1
-                    continue
-                t1 = clock()
-                unsynced.append((now, slot, t0, t1, values))
-                t0 = t1
-            if not self._inline:
-                unsynced.append((now, None, now, now, None))  # a tick with nothing to store: still a tick
-            if len(unsynced) >= self._sync_at:
-                with self.lock:
-                    self.sync()
-        finally:
-            gate.release()
-        return True
 
     def _dispatch_readers(self, now: float) -> None:
         """Start a read on every idle blocking sensor; mark the ones in flight too long as hung."""
@@ -1271,35 +1283,39 @@ class Sampler:
                         s.bad(now, f"hung: read in flight > {self.hang_timeout_s:.2f} s")
 
     def sync(self) -> None:
-        """Store the readings the sampler thread has taken but not stored yet, tick by tick, and
-        run the ``on_tick`` hook after each tick's readings, as if it had happened then.
+        """Store the ticks the sampler thread has recorded but not stored yet, in order: each
+        nonblocking sensor's reading worked out from its sample, then the ``on_tick`` hook, as if
+        it had happened then.
 
         Caller holds the store lock.  Everything that reads the series calls this first (window
         edges, :class:`~ipython_energy.meter.Meter` queries, :meth:`stop`), so nobody sees them
-        behind by more than the reads in flight.
+        behind by more than the reads in flight.  A tick recorded before a window edge's readings
+        but counted after them is late and dropped, as is one taken after :meth:`stop`.
         """
-        unsynced = self._unsynced
-        if not unsynced:
+        n = self._n  # (the sampler thread may record more meanwhile; they wait for the next sync)
+        k = self._synced
+        if k == n:
             return
         hook = self.on_tick
-        ingest = self._ingest
-        pop = unsynced.popleft  # (the sampler thread may append meanwhile: popleft and append are atomic)
-        now = None
-        while unsynced:
-            tick_t, slot, t0, t1, values = pop()
-            if hook is not None and now is not None and tick_t != now:
-                hook(now)  # the previous tick's readings are all stored
-            now = tick_t
-            if slot is not None:
-                ingest(slot, values, None, t0, t1)
-        if now is None:
-            return
-        if hook is not None:
-            hook(now)
-        t = now
+        times = self._times
+        inline = tuple(zip(self._inline, self._samples))
+        last, stop_t = self._inline_t, self._stop_t
+        while k < n:
+            i = k & _RING_MASK
+            k += 1
+            t = times[i]
+            if t <= last or t > stop_t:
+                continue
+            last = t
+            for slot, samples in inline:
+                self._store_inline(slot, t, samples[i])
+            if hook is not None:
+                hook(t)
+        self._synced = n
+        self._inline_t = last
         for slot in self._inline:
-            if t - slot.state_t >= STATE_INTERVAL_S:
-                self._refresh_state(slot, t)
+            if last - slot.state_t >= STATE_INTERVAL_S:
+                self._refresh_state(slot, last)
 
     # -- queries ----------------------------------------------------------------------------
     @property

@@ -462,3 +462,115 @@ def test_recent_power_with_many_points_inside_one_update_is_not_the_buffer_avera
         t, e = t + 50e-6, e + 100.0 * 50e-6
         fresh.ingest(t, DomainReading(energy_j=e))
     assert fresh.recent_power_w() == pytest.approx(100.0, rel=1e-6)
+
+
+class InProcessSensor:
+    """A nonblocking sensor at the seam: a fresh counter at ``watts`` on the sampler's clock, whose
+    ``sample()`` (taken on the sampler thread) or ``values_at()`` (worked out when the ticks are
+    stored) raises while ``mode`` says so."""
+
+    name = "in-process"
+    nonblocking = True
+
+    def __init__(self, domain="cpu", watts=40.0):
+        self.domain = domain
+        self.watts = watts
+        self.mode = "ok"
+        self.calls: list[float] = []
+
+    def sample(self):
+        if self.mode == "sample-raises":
+            raise OSError(5, "Input/output error")
+        return self.mode
+
+    def values_at(self, t, sample):
+        if sample == "values-raise":
+            raise ValueError("cannot work it out")
+        self.calls.append(t)
+        return ((t * self.watts, self.watts),)
+
+    def domains(self):
+        return [DomainInfo(self.domain, "cpu", "counter", "in-process", update_period_s=0.0)]
+
+    def read(self):
+        raise AssertionError("the sampler samples a nonblocking sensor; it never calls read()")
+
+    def state(self):
+        return {}
+
+    def close(self):
+        pass
+
+
+def synced(s: Sampler):
+    with s.lock:
+        s.sync()
+    return s
+
+
+@pytest.mark.parametrize("mode,reason", [
+    ("sample-raises", "raised: OSError"), ("values-raise", "raised: ValueError: cannot work it out")])
+def test_failing_in_process_sensor_leaves_a_gap_and_the_others_go_on(mode, reason):
+    sen = InProcessSensor()
+    s = Sampler([sen, steady()], interval_s=0.01)
+    s.start()
+    try:
+        assert wait_for(lambda: len(synced(s).series["cpu"].points) >= 3)
+        sen.mode = mode
+        assert wait_for(lambda: synced(s).series["cpu"].gap_open is not None)
+        assert s.series["cpu"].gap_open[1].startswith(reason)
+        n = len(s.series["gpu0"].points)
+        assert wait_for(lambda: len(synced(s).series["gpu0"].points) > n + 5)  # the other one goes on
+        sen.mode = "ok"
+        assert wait_for(lambda: synced(s).series["cpu"].gap_open is None)
+    finally:
+        s.stop()
+    assert [r for _, _, _, r in s.series["cpu"].gaps][0].startswith(reason)
+    assert s.series["gpu0"].gap_open is None and not s.series["gpu0"].gaps
+    assert s.threads() == [s._thread]  # both were sampled on the sampler thread: no reader threads
+
+
+def test_nonblocking_sensor_without_values_at_is_read_on_a_reader_thread():
+    sen = ScriptedSensor("x")
+    sen.nonblocking = True  # says so, but offers no sample/values_at: treated as blocking
+    s = Sampler([sen], interval_s=0.02)
+    s.start()
+    try:
+        assert wait_for(lambda: sen.reads >= 3)
+        assert any(t.name.endswith("-read-scripted") for t in s.threads())
+    finally:
+        s.stop()
+
+
+def test_edges_on_two_threads_and_ticks_store_readings_in_time_order():
+    # Ticks every millisecond and two threads taking window edges as fast as they can: samples
+    # are recorded on three threads and stored by whichever syncs, so late ones must be dropped,
+    # never stored out of order (a counter's arithmetic depends on the order).
+    sen = InProcessSensor(watts=40.0)
+    rep = steady(watts=200.0)
+    s = Sampler([sen, rep], interval_s=0.001)
+    s.start()
+    stop = threading.Event()
+
+    def edges():
+        while not stop.is_set():
+            s.edge_read()
+
+    threads = [threading.Thread(target=edges) for _ in range(2)]
+    for th in threads:
+        th.start()
+    time.sleep(0.5)
+    stop.set()
+    for th in threads:
+        th.join()
+    s.stop()
+    assert s.ticks > 100
+    assert sen.calls == sorted(sen.calls) and len(set(sen.calls)) == len(sen.calls)
+    for name, watts in (("cpu", 40.0), ("gpu0", 200.0)):
+        pts = list(s.series[name].points)
+        assert len(pts) > 100
+        times = [p[0] for p in pts]
+        assert all(b > a for a, b in zip(times, times[1:]))
+        (t0, e0, _, _), (t1, e1, _, _) = pts[0], pts[-1]
+        assert (e1 - e0) / (t1 - t0) == pytest.approx(watts, rel=1e-3)
+        assert not s.series[name].gaps

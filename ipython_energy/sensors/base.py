@@ -95,6 +95,21 @@ class Sensor(Protocol):
     #
     # The sampler calls it instead of read() when a sensor has it (ten times a second, the
     # allocations of read() are a good part of the sampler's cost); read() stays the reference.
+    #
+    # Optional, for sensors that compute in-process and never block (the cpu-model estimate,
+    # replay), which then say ``nonblocking = True`` and have both of:
+    #
+    #     sample: Callable[[], object] | None
+    #         """A cheap, thread-safe call (a C function such as time.process_time) whose result
+    #         is all the sensor needs to know about a moment; None if the clock is enough."""
+    #
+    #     def values_at(self, t: float, sample: object) -> tuple[tuple[float | None, float | None], ...]:
+    #         """The read_values() reading as of sampler clock time ``t``, when ``sample()``
+    #         returned ``sample``.  Called in time order, one call at a time."""
+    #
+    # The sampler thread then only records ``sample()`` and the time at each tick, and the
+    # sensor's arithmetic runs later, in batches (Sampler.sync).  Any other sensor is read by
+    # a reader thread of its own.
 
     def state(self) -> dict[str, str]:
         """Volatile facts worth recording at window start (e.g. temperature)."""

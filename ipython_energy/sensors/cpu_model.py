@@ -111,6 +111,9 @@ class CpuModelSensor:
             raise ValueError("cpu-model needs 0 <= idle_w_per_cpu <= active_w_per_cpu")
         self._clock = clock
         self._cpu_time = cpu_time
+        #: What the sampler records at every tick (the process's CPU seconds: one cheap call) and
+        #: hands to :meth:`values_at` later; the arithmetic waits for that.
+        self.sample = cpu_time
         # power_for() unrolled for read(), which runs on every sample
         self._n_cpus_f = float(self.n_cpus)
         self._idle_total_w = self.n_cpus * self.idle_w_per_cpu
@@ -149,13 +152,16 @@ class CpuModelSensor:
         return readings(self.domains(), self.read_values())
 
     def read_values(self) -> tuple[tuple[float, float]]:
-        """Integrate the model up to now: ``((energy_j, power_w),)``.
+        """Integrate the model up to now: ``((energy_j, power_w),)``."""
+        return self.values_at(self._clock(), self._cpu_time())
 
-        Not safe to call from two threads at once (the sampler never does: it serializes the
-        reads of each sensor).
+    def values_at(self, t: float, cpu: float) -> tuple[tuple[float, float]]:
+        """Integrate the model up to clock time ``t``, when the process had used ``cpu`` CPU
+        seconds (what :attr:`sample` returned then): ``((energy_j, power_w),)``.
+
+        The sampler records ``sample()`` at every tick and calls this later, in time order, from
+        one thread at a time; so does :meth:`read_values`.  Not safe from two threads at once.
         """
-        t = self._clock()
-        cpu = self._cpu_time()
         dt = t - self._t
         if dt > 0:
             busy = (cpu - self._cpu) / dt

@@ -258,6 +258,9 @@ class ReplaySensor:
             raise ValueError("report_energy and report_power cannot both be False")
         self.trace = trace
         self._clock = clock
+        #: What the sampler records at every tick and hands to :meth:`values_at` later: the
+        #: sensor's own clock, so the trace is looked up off the sampler thread.
+        self.sample = clock
         self.update_period_s = float(update_period_s)
         self.phase_s = float(phase_s) % self.update_period_s if self.update_period_s > 0 else 0.0
         self.averaging_s = float(averaging_s)
@@ -324,7 +327,12 @@ class ReplaySensor:
 
     def read_values(self) -> tuple[tuple[float | None, float | None], ...]:
         """One ``(energy_j, power_w)`` pair per domain, in the order of :meth:`domains`."""
-        x = self.trace_time(self._clock())
+        return self.values_at(None, self._clock())
+
+    def values_at(self, t: float | None, clock_s: float) -> tuple[tuple[float | None, float | None], ...]:
+        """The reading at ``clock_s`` on the sensor's clock (what :attr:`sample` returned; ``t``,
+        the sampler's time of it, is the same clock and not needed)."""
+        x = self.trace_time(clock_s)
         loop = self.loop
         if self._plain:  # fresh energy and instantaneous power: one lookup per column
             if len(self._columns) == 1:
