@@ -25,7 +25,12 @@ With ``--rounds N`` every configuration runs N times, interleaved round by round
 load drifts; interleaving spreads it over all configurations), each round's baseline is subtracted
 from that round's runs, and the table shows medians with the min-max range across rounds.
 
+``--compare DIR`` also runs every ``ours-*`` configuration from the ``ipython_energy`` of another
+checkout (an earlier commit in a ``git worktree``), as ``ours-*@compared``, in the same interleaved
+rounds: two versions of the sampler measured side by side, under the same machine state.
+
 Run:  python bench/sampler_overhead.py [--seconds 30] [--rounds 3] [--markdown] [--only ours-cpu-model,mlflow-1s]
+                                       [--compare DIR]
 """
 
 from __future__ import annotations
@@ -45,8 +50,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ["baseline", "floor-10hz", "floor-10hz-lock", "ours-cpu-model", "ours-replay", "ours-both", "mlflow-1s", "mlflow-10s", "codecarbon-15s"]
 
 
-def _child(config: str, seconds: float) -> dict:
-    sys.path.insert(0, str(ROOT))
+def _child(config: str, seconds: float, root: Path = ROOT) -> dict:
+    sys.path.insert(0, str(root))
     tmp = tempfile.mkdtemp(prefix="overhead-")
     stop = None
     extra: dict = {}
@@ -146,6 +151,16 @@ def _child(config: str, seconds: float) -> dict:
     return {"config": config, "cpu_s": c1 - c0, "wall_s": t1 - t0, **extra}
 
 
+def _commit(root: Path) -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "ipython_energy"],
+                               capture_output=True, text=True).stdout.strip()
+        return out.stdout.strip() + (" + uncommitted changes" if dirty else "") if out.returncode == 0 else "not git"
+    except OSError:
+        return "unknown"
+
+
 def _median(values: list[float]) -> float:
     values = sorted(values)
     n = len(values)
@@ -158,18 +173,27 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=1, help="runs per configuration, interleaved (default 1)")
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--only", default="", help="comma-separated subset of: " + ", ".join(CONFIGS))
+    ap.add_argument("--compare", metavar="DIR", type=Path, default=None,
+                    help="also run the ours-* configurations from this checkout, side by side")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        print(json.dumps(_child(args.child, args.seconds)))
+        print(json.dumps(_child(args.child, args.seconds, args.root)))
         return 0
     configs = [c for c in CONFIGS if not args.only or c in args.only.split(",") or c == "baseline"]
+    if args.compare is not None:
+        if not (args.compare / "ipython_energy" / "sampler.py").is_file():
+            raise SystemExit(f"--compare: no ipython_energy/sampler.py under {args.compare}")
+        configs += [f"{c}@compared" for c in configs if c.startswith("ours")]
     runs: dict[str, list[dict]] = {c: [] for c in configs}
     for _ in range(max(1, args.rounds)):
         base_pct = None
         for c in configs:
+            name, _, compared = c.partition("@")
+            root = args.compare if compared else ROOT
             proc = subprocess.run(
-                [sys.executable, __file__, "--child", c, "--seconds", str(args.seconds)],
+                [sys.executable, __file__, "--child", name, "--seconds", str(args.seconds), "--root", str(root)],
                 capture_output=True, text=True, timeout=args.seconds + 180,
             )
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -204,6 +228,9 @@ def main(argv=None) -> int:
     rounds = f", median of {args.rounds} interleaved rounds [min–max]" if args.rounds > 1 else ""
     print(f"# sampler overhead: {args.seconds:g} s per configuration, each in its own process{rounds}; {when}, "
           f"{platform.node()}, {os.cpu_count()} CPUs, Python {platform.python_version()}\n")
+    if args.compare is not None:
+        print(f"# @compared: the ipython_energy of {args.compare} ({_commit(args.compare)}); "
+              f"the others: {ROOT} ({_commit(ROOT)})\n")
     if args.markdown:
         print("| " + " | ".join(head) + " |")
         print("|---|" + "---:|" * (len(head) - 1))
