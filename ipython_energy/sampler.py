@@ -1259,6 +1259,7 @@ class Sampler:
             if n - self._synced >= SYNC_TICKS:
                 with self.lock:
                     self.sync()
+            if not n & 31:
                 self._thread_cpu_s[ident] = thread_time()
             t = monotonic()
             late = t - t_prev - nap
