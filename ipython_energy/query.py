@@ -457,6 +457,22 @@ def _row_key(row: Mapping[str, Any]) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in row.items()))
 
 
+
+def mlflow_client_class():
+    """``mlflow.tracking.MlflowClient``, imported from the top of the package.
+
+    Our MLflow imports run on background threads (the writer, the server's pool) while the user
+    may be running ``import mlflow`` in a cell.  ``from mlflow.tracking import ...`` first takes
+    the import lock of ``mlflow.tracking``, then waits for the package; if the user's thread is
+    initializing the package at that moment, it next needs ``mlflow.tracking`` and Python breaks
+    the deadlock by handing it a partially initialized module: an ``ImportError`` in the user's
+    cell.  ``import mlflow`` first holds no lock while it waits, so the two imports only queue.
+    """
+    import mlflow  # noqa: F401  (the package first: see above)
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient
+
 @dataclass
 class _RunSet:
     """Runs matching one base filter, kept current by incremental searches.
@@ -503,9 +519,7 @@ class SourceReader:
     @property
     def client(self):
         if self._client is None:
-            from mlflow.tracking import MlflowClient
-
-            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+            self._client = mlflow_client_class()(tracking_uri=self.tracking_uri)
         return self._client
 
     def _search(self, experiment_id: str, filter_string: str) -> list:

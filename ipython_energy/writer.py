@@ -506,7 +506,9 @@ class Backend:
     """MLflow operations for one (tracking URI, experiment), imported lazily in the writer thread."""
 
     def __init__(self, tracking_uri: str, experiment: str):
-        from mlflow.tracking import MlflowClient  # the slow import happens here, off the cell's path
+        from .query import mlflow_client_class
+
+        client_class = mlflow_client_class()  # the slow import happens here, off the cell's path
 
         # MLflow announces creating a new sqlite store's tables at INFO; from this thread that
         # text would land in whatever cell is running.
@@ -519,7 +521,7 @@ class Backend:
         # Two kernels that create a new sqlite store at once race in MLflow's schema migration;
         # the first touch of a store is serialised across this host's processes.
         with _host_lock(f"store|{tracking_uri}"):
-            self.client = MlflowClient(tracking_uri=tracking_uri)
+            self.client = client_class(tracking_uri=tracking_uri)
             self.client.search_experiments(max_results=1)
         self._experiment_id: str | None = None
         self.run_ids: dict[str, str] = {}

@@ -2,6 +2,7 @@
 
 import math
 import time
+from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
@@ -260,3 +261,74 @@ def test_two_writers_racing_on_one_sweep_end_with_the_complete_total(energy_home
     assert sorted(int(c.data.tags["energy.run_index"]) for c in children) == list(range(1, 17))
     for writer in writers:
         writer.close()
+
+
+# Fresh interpreters (MLflow must not be imported yet).  The user's thread starts `import mlflow`
+# and the writer's first import (mlflow_client_class, what Backend calls) starts while it runs.
+IMPORT_RACE = r"""
+import sys, threading, time
+from ipython_energy.query import mlflow_client_class
+errors = []
+def writer_side():
+    time.sleep(float(sys.argv[1]))
+    try:
+        mlflow_client_class()
+    except Exception as exc:
+        errors.append(repr(exc))
+th = threading.Thread(target=writer_side)
+th.start()
+try:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+    print("USER ok")
+except Exception as exc:
+    print("USER failed", repr(exc)[:300])
+th.join()
+print("WRITER", "ok" if not errors else errors)
+"""
+
+# The same in a real IPython shell, as a notebook with autolog on runs it: the cell's begin event
+# wakes the writer, whose first MLflow import may overlap the cell's own `import mlflow` (timing decides;
+# the check above forces the overlap). The cell must run, and its measurement reach MLflow.
+AUTOLOG_IMPORT = r"""
+import sys
+from IPython.testing.globalipapp import start_ipython
+ip = start_ipython()
+ip.run_cell("%load_ext ipython_energy")
+ip.run_cell("%energy autolog on")
+r = ip.run_cell("import mlflow")
+print("USER-CELL", "failed" if r.error_in_exec is not None else "ok", repr(r.error_in_exec)[:300])
+ip.run_cell("%energy flush")
+from mlflow.tracking import MlflowClient
+client = MlflowClient(sys.argv[1])
+print("RUNS", len(client.search_runs([e.experiment_id for e in client.search_experiments()])))
+"""
+
+
+def _fresh_python(script, *args, cwd, **env_extra):
+    import os
+    import subprocess
+    import sys
+
+    root = str(Path(__file__).resolve().parents[1])
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "PYTHONPATH": path, "MLFLOW_DISABLE_TELEMETRY": "true", **env_extra}
+    proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env, cwd=cwd,
+                          timeout=180)
+    return proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("writer_delay_s", [0.02, 0.05, 0.1])
+def test_users_import_mlflow_is_not_broken_by_the_writers_first_import(tmp_path, writer_delay_s):
+    # `from mlflow.tracking import ...` first (as the writer did) takes that submodule's import lock
+    # and then waits for the package, which the user's thread is initializing and which next needs
+    # that submodule: Python breaks the cycle by handing the user a partially initialized module,
+    # an ImportError in the user's cell (every time, at each of these delays).
+    out = _fresh_python(IMPORT_RACE, str(writer_delay_s), cwd=tmp_path)
+    assert "USER ok" in out and "WRITER ok" in out, out[-3000:]
+
+
+def test_autolog_cell_that_imports_mlflow_runs_and_is_logged(tmp_path, sqlite_uri, energy_home):
+    out = _fresh_python(AUTOLOG_IMPORT, sqlite_uri, cwd=tmp_path, IPYTHON_ENERGY_TRACKING_URI=sqlite_uri)
+    assert "USER-CELL ok" in out, out[-3000:]
+    assert int(out.split("RUNS ")[1].split()[0]) >= 1, out[-3000:]

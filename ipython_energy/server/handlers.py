@@ -124,7 +124,8 @@ class SidebarState:
     def warm_up(self) -> None:
         """Import mlflow and altair in the pool so the first sidebar request is not slow."""
         import altair  # noqa: F401
-        import mlflow.tracking  # noqa: F401
+
+        query.mlflow_client_class()
 
 
 class EnergyHandler(APIHandler):
