@@ -457,7 +457,6 @@ def _row_key(row: Mapping[str, Any]) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in row.items()))
 
 
-
 def mlflow_client_class():
     """``mlflow.tracking.MlflowClient``, imported from the top of the package.
 
@@ -472,6 +471,7 @@ def mlflow_client_class():
     from mlflow.tracking import MlflowClient
 
     return MlflowClient
+
 
 @dataclass
 class _RunSet:

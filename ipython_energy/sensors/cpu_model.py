@@ -90,7 +90,8 @@ class CpuModelSensor:
 
     Args:
         options: Model parameters (:class:`CpuModelOptions` or a mapping of its fields).
-        clock: Monotonic clock (seconds).
+        clock: Monotonic clock (seconds); the sampler's, when a sampler reads the sensor (it
+            passes its own tick times to :meth:`values_at`).
         cpu_time: Process CPU seconds, all threads (default :func:`time.process_time`).
     """
 

@@ -259,7 +259,7 @@ class ReplaySensor:
         self.trace = trace
         self._clock = clock
         #: What the sampler records at every tick and hands to :meth:`values_at` later: the
-        #: sensor's own clock, so the trace is looked up off the sampler thread.
+        #: sensor's own clock; the trace lookup waits for the batch (Sampler.sync).
         self.sample = clock
         self.update_period_s = float(update_period_s)
         self.phase_s = float(phase_s) % self.update_period_s if self.update_period_s > 0 else 0.0
