@@ -17,9 +17,9 @@ interpolated, plus the domain's gaps.
 Each hardware sensor is read by its own small reader thread, dispatched by the
 sampler thread on every tick (sensors that only compute in-process and declare
 ``nonblocking = True``, such as the replay sensor and the cpu-model estimate, are
-sampled on the sampler thread itself: see the protocol in :mod:`.sensors.base`); a sensor whose previous read is still in flight is not
-dispatched again, and once it has been in flight longer than ``hang_timeout_s``
-its domains get a ``hung`` gap.  A hung sensor therefore never stalls the others,
+sampled on the sampler thread itself: see the protocol in :mod:`.sensors.base`); a sensor
+whose previous read is still in flight is not dispatched again, and once it has been in
+flight longer than ``hang_timeout_s`` its domains get a ``hung`` gap.  A hung sensor therefore never stalls the others,
 and :meth:`Sampler.stop` returns promptly.  Readings that raise, are NaN or
 negative, or make a counter go backwards become gaps too.
 
@@ -901,8 +901,8 @@ class Sampler:
         # ``_n``, and never overtakes the unstored ticks (it syncs first once SYNC_TICKS of them wait).
         self._times: list[float] = [0.0] * _RING
         self._samples: list[list] = [[None] * _RING for _ in self._inline]
-        self._captures = tuple((slot.sample, buf) for slot, buf in zip(self._inline, self._samples)
-                               if slot.sample is not None)
+        self._inline_samples = tuple(zip(self._inline, self._samples))  # what sync() goes through
+        self._captures = tuple((slot.sample, buf) for slot, buf in self._inline_samples if slot.sample is not None)
         self._n = 0  # ticks recorded
         self._synced = 0  # ticks stored
         #: Time of the last nonblocking readings stored (by sync() or an edge): older ones are late.
@@ -1299,7 +1299,7 @@ class Sampler:
             return
         hook = self.on_tick
         times = self._times
-        inline = tuple(zip(self._inline, self._samples))
+        inline = self._inline_samples
         last, stop_t = self._inline_t, self._stop_t
         while k < n:
             i = k & _RING_MASK
