@@ -440,7 +440,8 @@ class DomainSeries:
             tau = lock.last_update(t)
             if pts:
                 t_last = pts[-1][0]
-                if not moved and lock.last_update(t_lo - lock.uncertainty_s - SAME_UPDATE_MARGIN * period) <= t_last + 0.5 * period:
+                read_began = t_lo - lock.uncertainty_s - SAME_UPDATE_MARGIN * period
+                if not moved and lock.last_update(read_began) <= t_last + 0.5 * period:
                     # an unmoved read that may have sampled the counter before the estimated update
                     # (the read began within the estimate's uncertainty of it, or a driver call took
                     # milliseconds): the same update as the last point, not a flat step, which
