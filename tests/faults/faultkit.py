@@ -15,6 +15,7 @@ from typing import Iterable
 
 from ipython_energy.sensors.base import DomainInfo, DomainReading
 from ipython_energy.sensors.replay import ReplaySensor, ReplayTrace
+from read_log import ReadLog  # tests/sensors, on the path (conftest.py)
 
 OUTAGE_WARNING = re.compile(r"ipython-energy: (MLflow at .* is not answering|cannot write the local spool)")
 RECOVERY_NOTE = "ipython-energy: MLflow is answering again"
@@ -99,7 +100,8 @@ class Misbehaving:
     (negative energy), ``low_once`` (one read lower than the counter, then ``ok`` again),
     ``low`` (reads at half the counter) or ``zero`` (reads 0 J) until set back to ``ok``.
     :meth:`reset_now` restarts the counter from 0 (it keeps counting from there).  The counter
-    starts at ``base_j``; the true counter (``true_j``) never stops.
+    starts at ``base_j``; the true counter (``true_j``) never stops.  ``log`` records every read
+    and whether it was good (mode ``ok``).
     """
 
     name = "misbehaving"
@@ -116,6 +118,7 @@ class Misbehaving:
         self.release = threading.Event()
         self.reads = 0
         self.hanging = 0
+        self.log = ReadLog(clock)
 
     def true_j(self, t: float | None = None) -> float:
         t = self.clock() if t is None else t
@@ -127,6 +130,7 @@ class Misbehaving:
     def read(self):
         self.reads += 1
         mode = self.mode
+        self.log.add(mode == "ok")
         if mode == "raise":
             raise OSError(5, "Input/output error")
         if mode == "hang":
