@@ -101,8 +101,9 @@ def _sweep_skeleton(title: str, width: Any, height: int):
               scale=alt.Scale(nice=False, zero=False))
     color = alt.Color("status:N", title=None,
                       scale=alt.Scale(domain=list(STATUS_COLORS), range=list(STATUS_COLORS.values())),
-                      legend=alt.Legend(orient="bottom", direction="horizontal", columns=4, symbolSize=60,
-                                        labelFontSize=10, columnPadding=6, symbolType="square"))
+                      # two columns: four in a row do not fit the sidebar's default width
+                      legend=alt.Legend(orient="bottom", direction="horizontal", columns=2, symbolSize=60,
+                                        labelFontSize=10, columnPadding=10, symbolType="square"))
     tooltip = [
         alt.Tooltip("index:Q", title="run #"),
         alt.Tooltip("name:N", title="run"),

@@ -23,6 +23,18 @@ def hover_bar(page, n: int) -> None:
     page.mouse.move(box["x"] + 2, box["y"] + box["height"] - 2)
 
 
+def legend_labels_past_the_panel(panel) -> list[tuple[str, float]]:
+    """The sweep chart's legend labels, each with how far (px) it reaches past the panel's right edge."""
+    edge = panel.bounding_box()
+    edge = edge["x"] + edge["width"]
+    labels = panel.locator(".jp-EnergyPanel-sweepChart .role-legend-label text")
+    out = []
+    for i in range(labels.count()):
+        box = labels.nth(i).bounding_box()
+        out.append((labels.nth(i).text_content(), box["x"] + box["width"] - edge))
+    return out
+
+
 def client_for(lab):
     from mlflow.tracking import MlflowClient
 
@@ -67,6 +79,7 @@ def test_bars_appear_and_total_rises_while_a_sweep_is_logged(lab, page):
         panel.locator(".jp-EnergyPanel-sweepTitle .jp-EnergyPanel-finished").wait_for(timeout=15_000)
         final_total = energy_value(total.inner_text())
         shoot(page, panel, "a-sweep-done")
+        legend = legend_labels_past_the_panel(panel)
     finally:
         if writer.poll() is None:
             writer.kill()
@@ -77,6 +90,9 @@ def test_bars_appear_and_total_rises_while_a_sweep_is_logged(lab, page):
     assert live_seen, "a running run's live energy was never shown"
     # 5 runs of 400, 440, 480, 400, 440 J
     assert final_total == pytest.approx(2160.0, rel=0.01)
+    # the status legend is readable whole at the sidebar's default width (nothing clipped)
+    assert [name for name, _ in legend] == ["running", "finished", "failed", "killed"]
+    assert not [name for name, past in legend if past > 0.5], legend
     assert not page.problems, page.problems
 
 
