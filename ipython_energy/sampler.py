@@ -17,11 +17,11 @@ interpolated, plus the domain's gaps.
 Each hardware sensor is read by its own small reader thread, dispatched by the
 sampler thread on every tick (sensors that only compute in-process and declare
 ``nonblocking = True``, such as the replay sensor and the cpu-model estimate, are
-sampled on the sampler thread itself: see the protocol in :mod:`.sensors.base`); a sensor
-whose previous read is still in flight is not dispatched again, and once it has been in
-flight longer than ``hang_timeout_s`` its domains get a ``hung`` gap.  A hung sensor therefore never stalls the others,
-and :meth:`Sampler.stop` returns promptly.  Readings that raise, are NaN or
-negative, or make a counter go backwards become gaps too.
+sampled on the sampler thread itself: see the protocol in :mod:`.sensors.base`); a
+sensor whose previous read is still in flight is not dispatched again, and once it has
+been in flight longer than ``hang_timeout_s`` its domains get a ``hung`` gap.  A hung
+sensor therefore never stalls the others, and :meth:`Sampler.stop` returns promptly.
+Readings that raise, are NaN or negative, or make a counter go backwards become gaps too.
 
 Window edges (:meth:`Sampler.edge_read`) sample the nonblocking sensors on the caller's
 thread and hand the blocking ones to their reader threads, waiting a few milliseconds

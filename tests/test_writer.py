@@ -1,6 +1,9 @@
 """The background writer against a real MLflow sqlite store and a real ``mlflow server`` process."""
 
 import math
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -306,10 +309,6 @@ print("RUNS", len(client.search_runs([e.experiment_id for e in client.search_exp
 
 
 def _fresh_python(script, *args, cwd, **env_extra):
-    import os
-    import subprocess
-    import sys
-
     root = str(Path(__file__).resolve().parents[1])
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, "PYTHONPATH": path, "MLFLOW_DISABLE_TELEMETRY": "true", **env_extra}
