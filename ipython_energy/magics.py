@@ -18,8 +18,8 @@ from traitlets import Bool, Float, Unicode
 
 from . import config as cfg
 from .measurement import Measurement, format_energy
-from .tracking import (BudgetExceeded, Run, Tracker, check_name, check_param_key, check_params, check_units,
-                       get_tracker, set_tracker)
+from .tracking import BudgetExceeded, Run, Tracker, get_tracker, set_tracker
+from .validate import check_name, check_param_key, check_params, check_units, status_for
 
 
 def _trait(setting: cfg.Setting):
@@ -187,11 +187,8 @@ class EnergyMagics(Magics):
         status = "FINISHED"
         try:
             return self._execute(cell)
-        except KeyboardInterrupt:
-            status = "KILLED"
-            raise
-        except BaseException:
-            status = "FAILED"
+        except BaseException as exc:
+            status = status_for(type(exc))
             raise
         finally:
             if not owns_run:

@@ -10,10 +10,8 @@ from __future__ import annotations
 import atexit
 import math
 import os
-import re
 import threading
 import time
-import unicodedata
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -21,6 +19,7 @@ from typing import Any, Mapping
 from . import layout
 from .config import Config
 from .measurement import Measurement, format_energy
+from .validate import check_name, check_params, check_units, status_for
 
 
 class EnergyError(RuntimeError):
@@ -33,57 +32,6 @@ class BudgetExceeded(EnergyError):
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def check_name(name: Any, what: str) -> str:
-    if not isinstance(name, str):
-        raise ValueError(f"{what} name must be a string, not {type(name).__name__}")
-    cleaned = name.strip()
-    if not cleaned:
-        raise ValueError(f"{what} name must not be empty")
-    if len(cleaned) > 250:
-        raise ValueError(f"{what} name is too long ({len(cleaned)} characters; at most 250)")
-    if any(unicodedata.category(c) == "Cc" for c in cleaned):
-        raise ValueError(f"{what} name must not contain control characters")
-    return cleaned
-
-
-# MLflow stores param keys made of letters, digits, _ - . : / and spaces, and no path tricks.
-_PARAM_KEY = re.compile(r"^[\w.\- :/]+$")
-
-
-def check_param_key(key: Any) -> str:
-    key = check_name(key, "param")
-    if not _PARAM_KEY.match(key) or ".." in key or key.startswith("/") or "//" in key:
-        raise ValueError(f"param name {key!r} cannot be stored by MLflow: use letters, digits, "
-                         "spaces and _ - . : / (no '..', no leading or double '/')")
-    return key
-
-
-def check_params(params: Mapping[str, Any] | None) -> dict[str, str]:
-    if params is None:
-        return {}
-    if not isinstance(params, Mapping):
-        raise ValueError(f"params must be a mapping of name to value, not {type(params).__name__}")
-    out = {}
-    for key, value in params.items():
-        key = check_param_key(key)
-        text = str(value)
-        if len(text) > 6000:
-            raise ValueError(f"param {key!r} is too long for MLflow ({len(text)} characters; at most 6000)")
-        out[key] = text
-    return out
-
-
-def check_units(n: Any, unit: Any) -> tuple[float, str]:
-    if isinstance(n, bool) or not isinstance(n, (int, float)):
-        raise ValueError(f"units must be a number, not {n!r}")
-    n = float(n)
-    if not math.isfinite(n) or n <= 0:
-        raise ValueError(f"units must be a positive finite number, not {n!r}")
-    if n > 1e18:
-        raise ValueError(f"units {n!r} is implausibly large (at most 1e18)")
-    return n, check_name(unit, "unit")
 
 
 @dataclass
@@ -141,8 +89,7 @@ class Sweep:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        self.tracker.end_sweep(self, status="FINISHED" if exc_type is None else
-                               ("KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"))
+        self.tracker.end_sweep(self, status=status_for(exc_type))
 
 
 @dataclass
@@ -186,10 +133,7 @@ class Run:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        status = "FINISHED"
-        if exc_type is not None:
-            status = "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
-        self.tracker.end_run(self, status)
+        self.tracker.end_run(self, status_for(exc_type))
 
 
 @dataclass

@@ -1,0 +1,70 @@
+"""Checks on what a user hands us (names, params, units) and the one exception-to-status rule.
+
+Every check raises ``ValueError`` with a message that says what is wrong and what is allowed;
+the magic turns it into ``UsageError``. Nothing here imports MLflow or IPython.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from typing import Any, Mapping
+
+
+def status_for(exc_type: type[BaseException] | None) -> str:
+    """The MLflow run status for a block that ended with ``exc_type`` (None: it ended normally)."""
+    if exc_type is None:
+        return "FINISHED"
+    return "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
+
+
+def check_name(name: Any, what: str) -> str:
+    if not isinstance(name, str):
+        raise ValueError(f"{what} name must be a string, not {type(name).__name__}")
+    cleaned = name.strip()
+    if not cleaned:
+        raise ValueError(f"{what} name must not be empty")
+    if len(cleaned) > 250:
+        raise ValueError(f"{what} name is too long ({len(cleaned)} characters; at most 250)")
+    if any(unicodedata.category(c) == "Cc" for c in cleaned):
+        raise ValueError(f"{what} name must not contain control characters")
+    return cleaned
+
+
+# MLflow stores param keys made of letters, digits, _ - . : / and spaces, and no path tricks.
+_PARAM_KEY = re.compile(r"^[\w.\- :/]+$")
+
+
+def check_param_key(key: Any) -> str:
+    key = check_name(key, "param")
+    if not _PARAM_KEY.match(key) or ".." in key or key.startswith("/") or "//" in key:
+        raise ValueError(f"param name {key!r} cannot be stored by MLflow: use letters, digits, "
+                         "spaces and _ - . : / (no '..', no leading or double '/')")
+    return key
+
+
+def check_params(params: Mapping[str, Any] | None) -> dict[str, str]:
+    if params is None:
+        return {}
+    if not isinstance(params, Mapping):
+        raise ValueError(f"params must be a mapping of name to value, not {type(params).__name__}")
+    out = {}
+    for key, value in params.items():
+        key = check_param_key(key)
+        text = str(value)
+        if len(text) > 6000:
+            raise ValueError(f"param {key!r} is too long for MLflow ({len(text)} characters; at most 6000)")
+        out[key] = text
+    return out
+
+
+def check_units(n: Any, unit: Any) -> tuple[float, str]:
+    if isinstance(n, bool) or not isinstance(n, (int, float)):
+        raise ValueError(f"units must be a number, not {n!r}")
+    n = float(n)
+    if not math.isfinite(n) or n <= 0:
+        raise ValueError(f"units must be a positive finite number, not {n!r}")
+    if n > 1e18:
+        raise ValueError(f"units {n!r} is implausibly large (at most 1e18)")
+    return n, check_name(unit, "unit")
