@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import html
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping
+from dataclasses import dataclass, field
+from typing import Mapping
 
 
 @dataclass(frozen=True)
@@ -118,24 +118,6 @@ class Measurement:
             return None
         energy = self.facility_j if self.facility_j is not None else self.energy_j
         return energy / 3.6e6 * self.carbon_g_per_kwh
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["estimated"] = self.estimated
-        d["coverage"] = self.coverage
-        d["facility_j"] = self.facility_j
-        d["co2e_g"] = self.co2e_g
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "Measurement":
-        prov = {
-            k: DomainProvenance(**{**v, "gaps": tuple(Gap(**g) for g in v.get("gaps", ()))})
-            for k, v in d["provenance"].items()
-        }
-        names = {f for f in cls.__dataclass_fields__}
-        kw = {k: v for k, v in d.items() if k in names and k != "provenance"}
-        return cls(provenance=prov, **kw)
 
     # ---- display -------------------------------------------------------------------------
     def summary(self) -> str:

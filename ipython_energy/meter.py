@@ -531,7 +531,3 @@ class Meter:
             self._idle_power_w = self._idle_acc_j / self._idle_acc_s
             self._idle_source = "measured"
 
-
-def meter_from_discovery(discovery, **kwargs) -> Meter:
-    """Build a :class:`Meter` from a :class:`~ipython_energy.sensors.Discovery`."""
-    return Meter(discovery.sensors, notes=discovery.notes, **kwargs)

@@ -87,8 +87,7 @@ class _Column:
         self._i = 0  # segment of the last lookup: reads move forward through the trace
 
     def final_power_w(self) -> float:
-        if self.unit == "w":
-            return self.p[-1]
+        """Power held after the trace's end: its last row's watts, or its last segment's slope."""
         return self.p[-1]
 
     def _energy_within(self, x: float) -> float:
