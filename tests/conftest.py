@@ -8,13 +8,14 @@ from __future__ import annotations
 import gc
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+
+from tests.helpers.net import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,12 +69,6 @@ def flat_trace(tmp_path) -> Path:
 @pytest.fixture
 def sqlite_uri(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class MlflowServer:

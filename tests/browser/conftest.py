@@ -15,7 +15,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,11 +23,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.net import free_port
+from tests.helpers.registry_files import write_kernel_record
+
 ROOT = Path(__file__).resolve().parents[2]
 BUILT = ROOT / "ipython_energy" / "labextension"
 CHROMIUM = os.environ.get("IPYTHON_ENERGY_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = ROOT / "test-artifacts"
-sys.path.insert(0, str(ROOT / "tests" / "server"))
 
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
@@ -45,18 +46,12 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Lab:
     """One ``jupyter lab`` process with its own data, settings, workspace and energy home."""
 
     def __init__(self, base: Path, extra_env: dict[str, str] | None = None):
         self.base = base
-        self.port = _free_port()
+        self.port = free_port()
         self.token = secrets.token_hex(16)
         self.root = base / "root"
         self.home = base / "energy-home"
@@ -122,13 +117,8 @@ class Lab:
     def register_kernel(self, tracking_uri: str, experiment: str, session: str = "k1",
                         pid: int | None = None) -> None:
         """A registration as ``%load_ext ipython_energy`` writes it (docs/metrics.md)."""
-        from ipython_energy.paths import write_json_atomic
-
-        kernels = self.home / "kernels"
-        kernels.mkdir(exist_ok=True, mode=0o700)
-        write_json_atomic(kernels / f"{session}.json", {
-            "session": session, "pid": os.getpid() if pid is None else pid, "tracking_uri": tracking_uri,
-            "experiment_name": experiment, "cwd": str(self.base / "notebooks"), "started_at": time.time()})
+        write_kernel_record(self.home, tracking_uri, experiment, session=session, pid=pid,
+                            cwd=str(self.base / "notebooks"))
 
 
 @pytest.fixture

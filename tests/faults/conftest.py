@@ -4,15 +4,9 @@ misbehaving sensor class from faultkit)."""
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
 import pytest
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "sensors"))  # fake_pynvml
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Helpers shared by the fault tests: MLflow read-back, warning counting, fake sensors at the seam.
+"""Helpers shared by the fault tests: warning counting, fake sensors at the seam, a tracker on them.
 
 Everything here sits either above the product (reading MLflow back, counting what the user saw)
 or exactly at the hardware seam (sensor classes that implement the small Sensor protocol and
@@ -15,7 +15,10 @@ from typing import Iterable
 
 from ipython_energy.sensors.base import DomainInfo, DomainReading
 from ipython_energy.sensors.replay import ReplaySensor, ReplayTrace
-from read_log import ReadLog  # tests/sensors, on the path (conftest.py)
+from tests.helpers.mlflow_readback import assert_sweep_total_exact, history, split_sweep  # noqa: F401  (re-exported)
+from tests.helpers.mlflow_readback import runs as mlflow_runs  # noqa: F401  (re-exported)
+from tests.helpers.waiting import wait_until  # noqa: F401  (re-exported)
+from tests.sensors.read_log import ReadLog
 
 OUTAGE_WARNING = re.compile(r"ipython-energy: (MLflow at .* is not answering|cannot write the local spool)")
 RECOVERY_NOTE = "ipython-energy: MLflow is answering again"
@@ -42,50 +45,6 @@ def log_noise(caplog) -> list[str]:
 def outage_warnings(stderr: str) -> list[str]:
     """The outage warnings a user saw on stderr (one line each)."""
     return [line for line in stderr.splitlines() if OUTAGE_WARNING.search(line)]
-
-
-def mlflow_runs(uri: str, experiment: str = "ipython-energy"):
-    """``(client, runs)`` of ``experiment`` as MLflow has them (deleted runs left out)."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        return client, []
-    runs, token = [], None
-    while True:
-        page = client.search_runs([exp.experiment_id], max_results=1000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return client, runs
-
-
-def split_sweep(runs):
-    """``(sweeps, children)`` by the ``energy.kind`` tag."""
-    sweeps = [r for r in runs if r.data.tags.get("energy.kind") == "sweep"]
-    children = [r for r in runs if r.data.tags.get("energy.kind") == "run"]
-    return sweeps, children
-
-
-def history(client, run_id: str, key: str):
-    return sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
-
-
-def assert_sweep_total_exact(client, parent, children) -> None:
-    """The sweep's last ``sweep_energy_j`` is the sum of its children's ``energy_j``.
-
-    The writer sums the children with ``math.fsum`` (exactly rounded, whatever their order);
-    so does this check, so the comparison is exact (==).
-    """
-    listed = client.search_runs([parent.info.experiment_id],
-                                filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
-                                max_results=1000)
-    assert {r.info.run_id for r in listed} == {c.info.run_id for c in children}
-    total = math.fsum(r.data.metrics["energy_j"] for r in listed)
-    last = history(client, parent.info.run_id, "sweep_energy_j")[-1]
-    assert last.step == len(children)
-    assert last.value == total
 
 
 def flat_replay(watts: dict[str, float], **kw) -> ReplaySensor:
@@ -162,16 +121,6 @@ class Misbehaving:
 
     def close(self):
         self.release.set()
-
-
-def wait_until(predicate, timeout_s: float = 30.0, poll_s: float = 0.05):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(poll_s)
-    raise AssertionError(f"condition not met within {timeout_s} s")
 
 
 def median(xs: Iterable[float]) -> float:

@@ -1,0 +1,73 @@
+"""What MLflow holds, read back through the MLflow client as a user would read it."""
+
+from __future__ import annotations
+
+import math
+
+from mlflow.entities import Metric, Run
+from mlflow.tracking import MlflowClient
+
+EXPERIMENT = "ipython-energy"  # the experiment the extension logs to unless told otherwise
+
+
+def create_store(uri: str) -> None:
+    """Create a sqlite store before the processes that write to it start.
+
+    A test that reads a store while a kernel writes it would otherwise race that kernel through
+    MLflow's schema migration (two processes creating one new sqlite store at once).  Other URIs
+    are left alone.
+    """
+    if uri.startswith("sqlite:"):
+        MlflowClient(uri).search_experiments(max_results=1)
+
+
+def runs(uri: str, experiment: str = EXPERIMENT) -> tuple[MlflowClient, list[Run]]:
+    """``(client, runs)``: every run of ``experiment`` (deleted runs left out), all pages."""
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return client, []
+    found, token = [], None
+    while True:
+        page = client.search_runs([exp.experiment_id], max_results=1000, page_token=token)
+        found.extend(page)
+        token = page.token
+        if not token:
+            return client, found
+
+
+def runs_by_name(uri: str, experiment: str = EXPERIMENT) -> tuple[MlflowClient, dict[str, Run]]:
+    """``(client, {run name: run})``; fails if two runs share a name."""
+    client, found = runs(uri, experiment)
+    by_name = {r.info.run_name: r for r in found}
+    assert len(by_name) == len(found), sorted(r.info.run_name for r in found)
+    return client, by_name
+
+
+def split_sweep(found: list[Run]) -> tuple[list[Run], list[Run]]:
+    """``(sweeps, children)`` by the ``energy.kind`` tag (docs/metrics.md)."""
+    sweeps = [r for r in found if r.data.tags.get("energy.kind") == "sweep"]
+    children = [r for r in found if r.data.tags.get("energy.kind") == "run"]
+    return sweeps, children
+
+
+def history(client: MlflowClient, run_id: str, key: str) -> list[Metric]:
+    """Every point of metric ``key``, in step order (then time)."""
+    return sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
+
+
+def assert_sweep_total_exact(client: MlflowClient, parent: Run, children: list[Run]) -> None:
+    """The sweep's last ``sweep_energy_j`` is the sum of its children's ``energy_j``, exactly.
+
+    MLflow's own parent link (``mlflow.parentRunId``) must list exactly ``children``.  The writer
+    sums the children with ``math.fsum`` (exactly rounded, whatever their order); so does this
+    check, so the comparison is ``==``.
+    """
+    listed = client.search_runs([parent.info.experiment_id],
+                                filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+                                max_results=1000)
+    assert {r.info.run_id for r in listed} == {c.info.run_id for c in children}
+    total = math.fsum(r.data.metrics["energy_j"] for r in listed)
+    last = history(client, parent.info.run_id, "sweep_energy_j")[-1]
+    assert last.step == len(children)
+    assert last.value == total
