@@ -1,12 +1,17 @@
-"""The MLflow layout (docs/metrics.md) as pure functions: a finished Measurement in, metric rows and tags out."""
+"""The MLflow layout (docs/metrics.md) as pure functions, both ways.
+
+Writing: a finished Measurement in, metric rows and tags out. Reading: an MLflow run in, the
+plain row or sweep header that :mod:`ipython_energy.rollup` takes.
+"""
 
 from __future__ import annotations
 
 import math
 import re
-from typing import Iterable, Mapping
+from typing import Any, Mapping
 
 from .measurement import Measurement
+from .rollup import number, whole
 
 _SAFE = re.compile(r"[^A-Za-z0-9_]+")
 
@@ -107,5 +112,78 @@ def combine_stage(stages: dict[str, tuple[float, float]], name: str, m: Measurem
     stages[name] = (joules + m.energy_j, seconds + m.duration_s)
 
 
-def metric_names(ms: Iterable[Mapping[str, float]]) -> set[str]:
-    return {k for m in ms for k in m}
+# ---------------------------------------------------------------------------------------
+# reading: MLflow runs as plain rows
+# ---------------------------------------------------------------------------------------
+#: MLflow run status -> the four states the sidebar colours.
+STATUS = {
+    "RUNNING": "running",
+    "SCHEDULED": "running",
+    "FINISHED": "finished",
+    "FAILED": "failed",
+    "KILLED": "killed",
+}
+
+#: Run tags shown as provenance on hover (tag -> key in the run row's ``provenance``).
+PROVENANCE_TAGS = {
+    "energy.methods": "methods",
+    "energy.sensors": "sensors",
+    "energy.coverage": "coverage",
+    "energy.estimated": "estimated",
+    "energy.interval_s": "interval_s",
+    "energy.gaps": "gaps",
+    "energy.short_window": "short_window",
+    "energy.idle_source": "idle_source",
+    "energy.host": "host",
+    "energy.gpu_model": "gpu_model",
+    "energy.start_temperature_c": "start_temperature_c",
+}
+
+
+def run_row(run: Any) -> dict[str, Any]:
+    """One MLflow child run (an ``mlflow.entities.Run``) as a plain row dict.
+
+    The row is what :func:`ipython_energy.rollup.build_sweep_data` takes: ``run_id``, ``name``,
+    ``status`` (running/finished/failed/killed), ``run_index`` (the ``energy.run_index`` tag),
+    ``energy_j`` (final), ``live_energy_j`` (latest live value), ``duration_s``,
+    ``power_mean_w``, ``start_time_ms``, ``end_time_ms``, ``params``, ``provenance``.
+    """
+    info, data = run.info, run.data
+    metrics, tags = data.metrics, data.tags
+    return {
+        "run_id": info.run_id,
+        "name": info.run_name or tags.get("mlflow.runName") or info.run_id[:8],
+        "status": STATUS.get(info.status, info.status.lower()),
+        "run_index": whole(tags.get("energy.run_index")),
+        "energy_j": number(metrics.get("energy_j")),
+        "live_energy_j": number(metrics.get("live_energy_j")),
+        "live_power_w": number(metrics.get("live_power_w")),
+        "duration_s": number(metrics.get("duration_s")),
+        "power_mean_w": number(metrics.get("power_mean_w")),
+        "start_time_ms": info.start_time,
+        "end_time_ms": info.end_time,
+        "params": dict(data.params),
+        "provenance": {key: tags[tag] for tag, key in PROVENANCE_TAGS.items() if tag in tags},
+    }
+
+
+def sweep_header(run: Any) -> dict[str, Any]:
+    """The sweep (MLflow parent run) as a plain dict: name, status, planned, budget, totals."""
+    info, data = run.info, run.data
+    metrics, tags = data.metrics, data.tags
+    return {
+        "run_id": info.run_id,
+        "experiment_id": info.experiment_id,
+        "name": tags.get("energy.sweep") or info.run_name or info.run_id[:8],
+        "status": STATUS.get(info.status, info.status.lower()),
+        "start_time_ms": info.start_time,
+        "end_time_ms": info.end_time,
+        "planned": whole(tags.get("energy.planned")),
+        "budget_j": number(tags.get("energy.budget_j", metrics.get("sweep_budget_j"))),
+        "budget_state": tags.get("energy.budget_state"),
+        # the writer's own roll-up (sum over finished children), for comparison and checks
+        "logged_energy_j": number(metrics.get("sweep_energy_j")),
+        "logged_runs": whole(metrics.get("sweep_runs")),
+        "logged_mean_energy_per_run_j": number(metrics.get("sweep_mean_energy_per_run_j")),
+        "host": tags.get("energy.host"),
+    }

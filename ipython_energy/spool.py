@@ -139,9 +139,6 @@ class Spool:
         """Every readable event, in order (acked ones included)."""
         return list(self._read_all())
 
-    def pending(self) -> list[tuple[int, dict[str, Any]]]:
-        return [(seq, ev) for seq, ev in self._read_all() if seq > self._acked]
-
     def _read_all(self) -> Iterator[tuple[int, dict[str, Any]]]:
         try:
             f = open(self.path, "rb")

@@ -16,9 +16,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from . import layout
+from . import events, layout, registry, rollup
 from .config import Config
 from .measurement import Measurement, format_energy
+from .store import ChartRenderer
 from .validate import check_name, check_params, check_units, status_for
 
 
@@ -57,19 +58,15 @@ class Sweep:
 
     @property
     def mean_j_per_run(self) -> float | None:
-        n = self.finished_runs
-        return self.total_j / n if n else None
+        return rollup.mean_per_run(self.total_j, self.finished_runs)
 
     @property
     def forecast_j(self) -> float | None:
-        mean = self.mean_j_per_run
-        if mean is None or not self.planned:
-            return None
-        return mean * max(self.planned, self.finished_runs)
+        return rollup.forecast(self.total_j, self.finished_runs, self.planned)
 
     @property
     def over_budget(self) -> bool:
-        return self.budget_j is not None and self.total_j > self.budget_j
+        return rollup.over_budget(self.total_j, self.budget_j)
 
     def describe(self) -> str:
         text = f"sweep {self.name!r}: {format_energy(self.total_j)} over {self.finished_runs} run(s)"
@@ -163,7 +160,8 @@ class Tracker:
     """Everything one process needs to measure and log: meter, writer, active sweep and run."""
 
     def __init__(self, config: Config, *, cwd: str | None = None, meter=None, writer=None,
-                 session: str | None = None, register: bool = True):
+                 session: str | None = None, register: bool = True,
+                 render_chart: ChartRenderer | None = None):
         from .sensors import discover
         from .meter import Meter
 
@@ -183,6 +181,7 @@ class Tracker:
         self.meter = meter
         self.meter.start()
         self._writer = writer
+        self._render_chart = render_chart  # draws a sweep's energy_sweep.html artifact (None: no artifact)
         self._lock = threading.RLock()
         self.sweep: Sweep | None = None
         self.run: Run | None = None
@@ -211,7 +210,7 @@ class Tracker:
             except SpoolError as exc:
                 self.notes.append(f"no durable spool ({exc}); measurements are kept in memory until MLflow has them")
                 spool = None
-            self._writer = Writer(spool)
+            self._writer = Writer(spool, render_chart=self._render_chart)
         return self._writer
 
     def start_background(self) -> None:
@@ -250,9 +249,8 @@ class Tracker:
             self.sweeps[name] = sweep
             self.sweep = sweep
         if self.config.log if log is None else log:
-            self._submit({"type": "sweep_start", "uid": sweep.uid, "name": name, "planned": planned,
-                          "budget_j": budget_j, "t_ms": _now_ms(), "session": self.session,
-                          "tracking_uri": self.tracking_uri, "experiment": self.config.experiment})
+            self._submit(events.SweepStart(sweep.uid, name, _now_ms(), self.tracking_uri, self.config.experiment,
+                                           session=self.session, planned=planned, budget_j=budget_j))
         return sweep
 
     def end_sweep(self, sweep: Sweep | None = None, status: str = "FINISHED") -> Sweep | None:
@@ -266,7 +264,7 @@ class Tracker:
             if self.sweep is sweep:
                 self.sweep = None
         if self.config.log:
-            self._submit({"type": "sweep_end", "uid": sweep.uid, "status": status, "t_ms": _now_ms()})
+            self._submit(events.SweepEnd(sweep.uid, status, _now_ms()))
         return sweep
 
     # ---- runs -------------------------------------------------------------------------------
@@ -306,10 +304,9 @@ class Tracker:
         if run.logged:
             # Start temperatures, like every other provenance tag, come with the run's end.
             tags = {"energy.session": self.session, "energy.interval_s": f"{self.meter.interval_s:g}"}
-            self._submit({"type": "run_start", "uid": run.uid, "name": name,
-                          "sweep_uid": sweep.uid if sweep is not None else None,
-                          "params": params, "tags": tags, "t_ms": _now_ms(),
-                          "tracking_uri": self.tracking_uri, "experiment": self.config.experiment})
+            self._submit(events.RunStart(run.uid, name, _now_ms(), self.tracking_uri, self.config.experiment,
+                                         sweep_uid=sweep.uid if sweep is not None else None,
+                                         params=params, tags=tags))
         return run
 
     def end_run(self, run: Run | None = None, status: str = "FINISHED") -> Measurement | None:
@@ -351,21 +348,13 @@ class Tracker:
         if not run.logged:
             return m, False
         if run.discarded:
-            self._submit({"type": "run_end", "uid": run.uid, "status": "KILLED", "t_ms": _now_ms(),
-                          "metrics": [], "tags": {"energy.superseded": "true"}, "delete": True})
+            self._submit(events.RunEnd(run.uid, "KILLED", _now_ms(), tags={"energy.superseded": "true"},
+                                       delete=True))
             return m, False
-        t_ms = _now_ms()
-        units, stages, idle_source = dict(run.units), dict(run.stages), self.meter.idle_source
         with_cell = cell_step is not None and self.config.log
-
-        def build() -> dict[str, Any]:  # on the writer's journal thread, off the cell's path
-            metrics = layout.rows(layout.run_metrics(m, units=units, stages=stages), 0, t_ms)
-            if with_cell:
-                metrics += layout.rows(layout.cell_metrics(m), cell_step, t_ms)
-            return {"metrics": metrics,
-                    "tags": layout.provenance_tags(m, idle_source=idle_source, unit=next(iter(units), None))}
-
-        self._submit({"type": "run_end", "uid": run.uid, "status": status, "t_ms": t_ms, "_build": build})
+        # The rows are derived on the writer's journal thread, off the cell's path.
+        self._submit(events.RunEndDraft(run.uid, status, _now_ms(), m, dict(run.units), dict(run.stages),
+                                        self.meter.idle_source, cell_step if with_cell else None))
         return m, with_cell
 
     def log_cell(self, run: Run, m: Measurement, execution_count: int | None) -> None:
@@ -373,9 +362,7 @@ class Tracker:
         run.cells += 1
         if run.logged and self.config.log:
             step = execution_count if execution_count is not None else run.cells
-            t_ms = _now_ms()
-            self._submit({"type": "metrics", "uid": run.uid,
-                          "_build": lambda: {"metrics": layout.rows(layout.cell_metrics(m), step, t_ms)}})
+            self._submit(events.CellMetricsDraft(run.uid, m, step, _now_ms()))
 
     # ---- stages -------------------------------------------------------------------------------
     def stage(self, name: str) -> Stage:
@@ -409,9 +396,9 @@ class Tracker:
             snap = run.window.snapshot()
             step = int(snap.duration_s)
             power = sum(self.meter.power_now().values())
-            self._submit({"type": "metrics", "uid": run.uid, "metrics": [
-                ["live_energy_j", snap.energy_j, step, _now_ms()],
-                ["live_power_w", power, step, _now_ms()]]})
+            t_ms = _now_ms()
+            self._submit(events.Metrics(run.uid, (("live_energy_j", snap.energy_j, step, t_ms),
+                                                  ("live_power_w", power, step, t_ms))))
 
     def live_state(self) -> dict[str, Any]:
         power = self.meter.power_now()
@@ -431,23 +418,19 @@ class Tracker:
         }
 
     def write_live_file(self) -> None:
-        from .paths import private_dir, write_json_atomic
-
-        write_json_atomic(private_dir("live") / f"{self.session}.json", self.live_state())
+        registry.write_live(self.session, self.live_state())
 
     # ---- registration, flush, close --------------------------------------------------------
     def _register(self) -> None:
-        from .paths import private_dir, write_json_atomic
-
         try:
-            write_json_atomic(private_dir("kernels") / f"{self.session}.json", {
-                "session": self.session, "pid": os.getpid(), "tracking_uri": self.tracking_uri,
-                "experiment_name": self.config.experiment, "cwd": self.cwd, "started_at": time.time()})
+            registry.register_kernel(registry.KernelRecord(
+                session=self.session, pid=os.getpid(), tracking_uri=self.tracking_uri,
+                experiment_name=self.config.experiment, cwd=self.cwd, started_at=time.time()))
             self._registered = True
         except OSError as exc:
             self.notes.append(f"could not register with the sidebar ({exc})")
 
-    def _submit(self, event: dict[str, Any]) -> None:
+    def _submit(self, event: events.Event | events.Draft) -> None:
         self.writer.submit(event)
 
     def flush(self, timeout_s: float = 30.0) -> bool:
@@ -491,13 +474,7 @@ class Tracker:
             self._writer.close(timeout_s)
         self.meter.stop()
         if self._registered:
-            from .paths import home
-
-            for sub in ("kernels", "live"):
-                try:
-                    (home() / sub / f"{self.session}.json").unlink()
-                except FileNotFoundError:
-                    pass
+            registry.unregister(self.session)
             self._registered = False
         try:
             atexit.unregister(self.close)
@@ -506,9 +483,7 @@ class Tracker:
 
 
 def sweep_data(sweep: Sweep) -> dict[str, Any]:
-    """This process's view of ``sweep`` in the shape the charts take (query.build_sweep_data)."""
-    from .query import build_sweep_data
-
+    """This process's view of ``sweep`` in the shape the charts take (rollup.build_sweep_data)."""
     rows = []
     for index, run in enumerate(sweep.runs, start=1):
         m = run.measurement
@@ -526,7 +501,7 @@ def sweep_data(sweep: Sweep) -> dict[str, Any]:
         })
     header = {"name": sweep.name, "planned": sweep.planned, "budget_j": sweep.budget_j,
               "status": "finished" if sweep.ended else "running"}
-    return build_sweep_data(header, rows)
+    return rollup.build_sweep_data(header, rows)
 
 
 _tracker: Tracker | None = None

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from ipython_energy.events import Metrics, RunEnd, RunStart, SweepStart
 from ipython_energy.spool import Spool
 from ipython_energy.writer import Writer
 
@@ -19,17 +20,13 @@ def _t():
 
 
 def sweep_events(uri, sweep_uid, energies, experiment="exp"):
-    events = [{"type": "sweep_start", "uid": sweep_uid, "name": "grid", "planned": len(energies) + 1,
-               "budget_j": 25.0, "t_ms": _t(), "tracking_uri": uri, "experiment": experiment}]
+    events = [SweepStart(sweep_uid, "grid", _t(), uri, experiment, planned=len(energies) + 1, budget_j=25.0)]
     for i, energy in enumerate(energies):
         uid = f"{sweep_uid}-run{i}"
         events += [
-            {"type": "run_start", "uid": uid, "name": f"lr={i}", "sweep_uid": sweep_uid, "params": {"lr": i},
-             "tags": {}, "t_ms": _t(), "tracking_uri": uri, "experiment": experiment},
-            {"type": "metrics", "uid": uid, "metrics": [["cell_energy_j", energy / 2, 7, _t()],
-                                                        ["cell_energy_j", energy / 2, 8, _t() + 1]]},
-            {"type": "run_end", "uid": uid, "status": "FINISHED", "t_ms": _t(),
-             "metrics": [["energy_j", energy, 0, _t()]], "tags": {"energy.methods": "gpu0=replay"}},
+            RunStart(uid, f"lr={i}", _t(), uri, experiment, sweep_uid=sweep_uid, params={"lr": str(i)}),
+            Metrics(uid, (("cell_energy_j", energy / 2, 7, _t()), ("cell_energy_j", energy / 2, 8, _t() + 1))),
+            RunEnd(uid, "FINISHED", _t(), (("energy_j", energy, 0, _t()),), {"energy.methods": "gpu0=replay"}),
         ]
     return events
 
@@ -121,12 +118,9 @@ def test_in_doubt_replay_does_not_duplicate(energy_home, sqlite_uri):
 def test_run_left_open_by_dead_kernel_is_closed_killed_with_last_live_energy(energy_home, sqlite_uri):
     writer = Writer(Spool.create("killed"))
     t = _t()
-    writer.submit({"type": "run_start", "uid": "open", "name": "training", "sweep_uid": None, "params": {},
-                   "tags": {}, "t_ms": t, "tracking_uri": sqlite_uri, "experiment": "exp"})
-    writer.submit({"type": "metrics", "uid": "open", "metrics": [["live_energy_j", 50.0, 2, t],
-                                                                 ["live_power_w", 25.0, 2, t]]})
-    writer.submit({"type": "metrics", "uid": "open", "metrics": [["live_energy_j", 100.0, 4, t + 2000],
-                                                                 ["live_power_w", 25.0, 4, t + 2000]]})
+    writer.submit(RunStart("open", "training", t, sqlite_uri, "exp"))
+    writer.submit(Metrics("open", (("live_energy_j", 50.0, 2, t), ("live_power_w", 25.0, 2, t))))
+    writer.submit(Metrics("open", (("live_energy_j", 100.0, 4, t + 2000), ("live_power_w", 25.0, 4, t + 2000))))
     assert writer.flush(120)
     writer._stop.set()
     writer._spool.close()  # SIGKILL-equivalent: no run_end was ever written
@@ -176,45 +170,35 @@ def test_refused_event_is_set_aside_and_does_not_block_the_rest(energy_home, sql
     """MLflow refusing one event (a param changed after it was logged) must not hold up later ones."""
     writer = Writer(Spool.create("poison"), retry_max_s=0.05)
     t = _t()
-    common = {"tracking_uri": sqlite_uri, "experiment": "exp"}
-    writer.submit({"type": "run_start", "uid": "a", "name": "a", "sweep_uid": None, "params": {"lr": "1"},
-                   "tags": {}, "t_ms": t, **common})
-    writer.submit({"type": "run_end", "uid": "ghost", "status": "FINISHED", "t_ms": t,
-                   "metrics": [["energy_j", 1.0, 0, t]], "tags": {}})  # a run that never existed
-    writer.submit({"type": "run_end", "uid": "a", "status": "FINISHED", "t_ms": t,
-                   "metrics": [["energy_j", 2.0, 0, t]], "tags": {}})
+    writer.submit(RunStart("a", "a", t, sqlite_uri, "exp", params={"lr": "1"}))
+    writer.submit(RunEnd("ghost", "FINISHED", t, (("energy_j", 1.0, 0, t),)))  # a run that never existed
+    writer.submit(RunEnd("a", "FINISHED", t, (("energy_j", 2.0, 0, t),)))
     assert writer.flush(120)
     _, _, (run,) = runs_by_kind(sqlite_uri)
     assert run.data.metrics["energy_j"] == 2.0 and run.info.status == "FINISHED"
-    assert [ev["uid"] for ev, _ in writer.rejected] == ["ghost"]
+    assert [ev.uid for ev, _ in writer.rejected] == ["ghost"]
     rejected = (energy_home / "spool" / "poison.rejected.jsonl").read_text()
     assert '"uid":"ghost"' in rejected
     writer.close()
 
 
 def _one_run(uri, sweep_uid, uid, energy):
-    return [
-        {"type": "run_start", "uid": uid, "name": uid, "sweep_uid": sweep_uid, "params": {}, "tags": {},
-         "t_ms": _t(), "tracking_uri": uri, "experiment": "exp"},
-        {"type": "run_end", "uid": uid, "status": "FINISHED", "t_ms": _t(),
-         "metrics": [["energy_j", energy, 0, _t()]], "tags": {}},
-    ]
+    return [RunStart(uid, uid, _t(), uri, "exp", sweep_uid=sweep_uid),
+            RunEnd(uid, "FINISHED", _t(), (("energy_j", energy, 0, _t()),))]
 
 
 def test_sweep_bookkeeping_is_incremental_and_sees_another_writer(energy_home, sqlite_uri):
     """A run costs no listing of the sweep's children, yet runs of a second writer are counted."""
-    start = {"type": "sweep_start", "name": "shared", "planned": None, "budget_j": None,
-             "tracking_uri": sqlite_uri, "experiment": "exp"}
     w1, w2 = Writer(Spool.create("w1")), Writer(Spool.create("w2"))
-    w1.submit({**start, "uid": "s1", "t_ms": _t()})
-    w2.submit({**start, "uid": "s2", "t_ms": _t()})  # joins the RUNNING parent of the same name
+    w1.submit(SweepStart("s1", "shared", _t(), sqlite_uri, "exp"))
+    w2.submit(SweepStart("s2", "shared", _t(), sqlite_uri, "exp"))  # joins the RUNNING parent of the same name
     expected = []
     for i, (writer, sweep_uid) in enumerate([(w1, "s1"), (w2, "s2"), (w1, "s1"), (w2, "s2")]):
         for ev in _one_run(sqlite_uri, sweep_uid, f"r{i}", 1.5 + i):
             writer.submit(ev)
         assert writer.flush(120)
         expected.append((i + 1, math.fsum(1.5 + k for k in range(i + 1))))
-    backend = next(iter(w1._backends.values()))
+    backend = next(iter(w1._stores.values()))
     listings = []
     original = backend._children
     backend._children = lambda parent: listings.append(parent) or original(parent)
@@ -237,11 +221,9 @@ def test_two_writers_racing_on_one_sweep_end_with_the_complete_total(energy_home
     """Runs of two writers end at the same moments; the last total counts them all, once each."""
     import threading
 
-    start = {"type": "sweep_start", "name": "race", "planned": None, "budget_j": None,
-             "tracking_uri": sqlite_uri, "experiment": "exp"}
     writers = [Writer(Spool.create("w1")), Writer(Spool.create("w2"))]
     for writer, uid in zip(writers, ("s1", "s2")):
-        writer.submit({**start, "uid": uid, "t_ms": _t()})
+        writer.submit(SweepStart(uid, "race", _t(), sqlite_uri, "exp"))
         assert writer.flush(120)
 
     def produce(writer, sweep_uid, tag):
@@ -267,10 +249,10 @@ def test_two_writers_racing_on_one_sweep_end_with_the_complete_total(energy_home
 
 
 # Fresh interpreters (MLflow must not be imported yet).  The user's thread starts `import mlflow`
-# and the writer's first import (mlflow_client_class, what Backend calls) starts while it runs.
+# and the writer's first import (mlflow_client_class, what MlflowStore calls) starts while it runs.
 IMPORT_RACE = r"""
 import sys, threading, time
-from ipython_energy.query import mlflow_client_class
+from ipython_energy.store import mlflow_client_class
 errors = []
 def writer_side():
     time.sleep(float(sys.argv[1]))

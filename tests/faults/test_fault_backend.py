@@ -350,9 +350,10 @@ def test_read_only_working_directory(open_shell, flat_trace, tmp_path, capfd, sm
 
 # ---- the writer on its own: interrupted run creation, a param MLflow refuses ------------------------
 
-def _run_start(uri: str, uid: str, params: dict[str, str]) -> dict:
-    return {"type": "run_start", "uid": uid, "name": "interrupted", "sweep_uid": None, "params": params,
-            "tags": {}, "t_ms": int(time.time() * 1000), "tracking_uri": uri, "experiment": "ipython-energy"}
+def _run_start(uri: str, uid: str, params: dict[str, str]):
+    from ipython_energy.events import RunStart
+
+    return RunStart(uid, "interrupted", int(time.time() * 1000), uri, "ipython-energy", params=params)
 
 
 def test_run_created_before_a_crash_gets_its_params_on_replay(energy_home, sqlite_uri):
@@ -370,7 +371,7 @@ def test_run_created_before_a_crash_gets_its_params_on_replay(energy_home, sqlit
     exp = client.create_experiment("ipython-energy")
     client.create_run(exp, run_name="interrupted", tags={"energy.uid": "u-1", "energy.kind": "run"})
     dead = Spool.create("dead")
-    dead.append(_run_start(sqlite_uri, "u-1", {"lr": "0.01", "résumé-Ω": "naïve"}))
+    dead.append(_run_start(sqlite_uri, "u-1", {"lr": "0.01", "résumé-Ω": "naïve"}).to_wire())
     dead.close()  # the kernel died: the journal is left, unacknowledged
     writer = Writer(Spool.create("next"))
     writer.start()
@@ -383,13 +384,14 @@ def test_run_created_before_a_crash_gets_its_params_on_replay(energy_home, sqlit
 def test_param_mlflow_refuses_is_recorded_and_blocks_nothing(energy_home, sqlite_uri):
     """A param key MLflow will never store (from a journal of an older version, or any caller that
     skipped the magic's check) is recorded in energy.params_rejected; later events still arrive."""
+    from ipython_energy.events import RunEnd
     from ipython_energy.spool import Spool
     from ipython_energy.writer import Writer
 
     writer = Writer(Spool.create("w"))
     writer.submit(_run_start(sqlite_uri, "u-2", {"a;b": "1", "ok": "2"}))
-    writer.submit({"type": "run_end", "uid": "u-2", "status": "FINISHED", "t_ms": int(time.time() * 1000),
-                   "metrics": [["energy_j", 12.5, 0, int(time.time() * 1000)]], "tags": {}})
+    t_ms = int(time.time() * 1000)
+    writer.submit(RunEnd("u-2", "FINISHED", t_ms, (("energy_j", 12.5, 0, t_ms),)))
     assert writer.flush(120)
     writer.close()
     _, (run,) = mlflow_runs(sqlite_uri)

@@ -1,0 +1,476 @@
+"""The MLflow store adapter: runs, sweeps and their roll-up in one (tracking URI, experiment).
+
+The writer hands it one event at a time (:mod:`ipython_energy.events`) on its own thread; every
+operation is safe to repeat when its outcome is in doubt (a request failed after it may have
+reached the server): runs are found again by their ``energy.uid`` tag and metric points
+already present are not logged twice.  Processes on one host that touch the same sweep take a
+host-wide lock (:func:`host_lock`), so that run indices and totals never interleave.
+
+MLflow is imported here, lazily, on the writer's thread; its log records made on that thread
+are muted (the writer reports an outage once, itself).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import Any, Callable, Mapping
+
+from . import layout, rollup
+from .events import Event, Metrics, RunEnd, RunStart, StartEvent, SweepEnd, SweepStart
+
+log = logging.getLogger("ipython_energy")
+
+#: The writer's two threads; MLflow's and its libraries' log records made on them are muted.
+THREAD_NAME = "ipython-energy-writer"
+JOURNAL_THREAD_NAME = "ipython-energy-journal"
+
+#: A function from a sweep's data (rollup.build_sweep_data) to the HTML saved as ``energy_sweep.html``.
+ChartRenderer = Callable[[Mapping[str, Any]], str]
+
+
+def mlflow_client_class():
+    """``mlflow.tracking.MlflowClient``, imported from the top of the package.
+
+    Our MLflow imports run on background threads (the writer, the server's pool) while the user
+    may be running ``import mlflow`` in a cell.  ``from mlflow.tracking import ...`` first takes
+    the import lock of ``mlflow.tracking``, then waits for the package; if the user's thread is
+    initializing the package at that moment, it next needs ``mlflow.tracking`` and Python breaks
+    the deadlock by handing it a partially initialized module: an ``ImportError`` in the user's
+    cell.  ``import mlflow`` first holds no lock while it waits, so the two imports only queue.
+    """
+    import mlflow  # noqa: F401  (the package first: see above)
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient
+
+
+REJECTION_CODES = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS",
+                    "BAD_REQUEST", "INVALID_STATE"}
+
+
+def is_rejection(exc: Exception) -> bool:
+    """The backend answered and said no (as opposed to not answering)."""
+    if isinstance(exc, LookupError):  # our own: the run this event belongs to was never created
+        return True
+    code = getattr(exc, "error_code", None)
+    return isinstance(code, str) and code in REJECTION_CODES
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for the user: the innermost cause of ``exc`` (``OperationalError: database is locked``).
+
+    MLflow wraps store and HTTP errors several layers deep, with SQL statements and retry
+    details in the outer messages; the root cause is what says what is wrong.
+    """
+    root, seen = exc, {id(exc)}
+    while True:
+        nxt = root.__cause__ or (None if root.__suppress_context__ else root.__context__)
+        if nxt is None or id(nxt) in seen:
+            break
+        seen.add(id(nxt))
+        root = nxt
+    text = next((line.strip() for line in str(root).splitlines() if line.strip()), "")
+    return f"{type(root).__name__}: {text}"[:300] if text else type(root).__name__
+
+
+class _NotFromWriterThread(logging.Filter):
+    """Drops MLflow's, SQLAlchemy's and urllib3's log records made on the writer thread.
+
+    The writer retries every failed write and reports an outage once, itself
+    (Tracker.backend_warning); the libraries' own per-attempt warnings and tracebacks would
+    otherwise be printed under whatever cell is running, once per retry.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.threadName not in (THREAD_NAME, JOURNAL_THREAD_NAME)
+
+
+_MUTE = _NotFromWriterThread()
+
+
+def mute_library_logs_on_writer_thread() -> None:
+    """Attach :data:`_MUTE` to the handlers MLflow installs and to urllib3's retry logger (idempotent)."""
+    for name in ("mlflow", "sqlalchemy.engine", "alembic"):
+        for handler in logging.getLogger(name).handlers:
+            if _MUTE not in handler.filters:
+                handler.addFilter(_MUTE)
+    pool = logging.getLogger("urllib3.connectionpool")
+    if _MUTE not in pool.filters:
+        pool.addFilter(_MUTE)
+
+
+@contextlib.contextmanager
+def host_lock(key: str):
+    """An exclusive lock shared by every process of this user on this host, named by ``key``."""
+    import fcntl
+    import hashlib
+    import os
+
+    from .paths import open_private, private_dir
+
+    path = private_dir("locks") / (hashlib.sha256(key.encode()).hexdigest()[:32] + ".lock")
+    fd = open_private(path, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+class _SweepState:
+    """What this writer knows of one sweep's children, so that a run costs no full listing.
+
+    ``children`` maps each child run id seen to its final ``energy_j`` (``None`` while running
+    or finished without energy).  ``points`` is how many ``sweep_energy_j`` points the parent
+    had after this writer's last look or write: when MLflow has another number, another writer
+    (a second kernel, a worker process) touched the sweep and the children are listed again.
+    ``logged`` holds the ``(step, value)`` of those points at the last look.
+    """
+
+    __slots__ = ("children", "points", "logged", "last_index")
+
+    def __init__(self) -> None:
+        self.children: dict[str, float | None] = {}
+        self.points = 0
+        self.logged: set[tuple[int, float]] = set()
+        self.last_index = 0  # the highest energy.run_index seen: a deleted child keeps its number
+
+    def saw(self, run) -> None:
+        try:
+            self.last_index = max(self.last_index, int(run.data.tags.get("energy.run_index", 0)))
+        except ValueError:
+            pass
+
+    def finished(self) -> list[float]:
+        return [e for e in self.children.values() if e is not None]
+
+
+class MlflowStore:
+    """MLflow operations for one (tracking URI, experiment), imported lazily in the writer thread."""
+
+    def __init__(self, tracking_uri: str, experiment: str, render_chart: ChartRenderer | None = None):
+        client_class = mlflow_client_class()  # the slow import happens here, off the cell's path
+
+        # MLflow announces creating a new sqlite store's tables at INFO; from this thread that
+        # text would land in whatever cell is running.
+        for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        mute_library_logs_on_writer_thread()
+
+        self.tracking_uri = tracking_uri
+        self.experiment = experiment
+        # Two kernels that create a new sqlite store at once race in MLflow's schema migration;
+        # the first touch of a store is serialised across this host's processes.
+        with host_lock(f"store|{tracking_uri}"):
+            self.client = client_class(tracking_uri=tracking_uri)
+            self.client.search_experiments(max_results=1)
+        self._experiment_id: str | None = None
+        self.run_ids: dict[str, str] = {}
+        self._host_tags: dict[str, str] | None = None
+        self._sweeps: dict[str, _SweepState] = {}
+        self.render_chart = render_chart
+
+    @property
+    def host_tags(self) -> dict[str, str]:
+        if self._host_tags is None:
+            from .hostinfo import host_tags
+
+            self._host_tags = host_tags()
+        return self._host_tags
+
+    # ---- helpers -----------------------------------------------------------------------------
+    @property
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            exp = self.client.get_experiment_by_name(self.experiment)
+            if exp is None:
+                from mlflow.exceptions import MlflowException
+
+                try:
+                    self._experiment_id = self.client.create_experiment(self.experiment)
+                except MlflowException:  # created meanwhile by another kernel
+                    self._experiment_id = self.client.get_experiment_by_name(self.experiment).experiment_id
+            else:
+                self._experiment_id = exp.experiment_id
+        return self._experiment_id
+
+    def _find_by_uid(self, uid: str) -> str | None:
+        runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`energy.uid` = '{uid}'",
+                                       max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def run_id(self, uid: str) -> str:
+        run_id = self.run_ids.get(uid)
+        if run_id is None:
+            run_id = self._find_by_uid(uid)
+            if run_id is None:
+                raise LookupError(f"no MLflow run carries energy.uid={uid}")
+            self.run_ids[uid] = run_id
+        return run_id
+
+    def _metrics(self, rows, run_id: str | None, in_doubt: bool):
+        from mlflow.entities import Metric
+
+        metrics = [Metric(str(k), float(v), int(t), int(step)) for k, v, step, t in rows]
+        if in_doubt and run_id is not None and metrics:
+            present: set[tuple[str, int, int]] = set()
+            for key in {m.key for m in metrics}:
+                present |= {(key, m.step, m.timestamp) for m in self.client.get_metric_history(run_id, key)}
+            metrics = [m for m in metrics if (m.key, m.step, m.timestamp) not in present]
+        return metrics
+
+    # ---- operations ----------------------------------------------------------------------------
+    def start(self, event: StartEvent, context: Mapping[str, StartEvent], in_doubt: bool) -> None:
+        uid = event.uid
+        if uid in self.run_ids:
+            return
+        if isinstance(event, SweepStart):
+            # Kernels on this host that start the same sweep at once must end up in one parent run.
+            with host_lock(f"{self.tracking_uri}|{self.experiment}|{event.name}"):
+                run_id = self._join_sweep(event)
+                if run_id is None:
+                    run_id = self._create(event, context, in_doubt)
+                self.run_ids[uid] = run_id
+            return
+        self.run_ids[uid] = self._create(event, context, in_doubt)
+
+    def _create(self, event: StartEvent, context: Mapping[str, StartEvent], in_doubt: bool) -> str:
+        uid = event.uid
+        existing = self._find_by_uid(uid) if in_doubt else None
+        if existing is not None:
+            # Created before the failure, but its params may not have been logged yet.
+            self._log_start_data(existing, event, in_doubt=True)
+            return existing
+        tags = dict(self.host_tags)
+        if isinstance(event, SweepStart):
+            tags.update({"energy.uid": uid, "energy.kind": "sweep", "energy.sweep": event.name})
+            if event.planned is not None:
+                tags["energy.planned"] = str(event.planned)
+            if event.budget_j is not None:
+                tags["energy.budget_j"] = repr(float(event.budget_j))
+                tags["energy.budget_state"] = "ok"
+        else:
+            tags.update(event.tags)
+            tags.update({"energy.uid": uid, "energy.kind": "run"})
+        if isinstance(event, RunStart) and event.sweep_uid:
+            # Counting the sweep's children and creating this one is one step for every writer
+            # on this host: two runs of one sweep never get the same energy.run_index.
+            with self.sweep_lock(event.sweep_uid):
+                parent = self.run_id(event.sweep_uid)
+                tags["mlflow.parentRunId"] = parent
+                tags["energy.sweep"] = context[event.sweep_uid].name
+                state = self._sweep_state(parent, running=True)
+                index = max(state.last_index, len(state.children)) + 1
+                tags["energy.run_index"] = str(index)
+                run_id = self._create_run(event, tags)
+                state.children[run_id] = None
+                state.last_index = max(state.last_index, index)
+        else:
+            run_id = self._create_run(event, tags)
+        self._log_start_data(run_id, event, in_doubt=False)
+        return run_id
+
+    def _create_run(self, event: StartEvent, tags: dict[str, Any]) -> str:
+        run = self.client.create_run(self.experiment_id, start_time=event.t_ms,
+                                     tags={k: str(v) for k, v in tags.items()}, run_name=event.name)
+        return run.info.run_id
+
+    def sweep_lock(self, sweep_uid: str):
+        """The host-wide lock under which this sweep's children are counted, created and ended."""
+        return host_lock(f"sweep|{self.tracking_uri}|{self.experiment}|{self.run_id(sweep_uid)}")
+
+    def _log_start_data(self, run_id: str, event: StartEvent, in_doubt: bool) -> None:
+        """The params (and a sweep's budget) of a new run; safe to repeat (same values, deduplicated points).
+
+        A param MLflow refuses outright (``INVALID_PARAMETER_VALUE``: a key with characters it
+        does not store) would fail every retry and hold back every later event, so it is
+        recorded, with MLflow's reason, in the tag ``energy.params_rejected`` instead.
+        """
+        from mlflow.entities import Param
+        from mlflow.exceptions import MlflowException
+
+        params = [Param(str(k), str(v)) for k, v in event.params.items()] if isinstance(event, RunStart) else []
+        metrics = []
+        if isinstance(event, SweepStart) and event.budget_j is not None:
+            metrics = self._metrics([("sweep_budget_j", event.budget_j, 0, event.t_ms)], run_id, in_doubt)
+        if not (params or metrics):
+            return
+        try:
+            self.client.log_batch(run_id, metrics=metrics, params=params)
+            return
+        except MlflowException as exc:
+            if exc.error_code != "INVALID_PARAMETER_VALUE" or not params:
+                raise
+        rejected = []
+        for param in params:
+            try:
+                self.client.log_batch(run_id, params=[param])
+            except MlflowException as exc:
+                if exc.error_code != "INVALID_PARAMETER_VALUE":
+                    raise
+                rejected.append(f"{param.key}={param.value}: {describe_error(exc)}")
+        if metrics:
+            self.client.log_batch(run_id, metrics=metrics)
+        if rejected:
+            log.warning("ipython-energy: MLflow refused param(s) %s", "; ".join(rejected))
+            self.client.set_tag(run_id, "energy.params_rejected", "; ".join(rejected)[:5000])
+
+    def _join_sweep(self, event: SweepStart) -> str | None:
+        """A running sweep of the same name in this experiment (another kernel's), if any."""
+        name = event.name.replace("'", "\\'")
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`energy.kind` = 'sweep' and tags.`energy.sweep` = '{name}' "
+                          f"and attributes.status = 'RUNNING'",
+            max_results=1, order_by=["attributes.start_time DESC"])
+        return runs[0].info.run_id if runs else None
+
+    def _children(self, parent_run_id: str):
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id],
+                                           filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+                                           max_results=1000, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+    def log_chart(self, parent_run_id: str) -> None:
+        """Save the sweep's chart (the sidebar's and ``%energy chart``'s definition) as ``energy_sweep.html``."""
+        if self.render_chart is None:
+            return
+        header = layout.sweep_header(self.client.get_run(parent_run_id))
+        data = rollup.build_sweep_data(header, [layout.run_row(r) for r in self._children(parent_run_id)])
+        self.client.log_text(parent_run_id, self.render_chart(data), "energy_sweep.html")
+
+    def _sweep_state(self, parent_run_id: str, *, running: bool = False) -> _SweepState:
+        """The sweep's children as far as this writer can know them without listing them all.
+
+        Listed in full the first time, and again whenever the parent's ``sweep_energy_j``
+        history has points this writer did not see (another writer finished runs).  With
+        ``running``, the sweep's RUNNING children are looked up too (a short list), so that
+        runs another writer started since are counted for ``energy.run_index``.
+        """
+        history = self.client.get_metric_history(parent_run_id, "sweep_energy_j")
+        points = len(history)
+        state = self._sweeps.get(parent_run_id)
+        if state is None or state.points != points:
+            state = _SweepState()
+            for r in self._children(parent_run_id):
+                done = r.info.status in rollup.ENDED_STATUSES and "energy_j" in r.data.metrics
+                state.children[r.info.run_id] = r.data.metrics["energy_j"] if done else None
+                state.saw(r)
+            state.points = points
+            self._sweeps[parent_run_id] = state
+        elif running:
+            page = self.client.search_runs(
+                [self.experiment_id],
+                filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'RUNNING'",
+                max_results=1000)
+            for r in page:
+                state.children.setdefault(r.info.run_id, None)
+                state.saw(r)
+        state.logged = {(m.step, m.value) for m in history}
+        return state
+
+    def apply(self, event: Event, context: Mapping[str, StartEvent], in_doubt: bool) -> None:
+        """Apply one event; ``context`` maps every uid seen to its start event."""
+        if isinstance(event, (SweepStart, RunStart)):
+            self.start(event, context, in_doubt)
+        elif isinstance(event, Metrics):
+            self.log_metrics(event.uid, event.rows, in_doubt)
+        elif isinstance(event, RunEnd):
+            start = context[event.uid]
+            sweep_uid = start.sweep_uid if isinstance(start, RunStart) else None
+            if not sweep_uid:
+                self.end_run(event, in_doubt)
+                return
+            # Ending a child and recounting its sweep is one step for every writer on this host,
+            # so that another writer's count never falls between the two (see update_sweep).
+            with self.sweep_lock(sweep_uid):
+                self.end_run(event, in_doubt)
+                if event.delete:
+                    self.forget_child(sweep_uid, event.uid)
+                else:
+                    self.update_sweep(sweep_uid, context, in_doubt, ended=event)
+        elif isinstance(event, SweepEnd):
+            self.end_sweep(event)
+        else:
+            raise TypeError(f"not an event: {event!r}")
+
+    def log_metrics(self, uid: str, rows, in_doubt: bool) -> None:
+        run_id = self.run_id(uid)
+        metrics = self._metrics(rows, run_id, in_doubt)
+        if metrics:
+            self.client.log_batch(run_id, metrics=metrics)
+
+    def end_run(self, event: RunEnd, in_doubt: bool) -> None:
+        from mlflow.entities import RunTag
+
+        run_id = self.run_id(event.uid)
+        metrics = self._metrics(event.rows, run_id, in_doubt)
+        tags = [RunTag(str(k), str(v)[:5000]) for k, v in event.tags.items()]
+        if metrics or tags:
+            self.client.log_batch(run_id, metrics=metrics, tags=tags)
+        self.client.set_terminated(run_id, status=event.status, end_time=event.t_ms)
+        if event.delete:
+            # A cell's own run that a real run opened inside the cell took the place of.
+            self.client.delete_run(run_id)
+
+    def forget_child(self, sweep_uid: str, uid: str) -> None:
+        """A deleted child (a cell's run superseded by a real run) no longer counts for the sweep."""
+        state = self._sweeps.get(self.run_id(sweep_uid))
+        if state is not None:
+            state.children.pop(self.run_id(uid), None)
+
+    def update_sweep(self, sweep_uid: str, context: Mapping[str, StartEvent], in_doubt: bool,
+                     ended: RunEnd | None = None) -> None:
+        """Recompute the sweep's totals from its finished children, as MLflow has them.
+
+        ``ended`` is the run_end event that triggered this: its run's final ``energy_j`` is
+        taken from the event, and the other children from :meth:`_sweep_state`, so a run costs
+        one read of the parent's history rather than a listing of every child.
+        """
+        from mlflow.entities import RunTag
+
+        parent = self.run_id(sweep_uid)
+        if in_doubt:
+            self._sweeps.pop(parent, None)  # a failed write may have landed: look again
+        state = self._sweep_state(parent)
+        if ended is not None:
+            run_id = self.run_id(ended.uid)
+            energy = ended.energy_j()
+            if energy is not None and ended.status in rollup.ENDED_STATUSES:
+                state.children[run_id] = float(energy)
+            elif run_id not in state.children:
+                state.children[run_id] = None
+        start = context.get(sweep_uid)
+        planned = start.planned if isinstance(start, SweepStart) else None
+        budget = start.budget_j if isinstance(start, SweepStart) else None
+        rolled = rollup.totals(state.finished(), planned, budget)
+        n, total = rolled.runs, rolled.energy_j
+        if n == 0:
+            return
+        now = int(time.time() * 1000)
+        rows = [("sweep_energy_j", total, n, now), ("sweep_runs", n, n, now),
+                ("sweep_mean_energy_per_run_j", rolled.mean_energy_per_run_j, n, now)]
+        if rolled.forecast_energy_j is not None:
+            rows.append(("sweep_forecast_energy_j", rolled.forecast_energy_j, n, now))
+        tags = [] if rolled.budget_state is None else [RunTag("energy.budget_state", rolled.budget_state)]
+        if (n, total) in state.logged:
+            rows = []  # this exact total was logged already (a replay, or another writer)
+        metrics = self._metrics(rows, parent, False)
+        if metrics or tags:
+            self.client.log_batch(parent, metrics=metrics, tags=tags)
+            if metrics:
+                state.points += 1
+
+    def end_sweep(self, event: SweepEnd) -> None:
+        run_id = self.run_id(event.uid)
+        self.log_chart(run_id)
+        # Only the kernel that created the sweep closes it; others joined it and leave it open.
+        if self.client.get_run(run_id).data.tags.get("energy.uid") == event.uid:
+            self.client.set_terminated(run_id, status=event.status, end_time=event.t_ms)
