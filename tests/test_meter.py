@@ -284,7 +284,7 @@ def test_idle_configured_pue_and_carbon_pass_through(meters):
 def test_session_accounts_between_cells(meters):
     sensors = [flat({"gpu0": 100.0})]
     m = meters(sensors)
-    t_start = m._start_edge.t
+    t_start = m.started_s
     cells = []
     for _ in range(2):
         time.sleep(0.2)
@@ -592,7 +592,7 @@ def test_long_open_window_keeps_constant_state(meters):
     w = m.begin("week")
     size0 = len(vars(w))
     time.sleep(0.6)
-    assert m._pending == []  # the begin edge was refined and dropped from the pending list
+    assert m.edges_pending == 0  # the begin edge was refined and dropped from the pending list
     assert len(vars(w)) == size0
     r = w.snapshot()
     assert r.running and r.energy_j == pytest.approx(100.0 * r.duration_s, rel=0.02)

@@ -8,9 +8,11 @@ import time
 
 import pytest
 
-from ipython_energy.sampler import THREAD_NAME, DomainSeries, PhaseLock, Sampler
-from ipython_energy.sensors.base import DomainInfo, DomainReading
+from ipython_energy.phase import PhaseLock
+from ipython_energy.sampler import THREAD_NAME, Sampler
+from ipython_energy.sensors.base import DomainInfo, DomainReading, SensorBase
 from ipython_energy.sensors.replay import ReplaySensor, ReplayTrace
+from ipython_energy.series import DomainSeries
 
 
 def steady(name="gpu0", watts=100.0, **kw) -> ReplaySensor:
@@ -450,7 +452,7 @@ def test_unmoved_read_near_the_estimated_update_is_not_a_flat_step():
         assert e1 - e0 == pytest.approx(200.0 * 100.0, rel=1e-3)
 
 
-def test_recent_power_with_many_points_inside_one_update_is_not_the_buffer_average():
+def test_power_with_many_points_inside_one_update_is_not_the_buffer_average():
     """Window edges of rapid cells add points: more than 64 within 20 ms must not make the power
     the average since the oldest point in the buffer."""
     fresh = DomainSeries(DomainInfo("cpu", "cpu", "counter", "t", update_period_s=0.0), 10_000)
@@ -461,10 +463,10 @@ def test_recent_power_with_many_points_inside_one_update_is_not_the_buffer_avera
     for _ in range(200):  # then 200 reads 50 us apart at 100 W
         t, e = t + 50e-6, e + 100.0 * 50e-6
         fresh.ingest(t, DomainReading(energy_j=e))
-    assert fresh.recent_power_w() == pytest.approx(100.0, rel=1e-6)
+    assert fresh.power_now_w() == pytest.approx(100.0, rel=1e-6)
 
 
-class InProcessSensor:
+class InProcessSensor(SensorBase):
     """A nonblocking sensor at the seam: a fresh counter at ``watts`` on the sampler's clock, whose
     ``sample()`` (taken on the sampler thread) or ``values_at()`` (worked out when the ticks are
     stored) raises while ``mode`` says so."""
@@ -530,9 +532,26 @@ def test_failing_in_process_sensor_leaves_a_gap_and_the_others_go_on(mode, reaso
     assert s.threads() == [s._thread]  # both were sampled on the sampler thread: no reader threads
 
 
+class NonblockingWithoutValuesAt(SensorBase):
+    """Says ``nonblocking`` but offers no ``values_at``: the sampler cannot work out its readings
+    later, so it is read like any other sensor."""
+
+    name = "scripted"
+    nonblocking = True
+
+    def __init__(self):
+        self.reads = 0
+
+    def domains(self):
+        return [DomainInfo("x", "cpu", "counter", "scripted", update_period_s=0.0)]
+
+    def read(self):
+        self.reads += 1
+        return {"x": DomainReading(energy_j=float(self.reads))}
+
+
 def test_nonblocking_sensor_without_values_at_is_read_on_a_reader_thread():
-    sen = ScriptedSensor("x")
-    sen.nonblocking = True  # says so, but offers no sample/values_at: treated as blocking
+    sen = NonblockingWithoutValuesAt()
     s = Sampler([sen], interval_s=0.02)
     s.start()
     try:

@@ -12,13 +12,14 @@ import os
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from .base import DomainInfo, DomainReading, Sensor, SensorError
+from .base import DomainInfo, DomainReading, Sensor, SensorBase, SensorError
 
 __all__ = [
     "Discovery",
     "DomainInfo",
     "DomainReading",
     "Sensor",
+    "SensorBase",
     "SensorError",
     "discover",
     "ENV_VAR",

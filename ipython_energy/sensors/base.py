@@ -10,7 +10,7 @@ IPython or Jupyter.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping, NamedTuple, Protocol, runtime_checkable
+from typing import Callable, ClassVar, Mapping, NamedTuple, Protocol, runtime_checkable
 
 #: How a domain's energy is obtained.  Every number we show carries one of these.
 METHODS = ("counter", "polled", "estimated", "replay")
@@ -75,7 +75,12 @@ def readings(domains: list[DomainInfo], values) -> dict[str, DomainReading]:
 
 @runtime_checkable
 class Sensor(Protocol):
-    """A source of energy readings for one or more domains."""
+    """A source of energy readings for one or more domains: the four methods every sensor has.
+
+    Optional capabilities are declared by deriving from :class:`SensorBase`, which gives each a
+    default; a sensor that only follows this protocol has none of them (it is read with
+    :meth:`read` on a reader thread of its own).
+    """
 
     name: str
 
@@ -87,33 +92,62 @@ class Sensor(Protocol):
         """Read every domain now.  May raise; the sampler records a gap."""
         ...
 
-    # Optional, for sensors read on every sample:
-    #
-    #     def read_values(self) -> tuple[tuple[float | None, float | None], ...]:
-    #         """The same reading as read(): one ``(energy_j, power_w)`` pair per domain, in the
-    #         order of domains(), without the dict and the DomainReading objects."""
-    #
-    # The sampler calls it instead of read() when a sensor has it (ten times a second, the
-    # allocations of read() are a good part of the sampler's cost); read() stays the reference.
-    #
-    # Optional, for sensors that compute in-process and never block (the cpu-model estimate,
-    # replay), which then say ``nonblocking = True`` and have both of:
-    #
-    #     sample: Callable[[], object] | None
-    #         """A cheap, thread-safe call (a C function such as time.process_time) whose result
-    #         is all the sensor needs to know about a moment; None if the clock is enough."""
-    #
-    #     def values_at(self, t: float, sample: object) -> tuple[tuple[float | None, float | None], ...]:
-    #         """The read_values() reading as of sampler clock time ``t``, when ``sample()``
-    #         returned ``sample``.  Called in time order, one call at a time."""
-    #
-    # The sampler thread then only records ``sample()`` and the time at each tick, and the
-    # sensor's arithmetic runs later, in batches (Sampler.sync).  Any other sensor is read by
-    # a reader thread of its own.
-
     def state(self) -> dict[str, str]:
         """Volatile facts worth recording at window start (e.g. temperature)."""
         ...
 
     def close(self) -> None:
         ...
+
+
+class SensorBase:
+    """Base class for sensors with optional capabilities, each an attribute with its default.
+
+    The sampler looks these up once per sensor, never by probing: a sensor that does not derive
+    from this class is taken to have none of them.
+
+    Attributes:
+        read_values: ``None``, or a method returning the same reading as :meth:`read` as one
+            ``(energy_j, power_w)`` pair per domain, in the order of :meth:`domains`, without the
+            dict and the :class:`DomainReading` objects.  The sampler calls it instead of
+            :meth:`read` (ten times a second, the allocations of ``read()`` are a good part of the
+            sampler's cost); ``read()`` stays the reference.
+        nonblocking: True for a sensor that computes in-process and never blocks (the cpu-model
+            estimate, replay) and has :attr:`values_at`: the sampler thread then only records
+            :attr:`sample`'s result and the time at each tick, and the sensor's arithmetic runs
+            later, in batches (``Sampler.sync``), and at window edges on the caller's thread.
+            Any other sensor is read by a reader thread of its own.
+        sample: ``None`` if the clock is all a nonblocking sensor needs to know about a moment,
+            else a cheap, thread-safe call (a C function such as :func:`time.process_time`)
+            whose result is.
+        values_at: ``None``, or for a nonblocking sensor ``values_at(t, sample)``: the
+            :attr:`read_values` reading as of sampler clock time ``t``, when :attr:`sample`
+            returned ``sample``.  Called in time order, one call at a time.
+    """
+
+    name: str = "sensor"
+    read_values: Callable[[], tuple[tuple[float | None, float | None], ...]] | None = None
+    nonblocking: ClassVar[bool] = False
+    sample: Callable[[], object] | None = None
+    values_at: Callable[[float, object], tuple[tuple[float | None, float | None], ...]] | None = None
+
+    def start(self, t0: float) -> None:
+        """Called once, when sampling first starts, with the sampler's clock time.  Default: nothing."""
+
+    def domains(self) -> list[DomainInfo]:
+        """The domains this sensor reports, fixed for its lifetime."""
+        raise NotImplementedError
+
+    def read(self) -> dict[str, DomainReading]:
+        """Read every domain now.  May raise; the sampler records a gap.  Default: built from
+        :attr:`read_values`."""
+        if self.read_values is None:
+            raise NotImplementedError
+        return readings(self.domains(), self.read_values())
+
+    def state(self) -> dict[str, str]:
+        """Volatile facts worth recording at window start (e.g. temperature).  Default: none."""
+        return {}
+
+    def close(self) -> None:
+        """Release what the sensor holds.  Default: nothing."""

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
-from .base import DomainInfo, DomainReading, readings
+from .base import DomainInfo, DomainReading, SensorBase, readings
 
 #: Default watts per logical CPU when idle (package floor share, uncore included).
 DEFAULT_IDLE_W_PER_CPU = 1.5
@@ -85,7 +85,7 @@ class CpuModelOptions:
         return n, self.idle_w_per_cpu, self.active_w_per_cpu
 
 
-class CpuModelSensor:
+class CpuModelSensor(SensorBase):
     """Labelled estimate of CPU power from this process's CPU time.  Domain ``cpu``.
 
     Args:

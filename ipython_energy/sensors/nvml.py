@@ -24,7 +24,7 @@ import os
 import threading
 from typing import Any
 
-from .base import DomainInfo, DomainReading, SensorError, readings
+from .base import DomainInfo, DomainReading, SensorBase, SensorError, readings
 
 COUNTER_UPDATE_PERIOD_S = 0.1
 POLLED_UPDATE_PERIOD_S = 0.1
@@ -34,7 +34,7 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class NvmlSensor:
+class NvmlSensor(SensorBase):
     """One GPU.  Created by :func:`discover_nvml` / :func:`open_nvml`."""
 
     name = "nvml"

@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .base import DomainInfo, DomainReading, SensorError, readings
+from .base import DomainInfo, DomainReading, SensorBase, SensorError, readings
 
 DEFAULT_ROOT = "/sys/class/powercap"
 #: RAPL counters update about every millisecond: effectively fresh at our read rates.
@@ -85,7 +85,7 @@ class _Zone:
         self.energy_path = self.path / "energy_uj"
 
 
-class RaplSensor:
+class RaplSensor(SensorBase):
     """RAPL package and DRAM counters for every socket.
 
     Build it with :func:`open_rapl` (explicit, raises) or :func:`discover_rapl` (never raises).

@@ -44,7 +44,7 @@ import time
 from bisect import bisect_right
 from typing import Callable, Iterable, Mapping, Sequence
 
-from .base import DomainInfo, DomainReading, SensorError, readings
+from .base import DomainInfo, DomainReading, SensorBase, SensorError, readings
 
 
 def _kind_of(name: str) -> str:
@@ -208,7 +208,7 @@ class ReplayTrace:
         return self.columns[domain].power_w(x_s, loop)
 
 
-class ReplaySensor:
+class ReplaySensor(SensorBase):
     """Plays a :class:`ReplayTrace` against a clock.  Method ``replay``.
 
     Args:
