@@ -6,7 +6,6 @@ import ast
 import math
 import shlex
 import sys
-import threading
 import time
 from types import MappingProxyType
 from typing import Any, Mapping, NamedTuple
@@ -14,17 +13,11 @@ from typing import Any, Mapping, NamedTuple
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_arguments
-from traitlets import Bool, Float, Unicode
 
-from . import config as cfg
-from .measurement import Measurement, format_energy
+from .config import SETTING_NAMES, ConfigError, EnergySettings, suggest, unknown_variables
+from .display import LiveReadout, load_report, status_text, summary_line
 from .tracking import BudgetExceeded, Run, Tracker, get_tracker, set_tracker
-from .validate import check_name, check_param_key, check_params, check_units, status_for
-
-
-def _trait(setting: cfg.Setting):
-    kind = {"str": Unicode, "float": Float, "bool": Bool}[setting.type]
-    return kind(None, allow_none=True, help=setting.help).tag(config=True)
+from .validate import check_name, check_param_key, check_params, check_units, parse_energy, status_for
 
 
 def _parse_params(items: list[str]) -> dict[str, str]:
@@ -83,13 +76,11 @@ def _name(value: str | None, what: str) -> str | None:
 
 
 @magics_class
-class EnergyMagics(Magics):
-    """Energy of cells, runs and sweeps.  Settings: docs/configuration.md."""
-
-    locals().update({s.name: _trait(s) for s in cfg.SETTINGS})
+class EnergyMagics(Magics, EnergySettings):
+    """Energy of cells, runs and sweeps.  Settings (``c.EnergyMagics.<name>``): docs/configuration.md."""
 
     def __init__(self, shell=None, **kwargs):
-        super().__init__(shell=shell, **kwargs)
+        super().__init__(shell=shell, **kwargs)  # reads every setting: ConfigError for a bad one
         self._autolog_window = None
         self._autolog_run: Run | None = None
         self._autolog_on = False
@@ -99,22 +90,20 @@ class EnergyMagics(Magics):
         self._cell_args: dict[str, CellArgs] = {}
 
     # ---- configuration ----------------------------------------------------------------------
-    def build_config(self) -> cfg.Config:
-        """Environment first, then traits set in IPython configuration (which win)."""
-        try:
-            config, warnings = cfg.from_env()
-            explicit = {s.name: getattr(self, s.name) for s in cfg.SETTINGS if getattr(self, s.name) is not None}
-            config = config.with_values(**explicit)
-        except cfg.ConfigError as exc:
-            raise UsageError(f"ipython-energy configuration: {exc}") from None
-        known = {s.name for s in cfg.SETTINGS}
+    def build_config(self) -> EnergySettings:
+        """The settings the tracker keeps (a copy: a later ``%config`` does not change them).
+
+        Also collects :attr:`config_warnings`: ``IPYTHON_ENERGY_*`` variables and
+        ``EnergyMagics`` options that are not settings (typos).
+        """
+        warnings = unknown_variables(self.environ)
         section = self.config.get("EnergyMagics", {}) if self.config is not None else {}
         warnings += [  # traitlets only logs a misspelt trait to the application log
-            f"unknown setting EnergyMagics.{name}{cfg.suggest(name, known)}; it is ignored"
-            for name in section if name not in known
+            f"unknown setting EnergyMagics.{name}{suggest(name, SETTING_NAMES)}; it is ignored"
+            for name in section if name not in SETTING_NAMES
         ]
         self.config_warnings = warnings
-        return config
+        return self.with_values()
 
     @property
     def tracker(self) -> Tracker:
@@ -183,7 +172,7 @@ class EnergyMagics(Magics):
 
         # A run made for this cell alone measures exactly the cell: one window serves both.
         window = run.window if owns_run else tracker.meter.begin(label, cell=True)
-        live = _LiveReadout(window) if args.live else None
+        live = LiveReadout(window) if args.live else None
         status = "FINISHED"
         try:
             return self._execute(cell)
@@ -201,7 +190,7 @@ class EnergyMagics(Magics):
                 m = tracker.end_run(run, status)
             if args.output:
                 self.shell.user_ns[args.output] = m
-            text = None if (args.quiet or tracker.config.quiet) else self.summary_line(m, run)
+            text = None if (args.quiet or tracker.config.quiet) else summary_line(m, run, tracker)
             if live is not None:
                 live.finish(text)
             elif text:
@@ -248,22 +237,11 @@ class EnergyMagics(Magics):
         return args
 
     def _execute(self, cell: str) -> Any:
-        """Run the cell in the user namespace, returning its last expression like a plain cell."""
+        """Run the cell in the user namespace as ``%%time`` does, returning its last expression."""
         __tracebackhide__ = True
         shell = self.shell
-        tree = None
-        if _plain_python(shell, cell):
-            # IPython's input transforms (tokenizing the whole cell: ~40 us) cannot change a cell
-            # without their syntax; a parse error sends it the usual way, for IPython's message.
-            try:
-                source = cell
-                tree = shell.compile.ast_parse(source)
-            except (SyntaxError, ValueError):
-                tree = None
-        if tree is None:
-            source = shell.transform_cell(cell)
-            tree = shell.compile.ast_parse(source)
-        tree = shell.transform_ast(tree)
+        source = shell.transform_cell(cell)
+        tree = shell.transform_ast(shell.compile.ast_parse(source))
         last = None
         if tree.body and isinstance(tree.body[-1], ast.Expr):
             last = ast.Expression(tree.body.pop().value)
@@ -273,21 +251,6 @@ class EnergyMagics(Magics):
         if last is not None:
             return eval(shell.compile(last, filename, "eval"), ns, ns)
         return None
-
-    def summary_line(self, m: Measurement, run: Run) -> str:
-        line = m.summary()
-        tracker = self.tracker
-        extra = []
-        if run.measurement is None or run.cells > 1:  # the cell is part of a longer run
-            extra.append(f"run {run.name!r}: {format_energy(run.energy_j)}")
-        if run.units and run.measurement is not None:
-            for unit, n in run.units.items():
-                extra.append(f"{format_energy(run.measurement.energy_j / n)}/{unit}")
-        if run.sweep is not None:
-            extra.append(run.sweep.describe())
-        if not tracker.config.log:
-            extra.append("not logged")
-        return line + ("" if not extra else " · " + " · ".join(extra))
 
     def _warn_backend(self, tracker: Tracker) -> None:
         warning = tracker.backend_warning()
@@ -342,7 +305,7 @@ class EnergyMagics(Magics):
         budget = None
         if a.budget is not None:
             try:
-                budget = cfg.parse_energy(a.budget)
+                budget = parse_energy(a.budget)
             except ValueError as exc:
                 raise UsageError(f"--budget: {exc}") from None
         if a.stop_at_budget and budget is None:
@@ -468,94 +431,12 @@ class EnergyMagics(Magics):
         self._warn_backend(tracker)
 
 
-#: IPython's own input transforms, as a shell starts with them (leading empty lines and indent,
-#: two prompt strippers); anything added to them, by the user or another extension, counts.
-_DEFAULT_CLEANUP_TRANSFORMS = 4
-
-
-def _plain_python(shell, cell: str) -> bool:
-    """True when IPython's input transforms would leave ``cell`` as it is.
-
-    Their token transforms act on ``%``, ``!`` and ``?`` (magics, shell escapes, help) and on
-    autocall escapes at the start of a line (``/``, ``,``, ``;``: not valid Python, so a parse
-    error sends the cell the usual way); the cleanup transforms on a first line that is empty,
-    indented or a prompt (``>>>``, ``...``, ``In [n]:``).  Transforms added by anyone else
-    always get the cell.
-    """
-    if "%" in cell or "!" in cell or "?" in cell:
-        return False
-    if shell.input_transformers_post or len(shell.input_transformers_cleanup) != _DEFAULT_CLEANUP_TRANSFORMS:
-        return False
-    first = cell[:8]
-    return bool(first) and not (first[0].isspace() or first.startswith((">>>", "...", "In [")))
-
-
-def status_text(tracker: Tracker) -> str:
-    lines = ["ipython-energy status"]
-    power = tracker.meter.power_now()
-    for d in tracker.meter.domains:
-        p = power.get(d.name)
-        label = " (estimated)" if d.estimated and d.method != "estimated" else ""
-        now = f"{p:.1f} W now" if p is not None else "no reading yet"
-        updates = f"updates every {d.update_period_s:g} s" if d.update_period_s > 0 else "fresh at every read"
-        lines.append(f"  {d.name}: {d.sensor}, {d.method}{label}, {updates} — {now}")
-    if not tracker.meter.domains:
-        lines.append("  no sensors: nothing can be measured (see docs/sensors.md)")
-    for note in tracker.meter.notes + tracker.notes:
-        lines.append(f"  note: {note}")
-    idle = tracker.meter.idle_power_w
-    lines.append(f"  idle baseline: {'unknown yet' if idle is None else f'{idle:.1f} W'} ({tracker.meter.idle_source})")
-    s = tracker.meter.session()
-    lines.append(f"  this session: {format_energy(s.get('total_j', 0.0))} in {s.get('duration_s', 0.0):.0f} s — "
-                 f"cells {format_energy(s.get('cells_j', 0.0))}, between cells {format_energy(s.get('between_cells_j', 0.0))}")
-    lines.append(f"  run: {tracker.run.name!r} ({format_energy(tracker.run.energy_j)} so far)" if tracker.run
-                 else "  run: none")
-    lines.append(f"  {tracker.sweep.describe()}" if tracker.sweep else "  sweep: none")
-    if tracker.config.log:
-        lines.append(f"  MLflow: {tracker.tracking_uri}, experiment {tracker.config.experiment!r}")
-        if tracker._writer is not None:
-            st = tracker._writer.status()
-            state = "ok" if st.backend_ok else f"NOT ANSWERING ({st.last_error})"
-            lines.append(f"  writer: {state}; {st.pending} event(s) waiting")
-    else:
-        lines.append("  MLflow: logging off")
-    return "\n".join(lines)
-
-
-class _LiveReadout:
-    """An ipywidgets line under the running cell, refreshed every second from a timer thread."""
-
-    def __init__(self, window, period_s: float = 1.0):
-        from IPython.display import display
-        import ipywidgets
-
-        self.window = window
-        self.widget = ipywidgets.HTML(value="⚡ measuring…")
-        display(self.widget)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, args=(period_s,), name="ipython-energy-readout",
-                                        daemon=True)
-        self._thread.start()
-
-    def _loop(self, period_s: float) -> None:
-        while not self._stop.wait(period_s):
-            snap = self.window.snapshot()
-            power = snap.energy_j / snap.duration_s if snap.duration_s > 0 else 0.0
-            est = " (estimated)" if snap.estimated else ""
-            self.widget.value = (f"⚡ {format_energy(snap.energy_j)}{est} so far · {power:.1f} W mean · "
-                                 f"{snap.duration_s:.0f} s elapsed")
-
-    def finish(self, text: str | None) -> None:
-        import html
-
-        self._stop.set()
-        self._thread.join(timeout=1.0)
-        self.widget.value = html.escape(text) if text else ""
-
-
 def load(ip) -> EnergyMagics:
     """Register the magics, build the tracker, print the one-line sensor report."""
-    magics = EnergyMagics(shell=ip)
+    try:
+        magics = EnergyMagics(shell=ip)
+    except ConfigError as exc:
+        raise UsageError(f"ipython-energy configuration: {exc}") from None
     config = magics.build_config()
     for warning in magics.config_warnings:
         print(f"ipython-energy: {warning}", file=sys.stderr)
@@ -572,11 +453,7 @@ def load(ip) -> EnergyMagics:
     tracker.start_background()
     if config.autolog:
         magics.set_autolog(True)
-    domains = tracker.meter.domains
-    found = ", ".join(f"{d.name} {d.method}" + (" (estimated)" if d.estimated and d.method != "estimated" else "")
-                      for d in domains) or "none"
-    where = f"MLflow {tracker.tracking_uri}" if config.log else "MLflow logging off"
-    print(f"ipython-energy: sensors: {found} · every {tracker.meter.interval_s:g} s · {where}")
+    print(load_report(tracker))
     for note in tracker.meter.notes + tracker.notes:
         print(f"ipython-energy: note: {note}", file=sys.stderr)
     return magics

@@ -68,3 +68,32 @@ def check_units(n: Any, unit: Any) -> tuple[float, str]:
     if n > 1e18:
         raise ValueError(f"units {n!r} is implausibly large (at most 1e18)")
     return n, check_name(unit, "unit")
+
+
+_ENERGY_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+_ENERGY_UNITS: dict[str, float] = {
+    "": 1.0, "j": 1.0, "kj": 1e3, "mj": 1e6, "gj": 1e9,
+    "wh": 3600.0, "kwh": 3.6e6, "mwh": 3.6e9,
+}
+
+
+def parse_energy(text: str | float | int) -> float:
+    """``"5kJ"`` → 5000.0; accepts J, kJ, MJ, GJ, Wh, kWh, MWh (case-insensitive) or a bare number of joules.
+
+    Raises ValueError for anything else, for negative, zero, NaN or infinite amounts.
+    """
+    if isinstance(text, bool):
+        raise ValueError(f"not an energy: {text!r}")
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        m = _ENERGY_RE.match(str(text))
+        if not m:
+            raise ValueError(f"not an energy: {text!r} (try 5kJ, 2.5MJ, 0.3kWh or a number of joules)")
+        unit = m.group(2).lower()
+        if unit not in _ENERGY_UNITS:
+            raise ValueError(f"unknown energy unit {m.group(2)!r} in {text!r} (use J, kJ, MJ, Wh or kWh)")
+        value = float(m.group(1)) * _ENERGY_UNITS[unit]
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"an energy budget must be a positive, finite amount, not {text!r}")
+    return value

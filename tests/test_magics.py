@@ -388,12 +388,12 @@ def test_a_run_opened_inside_the_cell_takes_the_place_of_the_cells_own(ip, sqlit
 
 
 BODIES = [
-    ("x = 20\nx + 1", 21),                             # plain Python: IPython's transforms are skipped
+    ("x = 20\nx + 1", 21),                             # plain Python
     ("  y = 3\n  y * 2", 6),                           # indented: IPython dedents it
     (">>> z = 4\n>>> z + 1", 5),                       # a pasted prompt: IPython strips it
     ("w = %time 5\nw", 5),                             # a magic assignment
     ("v = !echo hi\nv[0]", "hi"),                      # a shell escape
-    ("u = 7 % 4\nu", 3),                               # a '%' that is Python's: the usual way, same result
+    ("u = 7 % 4\nu", 3),                               # a '%' that is Python's
     ("\n\nt = 1\nt", 1),                               # leading empty lines
 ]
 
@@ -404,24 +404,23 @@ def test_cell_body_runs_as_a_plain_cell_would(ip, body, value):
     assert ip.run_cell_magic("energy", "--quiet --no-log", body) == value
 
 
-def test_plain_python_skips_ipythons_input_transforms_and_others_do_not(ip, monkeypatch):
-    calls = []
-    original = ip.transform_cell
-    monkeypatch.setattr(ip, "transform_cell", lambda cell: calls.append(cell) or original(cell))
-    assert ip.run_cell_magic("energy", "--quiet --no-log", "a = 2\na * 3") == 6
-    assert calls == []
-    assert ip.run_cell_magic("energy", "--quiet --no-log", "b = %time 2\nb") == 2
-    assert calls[0] == "b = %time 2\nb"  # (then %time transforms its own "2")
-    ip.input_transformers_post.append(lambda lines: [line.replace("SEVEN", "7") for line in lines])
+def test_input_transformers_added_by_the_user_apply_to_the_body(ip):
+    """The body goes through IPython's input transforms, whatever they are, as under %%time."""
+    def seven(lines):
+        return [line.replace("SEVEN", "7") for line in lines]
+
+    ip.input_transformers_post.append(seven)
     try:
-        assert ip.run_cell_magic("energy", "--quiet --no-log", "c = SEVEN\nc") == 7  # another transform: used
+        assert ip.run_cell("c = SEVEN\nc").result == 7
+        assert ip.run_cell_magic("energy", "--quiet --no-log", "c = SEVEN\nc") == 7
     finally:
-        ip.input_transformers_post.pop()
+        ip.input_transformers_post.remove(seven)
 
 
 def test_syntax_error_in_the_body_is_raised_as_ipython_would(ip):
-    with pytest.raises(SyntaxError) as fast:
-        ip.run_cell_magic("energy", "--quiet --no-log", "def broken(:\n    pass")
-    with pytest.raises(SyntaxError) as usual:
-        ip.transform_cell("def broken(:\n    pass") and ip.compile.ast_parse(ip.transform_cell("def broken(:\n    pass"))
-    assert (fast.value.msg, fast.value.lineno) == (usual.value.msg, usual.value.lineno)
+    body = "def broken(:\n    pass"
+    usual = ip.run_cell(body).error_before_exec
+    with pytest.raises(SyntaxError) as measured:
+        ip.run_cell_magic("energy", "--quiet --no-log", body)
+    assert isinstance(usual, SyntaxError)
+    assert (measured.value.msg, measured.value.lineno) == (usual.msg, usual.lineno)
