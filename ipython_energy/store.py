@@ -327,7 +327,8 @@ class MlflowStore:
             max_results=1, order_by=["attributes.start_time DESC"])
         return runs[0].info.run_id if runs else None
 
-    def _children(self, parent_run_id: str):
+    def children(self, parent_run_id: str) -> list:
+        """Every child run of the sweep ``parent_run_id`` (one listing, page by page)."""
         runs, token = [], None
         while True:
             page = self.client.search_runs([self.experiment_id],
@@ -343,7 +344,7 @@ class MlflowStore:
         if self.render_chart is None:
             return
         header = layout.sweep_header(self.client.get_run(parent_run_id))
-        data = rollup.build_sweep_data(header, [layout.run_row(r) for r in self._children(parent_run_id)])
+        data = rollup.build_sweep_data(header, [layout.run_row(r) for r in self.children(parent_run_id)])
         self.client.log_text(parent_run_id, self.render_chart(data), "energy_sweep.html")
 
     def _sweep_state(self, parent_run_id: str, *, running: bool = False) -> _SweepState:
@@ -359,7 +360,7 @@ class MlflowStore:
         state = self._sweeps.get(parent_run_id)
         if state is None or state.points != points:
             state = _SweepState()
-            for r in self._children(parent_run_id):
+            for r in self.children(parent_run_id):
                 done = r.info.status in rollup.ENDED_STATUSES and "energy_j" in r.data.metrics
                 state.children[r.info.run_id] = r.data.metrics["energy_j"] if done else None
                 state.saw(r)

@@ -311,6 +311,10 @@ class Writer:
                 if response.status != 200:
                     raise ConnectionError(f"{uri} answered {response.status} to /health")
 
+    def stores(self) -> list[MlflowStore]:
+        """The MLflow stores this writer has written to, one per (tracking URI, experiment)."""
+        return list(self._stores.values())
+
     def _store_for(self, uid: str) -> MlflowStore:
         start = self._context.get(uid)
         if start is None:  # an event whose run was never started in any journal seen

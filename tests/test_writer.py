@@ -31,6 +31,19 @@ def sweep_events(uri, sweep_uid, energies, experiment="exp"):
     return events
 
 
+def killed(writer, spool, *, acked=True):
+    """Stop ``writer`` and leave on disk what a SIGKILL would have left: its journal, and its
+    acknowledgements when ``acked`` (without them: a crash between an MLflow write and its ack)."""
+    journal = spool.path.read_bytes()
+    acks = spool.ack_path.read_bytes() if acked and spool.ack_path.exists() else None
+    writer.close(timeout_s=0)
+    spool.path.write_bytes(journal)
+    if acks is not None:
+        spool.ack_path.write_bytes(acks)
+    else:
+        spool.ack_path.unlink(missing_ok=True)
+
+
 def runs_by_kind(uri, experiment="exp"):
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
@@ -71,15 +84,15 @@ def test_budget_state_over(energy_home, sqlite_uri):
 def test_unreachable_backend_spools_then_replays_once_in_next_kernel(energy_home, tmp_path, sqlite_uri):
     """A backend that never answers: everything stays in the spool; the next session writes it once."""
     dead = "http://127.0.0.1:9"  # discard port: connection refused at once
-    first = Writer(Spool.create("dead-session"), retry_max_s=0.2)
+    spool = Spool.create("dead-session")
+    first = Writer(spool, retry_max_s=0.2)
     events = sweep_events(dead, "sw", [1.0, 2.0])
     for ev in events:
         first.submit(ev)
     assert not first.flush(3)
     assert first.status().backend_ok is False
     assert first.status().pending == len(events)
-    first._stop.set()
-    first._spool.close()  # the kernel dies here: nothing reached MLflow, the journal holds all
+    killed(first, spool)  # nothing reached MLflow, the journal holds all
     # The journal names the dead URI; point the recovery at the real store (same events otherwise).
     journal = (energy_home / "spool" / "dead-session.jsonl")
     journal.write_text(journal.read_text().replace(dead, sqlite_uri))
@@ -95,16 +108,13 @@ def test_unreachable_backend_spools_then_replays_once_in_next_kernel(energy_home
 
 def test_in_doubt_replay_does_not_duplicate(energy_home, sqlite_uri):
     """Events applied to MLflow but never acked (crash between the two) are not written twice."""
-    writer = Writer(Spool.create("crashy"))
+    spool = Spool.create("crashy")
+    writer = Writer(spool)
     events = sweep_events(sqlite_uri, "sw", [4.0])
     for ev in events:
         writer.submit(ev)
     assert writer.flush(120)
-    writer._stop.set()
-    spool = writer._spool
-    spool._acked = 0
-    spool.ack_path.unlink()  # as if the kernel died before writing any ack
-    spool.close()
+    killed(writer, spool, acked=False)  # as if the kernel died before writing any ack
     again = Writer(Spool.create("after"))
     again.start()
     assert again.flush(120)
@@ -116,14 +126,14 @@ def test_in_doubt_replay_does_not_duplicate(energy_home, sqlite_uri):
 
 
 def test_run_left_open_by_dead_kernel_is_closed_killed_with_last_live_energy(energy_home, sqlite_uri):
-    writer = Writer(Spool.create("killed"))
+    spool = Spool.create("killed")
+    writer = Writer(spool)
     t = _t()
     writer.submit(RunStart("open", "training", t, sqlite_uri, "exp"))
     writer.submit(Metrics("open", (("live_energy_j", 50.0, 2, t), ("live_power_w", 25.0, 2, t))))
     writer.submit(Metrics("open", (("live_energy_j", 100.0, 4, t + 2000), ("live_power_w", 25.0, 4, t + 2000))))
     assert writer.flush(120)
-    writer._stop.set()
-    writer._spool.close()  # SIGKILL-equivalent: no run_end was ever written
+    killed(writer, spool)  # no run_end was ever written
     Writer(Spool.create("restarted")).flush(0)  # not started yet
     recovery = Writer(Spool.create("restarted2"))
     recovery.start()
@@ -187,7 +197,7 @@ def _one_run(uri, sweep_uid, uid, energy):
             RunEnd(uid, "FINISHED", _t(), (("energy_j", energy, 0, _t()),))]
 
 
-def test_sweep_bookkeeping_is_incremental_and_sees_another_writer(energy_home, sqlite_uri):
+def test_sweep_bookkeeping_is_incremental_and_sees_another_writer(energy_home, sqlite_uri, monkeypatch):
     """A run costs no listing of the sweep's children, yet runs of a second writer are counted."""
     w1, w2 = Writer(Spool.create("w1")), Writer(Spool.create("w2"))
     w1.submit(SweepStart("s1", "shared", _t(), sqlite_uri, "exp"))
@@ -198,16 +208,16 @@ def test_sweep_bookkeeping_is_incremental_and_sees_another_writer(energy_home, s
             writer.submit(ev)
         assert writer.flush(120)
         expected.append((i + 1, math.fsum(1.5 + k for k in range(i + 1))))
-    backend = next(iter(w1._stores.values()))
+    (store,) = w1.stores()
     listings = []
-    original = backend._children
-    backend._children = lambda parent: listings.append(parent) or original(parent)
+    original = store.children
+    monkeypatch.setattr(store, "children", lambda parent: listings.append(parent) or original(parent))
     for i in range(4, 10):
         for ev in _one_run(sqlite_uri, "s1", f"r{i}", 1.5 + i):
             w1.submit(ev)
         assert w1.flush(120)
         expected.append((i + 1, math.fsum(1.5 + k for k in range(i + 1))))
-    assert listings == [backend.run_id("s1")], "one listing after the other writer's run, then none"
+    assert listings == [store.run_id("s1")], "one listing after the other writer's run, then none"
     client, sweeps, children = runs_by_kind(sqlite_uri)
     assert len(sweeps) == 1 and len(children) == 10
     history = sorted((m.step, m.value) for m in client.get_metric_history(sweeps[0].info.run_id, "sweep_energy_j"))
