@@ -102,6 +102,8 @@ class Meter:
         buffer_s: Seconds of samples kept per domain.
         hang_timeout_s: A sensor read in flight longer than this becomes a ``hung`` gap.
         idle_measure_s: Quiet seconds over which the idle baseline is measured.
+        background: False: no sampler thread; ticks are taken with ``meter.sampler.tick()`` on an
+            injected ``clock`` (tests, simulations; see :class:`~ipython_energy.sampler.Sampler`).
     """
 
     def __init__(
@@ -117,10 +119,12 @@ class Meter:
         buffer_s: float = 600.0,
         hang_timeout_s: float | None = None,
         idle_measure_s: float = IDLE_MEASURE_S,
+        background: bool = True,
     ):
         self.clock = clock
         self.sampler = Sampler(
             sensors, interval_s=interval_s, clock=clock, buffer_s=buffer_s, hang_timeout_s=hang_timeout_s,
+            background=background,
         )
         self._sensors = list(sensors)
         self._lock = self.sampler.lock

@@ -142,6 +142,9 @@ class Sampler:
             (default ``min(1, max(2 * interval_s, 0.25))``: twice the interval, at least a
             quarter second so that a loaded machine is not mistaken for a hung sensor).
         capacity: Points kept per domain (default: from ``buffer_s`` and ``interval_s``).
+        background: False: no sampler thread; the caller takes the ticks with :meth:`tick`, on an
+            injected ``clock`` that it moves itself (tests, simulations).  Blocking sensors still
+            get their reader threads.
 
     After each tick's readings are stored (see :meth:`sync`: in batches, on the sampler thread or on
     whichever thread asks for the series first) the sampler updates :attr:`tally`
@@ -157,11 +160,13 @@ class Sampler:
         buffer_s: float = DEFAULT_BUFFER_S,
         hang_timeout_s: float | None = None,
         capacity: int | None = None,
+        background: bool = True,
     ):
         if interval_s <= 0:
             raise ValueError("interval_s must be positive")
         self.interval_s = float(interval_s)
         self.clock = clock
+        self.background = background
         self.hang_timeout_s = (
             float(hang_timeout_s) if hang_timeout_s is not None else min(1.0, max(2 * interval_s, 0.25))
         )
@@ -222,7 +227,9 @@ class Sampler:
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and not self._stopped
+        if self._stopped:
+            return False
+        return not self.background or (self._thread is not None and self._thread.is_alive())
 
     def start(self) -> None:
         """Start the sampler thread (and one reader per blocking sensor).  Idempotent."""
@@ -250,8 +257,36 @@ class Sampler:
                 name=f"{THREAD_NAME}-read-{slot.sensor.name}", daemon=True,
             )
             slot.reader.start()
-        self._thread = threading.Thread(target=self._loop, args=(gen,), name=THREAD_NAME, daemon=True)
-        self._thread.start()
+        if self.background:
+            self._thread = threading.Thread(target=self._loop, args=(gen,), name=THREAD_NAME, daemon=True)
+            self._thread.start()
+
+    def tick(self) -> None:
+        """Take one tick now, on the calling thread, as the sampler thread does at every interval:
+        dispatch the blocking sensors' reads and wait for them (each up to ``hang_timeout_s``, in
+        real time), sample the nonblocking sensors, and store it all (:meth:`sync`).
+
+        For a sampler built with ``background=False`` and driven by its clock (tests,
+        simulations); with the sampler thread running, ticks come from that thread.
+        """
+        now = self.clock()
+        readers = self._readers
+        if readers:
+            self._dispatch_readers(now)
+        n = self._n
+        i = n & _RING_MASK
+        self._times[i] = now
+        for fn, buf in self._captures:
+            try:
+                buf[i] = fn()
+            except Exception as exc:  # any failure of a sensor is recorded as a gap, never hidden
+                buf[i] = exc
+        self._n = n + 1
+        for slot in readers:
+            if not slot.hung and slot.done.acquire(timeout=self.hang_timeout_s):
+                slot.done.release()
+        with self.lock:
+            self.sync()
 
     def stop(self, timeout_s: float = 1.0) -> None:
         """Stop sampling.  Idempotent, and prompt even if a sensor hangs.

@@ -58,7 +58,9 @@ class FakeGpu:
     ``power_w`` with a load that changes; ``energy_j_at`` must be the integral of ``power_w_at``.
     ``hold_counter`` freezes the counter at its current value (a driver that stops publishing
     updates for a while); when cleared, the counter reads its true value again.
-    ``counter_reads`` and ``power_reads`` count the calls.
+    ``counter_reads`` and ``power_reads`` count the calls.  ``spend`` is how a read's cost is
+    spent: CPU time burnt on the calling thread by default; a test on an injected clock passes the
+    clock's ``advance``, so that a read takes that long on the clock.
     """
 
     uuid: str
@@ -79,6 +81,7 @@ class FakeGpu:
     hold_counter: bool = False
     counter_reads: int = 0
     power_reads: int = 0
+    spend: Callable[[float], None] | None = None
     _held_mj: int | None = None
 
     def true_energy_j(self, x: float) -> float:
@@ -142,7 +145,8 @@ def make_fake_pynvml(gpus: list[FakeGpu], *, init_error: int | None = None) -> t
         if not g.has_counter:
             raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
         g.counter_reads += 1
-        burn_cpu_s(g.counter_cost_s)
+        if g.counter_cost_s > 0:
+            (g.spend or burn_cpu_s)(g.counter_cost_s)
         return g.energy_mj()
 
     def nvmlDeviceGetPowerUsage(h):
