@@ -24,9 +24,8 @@ from ipython_energy.sensors.base import DomainInfo, DomainReading, SensorBase
 from ipython_energy.sensors.replay import ReplaySensor, ReplayTrace
 from tests.helpers.waiting import wait_until
 from tests.sensors.fake_pynvml import FakeGpu, make_fake_pynvml
+from tests.sensors.injected_clock import Clock, Ticks
 from tests.sensors.read_log import ReadLog
-
-_GOLDEN = 0.6180339887498949
 
 
 def flat(watts: dict[str, float], **kw) -> ReplaySensor:
@@ -48,61 +47,15 @@ def truth(sensors, w, domain):
     raise KeyError(domain)
 
 
-class Clock:
-    """A monotonic clock that moves only when told to (the meter's, injected)."""
-
-    def __init__(self, t: float = 1000.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
-
-
-class Driven:
-    """A meter on an injected clock whose sampler ticks when the test lets time pass.
-
-    Ticks follow the sampler thread's schedule: every ``interval_s``, dithered by the golden-ratio
-    sequence when ``dither`` (the sampler does so when a counter updates slowly), after
-    ``probe_ticks`` ticks every ``probe_s`` right after the start (the sampler's dense first reads
-    of a slowly updating counter).
-    """
+class Driven(Ticks):
+    """A meter on an injected clock (``background=False``) whose sampler ticks when the test lets
+    time pass (:class:`~tests.sensors.injected_clock.Ticks`)."""
 
     def __init__(self, sensors, clock: Clock, *, interval_s: float = 0.02, dither: bool = False,
-                 probe_s: float | None = None, probe_ticks: int = 12, **meter_kw):
-        self.clock = clock
-        self.interval_s = interval_s
-        self.dither = dither
-        self.probe_s = probe_s
-        self.probe_left = probe_ticks if probe_s is not None else 0
-        self.k = 0
-        self.g_prev = 0.0
+                 probe_s: float | None = None, **meter_kw):
         self.meter = Meter(sensors, interval_s=interval_s, clock=clock, background=False, **meter_kw)
         self.meter.start()
-        self.next_t = clock() + self._step()
-
-    def _step(self) -> float:
-        if self.probe_left:
-            self.probe_left -= 1
-            return self.probe_s
-        if not self.dither:
-            return self.interval_s
-        self.k += 1
-        g = (self.k * _GOLDEN) % 1.0
-        step = self.interval_s * (1.0 + g - self.g_prev)
-        self.g_prev = g
-        return step
-
-    def run(self, seconds: float) -> None:
-        """Let ``seconds`` pass on the clock, with the sampler's ticks that fall in them."""
-        end = self.clock() + seconds
-        while self.next_t <= end:
-            self.clock.t = self.next_t
-            self.meter.sampler.tick()
-            self.next_t += self._step()
-        self.clock.t = end
+        super().__init__(self.meter.sampler, clock, dither=dither, probe_s=probe_s)
 
     def close(self) -> None:
         self.meter.stop()

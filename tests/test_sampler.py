@@ -1,4 +1,9 @@
-"""The sampler thread against replay sensors and small misbehaving sensors (fakes at the sensor seam)."""
+"""The sampler against replay sensors and small misbehaving sensors (fakes at the sensor seam).
+
+Thread behaviour (start, stop, hangs, edges on several threads) is tested in real time; what the
+readings become (gaps, resets, the update phase) on an injected clock, with the test taking the
+ticks (``Sampler(..., background=False)``, :class:`~tests.sensors.injected_clock.Ticks`), or by
+feeding a :class:`DomainSeries` directly."""
 
 from __future__ import annotations
 
@@ -13,6 +18,8 @@ from ipython_energy.sampler import THREAD_NAME, Sampler
 from ipython_energy.sensors.base import DomainInfo, DomainReading, SensorBase
 from ipython_energy.sensors.replay import ReplaySensor, ReplayTrace
 from ipython_energy.series import DomainSeries
+from tests.helpers.waiting import wait_until
+from tests.sensors.injected_clock import Clock, Ticks
 
 
 def steady(name="gpu0", watts=100.0, **kw) -> ReplaySensor:
@@ -60,15 +67,6 @@ class ScriptedSensor:
         pass
 
 
-def wait_for(cond, timeout_s=3.0):
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if cond():
-            return True
-        time.sleep(0.01)
-    return False
-
-
 def test_named_daemon_thread_starts_stops_promptly_and_idempotently():
     # A sampler stopped by an earlier test may still be finishing its last sleep
     # (it exits within one interval of stop()), so count only the threads this one adds.
@@ -79,13 +77,13 @@ def test_named_daemon_thread_starts_stops_promptly_and_idempotently():
     ours = [t for t in threading.enumerate() if t.name == THREAD_NAME and t not in before]
     assert len(ours) == 1
     assert all(t.daemon for t in s.threads())
-    assert wait_for(lambda: s.ticks >= 3)
+    wait_until(lambda: s.ticks >= 3)
     t0 = time.monotonic()
     s.stop()
     s.stop()
     assert time.monotonic() - t0 < 0.3
     assert not s.running
-    assert wait_for(lambda: not ours[0].is_alive(), 1.0)  # gone within one interval
+    wait_until(lambda: not ours[0].is_alive(), 1.0)  # gone within one interval
     n = len(s.series["gpu0"].points)
     time.sleep(0.15)
     assert len(s.series["gpu0"].points) == n  # nothing lands after stop()
@@ -106,13 +104,12 @@ def test_hung_sensor_becomes_gap_and_does_not_stall_others_or_stop():
     hung = ScriptedSensor("stuck")
     s = Sampler([hung, steady()], interval_s=0.02, hang_timeout_s=0.1)
     s.start()
-    assert wait_for(lambda: hung.reads >= 2)
+    wait_until(lambda: hung.reads >= 2)
     hung.mode = "hang"
-    assert wait_for(lambda: s.series["stuck"].gap_open is not None)
+    wait_until(lambda: s.series["stuck"].gap_open is not None)
     assert s.series["stuck"].gap_open[1].startswith("hung")
     n = len(s.series["gpu0"].points)
-    time.sleep(0.2)
-    assert len(s.series["gpu0"].points) > n + 4  # the healthy sensor keeps being read
+    wait_until(lambda: len(s.series["gpu0"].points) > n + 4, 5.0)  # the healthy sensor keeps being read
     t0 = time.monotonic()
     s.edge_read()  # a window edge skips the hung sensor instead of blocking
     assert time.monotonic() - t0 < 0.05
@@ -176,7 +173,7 @@ def test_first_hang_during_an_edge_read_is_bounded_and_becomes_a_gap():
         s.edge_read()  # now marked hung: skipped at once
         assert time.perf_counter() - t0 < 0.005
         sen.release.set()  # the read comes back: the gap closes, reads go on
-        assert wait_for(lambda: s.series["pkg"].gap_open is None, 1.0)
+        wait_until(lambda: s.series["pkg"].gap_open is None, 1.0)
         s.edge_read()
         assert sen.reads == 4 and s.series["pkg"].gap_open is None
     finally:
@@ -188,7 +185,7 @@ def test_edge_reads_after_stop_still_read_blocking_sensors():
     sen = HangsOnRead()
     s = Sampler([sen], interval_s=0.05)
     s.start()
-    assert wait_for(lambda: sen.reads >= 2)
+    wait_until(lambda: sen.reads >= 2)
     s.stop()
     n = sen.reads
     time.sleep(0.12)
@@ -202,12 +199,12 @@ def test_hung_sensor_recovers_and_gap_closes():
     sen = ScriptedSensor("x")
     s = Sampler([sen], interval_s=0.02, hang_timeout_s=0.05)
     s.start()
-    assert wait_for(lambda: sen.reads >= 2)
+    wait_until(lambda: sen.reads >= 2)
     sen.mode = "hang"
-    assert wait_for(lambda: s.series["x"].gap_open is not None)
+    wait_until(lambda: s.series["x"].gap_open is not None)
     sen.mode = "ok"
     sen.release.set()
-    assert wait_for(lambda: s.series["x"].gap_open is None and len(s.series["x"].gaps) == 1)
+    wait_until(lambda: s.series["x"].gap_open is None and len(s.series["x"].gaps) == 1)
     s.stop()
     _, start, end, reason = s.series["x"].gaps[0]
     assert end > start and reason.startswith("hung")
@@ -217,20 +214,28 @@ def test_hung_sensor_recovers_and_gap_closes():
     ("raise", "raised: OSError"), ("nan", "nan energy"), ("negative", "negative energy"),
     ("decrease", "decreasing counter"), ("missing", "missing from reading")])
 def test_bad_readings_become_gaps(mode, reason):
+    clock = Clock()
     sen = ScriptedSensor("x")
-    s = Sampler([sen, steady()], interval_s=0.02)
+    s = Sampler([sen, steady(clock=clock)], interval_s=0.02, clock=clock, background=False)
     s.start()
-    assert wait_for(lambda: sen.reads >= 3)
-    sen.mode = mode
-    assert wait_for(lambda: s.series["x"].gap_open is not None)
-    assert s.series["x"].gap_open[1].startswith(reason)
-    good_before = s.series["x"].points[-1][1]
-    time.sleep(0.1)
-    assert s.series["x"].points[-1][1] == good_before  # nothing bad was stored
-    sen.mode = "ok"
-    assert wait_for(lambda: s.series["x"].gap_open is None)
-    s.stop()
-    assert s.series["gpu0"].gap_open is None and not s.series["gpu0"].gaps
+    ticks = Ticks(s, clock)
+    try:
+        ticks.run(0.06)
+        good_before = s.series["x"].points[-1][1]
+        good_t = s.series["x"].last_good_t
+        sen.mode = mode
+        ticks.run(0.1)
+        gap = s.series["x"].gap_open
+        assert gap is not None and gap[0] == good_t and gap[1].startswith(reason)
+        assert s.series["x"].points[-1][1] == good_before  # nothing bad was stored
+        sen.mode = "ok"
+        ticks.run(0.02)
+        assert not s.series["x"].in_gap
+        (_, start, end, why), = s.series["x"].gaps
+        assert (start, end) == (good_t, pytest.approx(clock())) and why.startswith(reason)
+    finally:
+        s.stop()
+    assert not s.series["gpu0"].in_gap and not s.series["gpu0"].gaps
 
 
 def test_counter_reset_is_rebased_not_negative():
@@ -375,7 +380,7 @@ def test_reset_of_a_stale_counter_is_rebased_from_the_first_low_read():
 def test_memory_is_bounded_with_many_samples():
     s = Sampler([steady(), steady("cpu", 20.0)], interval_s=0.001, capacity=200)
     s.start()
-    assert wait_for(lambda: s.ticks > 600, 10.0)
+    wait_until(lambda: s.ticks > 600, 10.0)
     s.stop()
     assert all(len(ds.points) == 200 for ds in s.series.values())
     # a week of 10 Hz readings pushed straight through the series: still bounded
@@ -391,13 +396,19 @@ def test_memory_is_bounded_with_many_samples():
 
 
 def test_phase_lock_finds_counter_update_times():
-    sen = steady(watts=100.0, update_period_s=0.1, phase_s=0.0371, report_power=False)
-    s = Sampler([sen], interval_s=0.1)
+    clock = Clock()
+    sen = steady(watts=100.0, update_period_s=0.1, phase_s=0.0371, report_power=False, clock=clock)
+    s = Sampler([sen], interval_s=0.1, clock=clock, background=False)
     s.start()
     lock = s.series["gpu0"].phase
-    assert wait_for(lambda: lock.locked, 6.0)
+    ticks = Ticks(s, clock, dither=True, probe_s=0.025)
+    seconds = 0.0
+    while not lock.locked:
+        assert seconds < 6.0, "the update phase was not found within 6 s of reads"
+        ticks.run(0.1)
+        seconds += 0.1
     s.stop()
-    t = time.monotonic()
+    t = clock()
     true_last = sen.t0 + 0.0371 + math.floor((t - sen.t0 - 0.0371) / 0.1) * 0.1
     err = (lock.last_update(t) - true_last + 0.05) % 0.1 - 0.05
     assert abs(err) < 0.005
@@ -418,7 +429,7 @@ def test_state_is_cached_from_the_reader():
     sen = ScriptedSensor("x")
     s = Sampler([sen], interval_s=0.02)
     s.start()
-    assert wait_for(lambda: s.states().get("x") == {"mode": "ok"})
+    wait_until(lambda: s.states().get("x") == {"mode": "ok"})
     s.stop()
 
 
@@ -517,14 +528,14 @@ def test_failing_in_process_sensor_leaves_a_gap_and_the_others_go_on(mode, reaso
     s = Sampler([sen, steady()], interval_s=0.01)
     s.start()
     try:
-        assert wait_for(lambda: len(synced(s).series["cpu"].points) >= 3)
+        wait_until(lambda: len(synced(s).series["cpu"].points) >= 3)
         sen.mode = mode
-        assert wait_for(lambda: synced(s).series["cpu"].gap_open is not None)
+        wait_until(lambda: synced(s).series["cpu"].gap_open is not None)
         assert s.series["cpu"].gap_open[1].startswith(reason)
         n = len(s.series["gpu0"].points)
-        assert wait_for(lambda: len(synced(s).series["gpu0"].points) > n + 5)  # the other one goes on
+        wait_until(lambda: len(synced(s).series["gpu0"].points) > n + 5)  # the other one goes on
         sen.mode = "ok"
-        assert wait_for(lambda: synced(s).series["cpu"].gap_open is None)
+        wait_until(lambda: synced(s).series["cpu"].gap_open is None)
     finally:
         s.stop()
     assert [r for _, _, _, r in s.series["cpu"].gaps][0].startswith(reason)
@@ -555,7 +566,7 @@ def test_nonblocking_sensor_without_values_at_is_read_on_a_reader_thread():
     s = Sampler([sen], interval_s=0.02)
     s.start()
     try:
-        assert wait_for(lambda: sen.reads >= 3)
+        wait_until(lambda: sen.reads >= 3)
         assert any(t.name.endswith("-read-scripted") for t in s.threads())
     finally:
         s.stop()
@@ -578,8 +589,10 @@ def test_edges_on_two_threads_and_ticks_store_readings_in_time_order():
     threads = [threading.Thread(target=edges) for _ in range(2)]
     for th in threads:
         th.start()
-    time.sleep(0.5)
-    stop.set()
+    try:
+        wait_until(lambda: s.ticks > 100 and all(len(ds.points) > 100 for ds in s.series.values()), 30.0)
+    finally:
+        stop.set()
     for th in threads:
         th.join()
     s.stop()
