@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.kernel import Kernel, energy_env
+from tests.helpers.mlflow_readback import create_store
 from tests.helpers.net import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,6 +71,25 @@ def flat_trace(tmp_path) -> Path:
 @pytest.fixture
 def sqlite_uri(tmp_path) -> str:
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture
+def start_kernel(tmp_path, energy_home):
+    """``start_kernel(trace, uri, extra_arguments=(), **env) -> Kernel``: a real Jupyter kernel in
+    ``tmp_path`` that measures with the replay sensor on ``trace`` and logs to ``uri`` (its store
+    created first), with the test's IPYTHON_ENERGY_HOME and the variables in ``env``.  Every kernel
+    started is shut down at teardown."""
+    started: list[Kernel] = []
+
+    def start(trace: Path, uri: str, extra_arguments=(), **env: str) -> Kernel:
+        create_store(uri)
+        kernel = Kernel(tmp_path, energy_env(energy_home, trace, uri, **env), extra_arguments)
+        started.append(kernel)
+        return kernel
+
+    yield start
+    for kernel in started:
+        kernel.shutdown()
 
 
 class MlflowServer:

@@ -27,7 +27,7 @@ import pytest
 from IPython.core.error import UsageError
 
 import ipython_energy
-from faultkit import mlflow_runs, split_sweep
+from tests.helpers.mlflow_readback import runs, split_sweep
 
 
 @pytest.fixture
@@ -44,7 +44,7 @@ def nothing_logged(uri) -> None:
     db = Path(uri[len("sqlite:///"):])
     if ipython_energy.tracker()._writer is None and not db.exists():
         return
-    assert mlflow_runs(uri)[1] == []
+    assert runs(uri)[1] == []
 
 
 def test_unicode_names_work_and_round_trip_to_mlflow(ip, sqlite_uri):
@@ -56,8 +56,8 @@ def test_unicode_names_work_and_round_trip_to_mlflow(ip, sqlite_uri):
     ip.run_line_magic("energy", "end run")
     ip.run_line_magic("energy", "end")
     assert ipython_energy.flush(120)
-    _, runs = mlflow_runs(sqlite_uri)
-    sweeps, children = split_sweep(runs)
+    _, found = runs(sqlite_uri)
+    sweeps, children = split_sweep(found)
     (sweep,) = sweeps
     assert sweep.info.run_name == "résumé-Ω" and sweep.data.tags["energy.sweep"] == "résumé-Ω"
     by_name = {c.info.run_name: c for c in children}
@@ -83,8 +83,8 @@ def test_quotes_backslashes_and_the_longest_name_work(ip, sqlite_uri):
         assert ip.run_cell(f"%%energy --quiet --run {shlex.quote(name)}\npass").success
         ip.run_line_magic("energy", "end")
     assert ipython_energy.flush(120)
-    _, runs = mlflow_runs(sqlite_uri)
-    sweeps, children = split_sweep(runs)
+    _, found = runs(sqlite_uri)
+    sweeps, children = split_sweep(found)
     assert sorted(s.info.run_name for s in sweeps) == sorted(NAMES)
     parents = {s.info.run_id: s.info.run_name for s in sweeps}
     assert sorted((c.info.run_name, parents[c.data.tags["mlflow.parentRunId"]]) for c in children) == \

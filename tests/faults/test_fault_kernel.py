@@ -16,100 +16,42 @@ the MLflow server is down, so that its measurements exist only in its journal.
 
 from __future__ import annotations
 
-import os
-import signal
-import sys
 import time
 
 import pytest
-from jupyter_client.manager import KernelManager
 
-from faultkit import assert_sweep_total_exact, mlflow_runs, split_sweep
-from test_fault_security import _listening_inodes
+from tests.helpers.mlflow_readback import assert_sweep_total_exact, runs, split_sweep
+from tests.helpers.net import listening_sockets
 
-
-def create_store(uri: str) -> None:
-    """Make a sqlite store before the kernels (this process reads it while they write)."""
-    if uri.startswith("sqlite:"):
-        from mlflow.tracking import MlflowClient
-
-        MlflowClient(uri).search_experiments(max_results=1)
-
-
-def start_kernel(tmp_path, energy_home, trace, uri):
-    env = dict(os.environ)
-    env.update({"IPYTHON_ENERGY_HOME": str(energy_home), "IPYTHON_ENERGY_SENSORS": f"replay:{trace}",
-                "MLFLOW_TRACKING_URI": uri, "IPYTHON_ENERGY_QUIET": "true",
-                "PYTHONPATH": os.pathsep.join(sys.path)})
-    km = KernelManager(kernel_name="python3")
-    km.start_kernel(env=env, cwd=str(tmp_path))
-    kc = km.client()
-    kc.start_channels()
-    kc.wait_for_ready(timeout=60)
-    return km, kc
-
-
-def kernel_pid(km) -> int:
-    return km.provisioner.pid if hasattr(km.provisioner, "pid") else km.kernel.pid
-
-
-def wait_reply(kc, msg_id: str, timeout: float = 120) -> str:
-    """Wait until ``msg_id`` is done; return its stdout; raise on an error."""
-    out = []
-    while True:
-        msg = kc.get_iopub_msg(timeout=timeout)
-        if msg["parent_header"].get("msg_id") != msg_id:
-            continue
-        if msg["msg_type"] == "stream":
-            out.append(msg["content"]["text"])
-        elif msg["msg_type"] == "error":
-            raise AssertionError("\n".join(msg["content"]["traceback"]))
-        elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-            return "".join(out)
-
-
-def execute(kc, code: str, timeout: float = 120) -> str:
-    return wait_reply(kc, kc.execute(code), timeout)
-
-
-@pytest.fixture
-def kernels():
-    started = []
-    yield started
-    for km, kc in started:
-        kc.stop_channels()
-        km.shutdown_kernel(now=True)
+QUIET = {"IPYTHON_ENERGY_QUIET": "true"}
 
 
 @pytest.mark.slow
-def test_two_kernels_write_one_sweep_at_once_with_the_magic(tmp_path, energy_home, flat_trace, sqlite_uri, kernels):
-    create_store(sqlite_uri)
-    for _ in range(2):
-        kernels.append(start_kernel(tmp_path, energy_home, flat_trace, sqlite_uri))
-    pids = [kernel_pid(km) for km, _ in kernels]
-    listening_before = [_listening_inodes(pid) for pid in pids]  # the kernels' own ZMQ ports
-    for _, kc in kernels:
-        execute(kc, "%load_ext ipython_energy")
+def test_two_kernels_write_one_sweep_at_once_with_the_magic(start_kernel, flat_trace, sqlite_uri):
+    kernels = [start_kernel(flat_trace, sqlite_uri, **QUIET) for _ in range(2)]
+    listening_before = [listening_sockets(k.pid) for k in kernels]  # the kernels' own ZMQ ports
+    for kernel in kernels:
+        kernel.execute("%load_ext ipython_energy")
     # Both start the same sweep at the same moment, then run cells interleaved in time.
-    starts = [kc.execute("%energy sweep shared --planned 8") for _, kc in kernels]
-    for (_, kc), msg_id in zip(kernels, starts):
-        wait_reply(kc, msg_id)
+    starts = [kernel.submit("%energy sweep shared --planned 8") for kernel in kernels]
+    for kernel, msg_id in zip(kernels, starts):
+        kernel.wait(msg_id)
     pending = []
     for i in range(4):
-        for name, (_, kc) in zip("AB", kernels):
-            pending.append((kc, kc.execute(f"%%energy --param kernel={name} --param i={i}\nimport time\n"
-                                           f"time.sleep(0.15)")))
-    for kc, msg_id in pending:
-        wait_reply(kc, msg_id)
-    for _, kc in kernels:
-        execute(kc, "%energy end")
-    for _, kc in kernels:
-        assert "MLflow has every measurement" in execute(kc, "%energy flush --timeout 120", timeout=180)
-    listening_after = [_listening_inodes(pid) for pid in pids]
+        for name, kernel in zip("AB", kernels):
+            pending.append((kernel, kernel.submit(f"%%energy --param kernel={name} --param i={i}\nimport time\n"
+                                                  f"time.sleep(0.15)")))
+    for kernel, msg_id in pending:
+        kernel.wait(msg_id)
+    for kernel in kernels:
+        kernel.execute("%energy end")
+    for kernel in kernels:
+        assert "MLflow has every measurement" in kernel.execute("%energy flush --timeout 120", timeout_s=180)
+    listening_after = [listening_sockets(k.pid) for k in kernels]
     assert listening_after == listening_before, "loading the extension opened a listening socket"
 
-    client, runs = mlflow_runs(sqlite_uri)
-    sweeps, children = split_sweep(runs)
+    client, found = runs(sqlite_uri)
+    sweeps, children = split_sweep(found)
     assert [s.info.run_name for s in sweeps] == ["shared"], "one parent run for both kernels"
     (parent,) = sweeps
     names = sorted(c.info.run_name for c in children)
@@ -127,36 +69,29 @@ def test_two_kernels_write_one_sweep_at_once_with_the_magic(tmp_path, energy_hom
 
 @pytest.mark.slow
 @pytest.mark.server
-def test_kernel_sigkilled_while_mlflow_is_down_loses_nothing(tmp_path, energy_home, flat_trace, mlflow_server,
-                                                            kernels):
+def test_kernel_sigkilled_while_mlflow_is_down_loses_nothing(start_kernel, energy_home, flat_trace, mlflow_server):
     """The measurements exist only in the dead kernel's journal; the next kernel writes them once."""
     uri = mlflow_server.uri
-    km, kc = start_kernel(tmp_path, energy_home, flat_trace, uri)
-    kernels.append((km, kc))
-    execute(kc, "%load_ext ipython_energy")
-    execute(kc, "%energy sweep doomed")
-    execute(kc, "%%energy --param i=0\nimport time\ntime.sleep(0.1)")
-    assert "every measurement" in execute(kc, "%energy flush --timeout 60", timeout=90)
+    kernel = start_kernel(flat_trace, uri, **QUIET)
+    kernel.execute("%load_ext ipython_energy")
+    kernel.execute("%energy sweep doomed")
+    kernel.execute("%%energy --param i=0\nimport time\ntime.sleep(0.1)")
+    assert "every measurement" in kernel.execute("%energy flush --timeout 60", timeout_s=90)
     mlflow_server.kill()
     for i in range(1, 6):
-        execute(kc, f"%%energy --param i={i}\nimport time\ntime.sleep(0.1)")
-    execute(kc, "%energy end")
+        kernel.execute(f"%%energy --param i={i}\nimport time\ntime.sleep(0.1)")
+    kernel.execute("%energy end")
     # The journal is written off the cell's path, within milliseconds (fsync included); only an
     # event submitted in the last few milliseconds before a SIGKILL can miss it.
     time.sleep(0.5)
-    os.kill(kernel_pid(km), signal.SIGKILL)
-    time.sleep(0.5)
-    kc.stop_channels()
-    km.cleanup_resources()
-    kernels.clear()
+    kernel.sigkill()
 
     mlflow_server.start()
-    km2, kc2 = start_kernel(tmp_path, energy_home, flat_trace, uri)
-    kernels.append((km2, kc2))
-    execute(kc2, "%load_ext ipython_energy")
-    assert "every measurement" in execute(kc2, "%energy flush --timeout 240", timeout=300)
-    client, runs = mlflow_runs(uri)
-    sweeps, children = split_sweep(runs)
+    again = start_kernel(flat_trace, uri, **QUIET)
+    again.execute("%load_ext ipython_energy")
+    assert "every measurement" in again.execute("%energy flush --timeout 240", timeout_s=300)
+    client, found = runs(uri)
+    sweeps, children = split_sweep(found)
     assert [s.info.run_name for s in sweeps] == ["doomed"]
     assert sorted(c.info.run_name for c in children) == [f"i={i}" for i in range(6)]
     for child in children:

@@ -26,7 +26,9 @@ from pathlib import Path
 import pytest
 
 import ipython_energy
-from faultkit import mlflow_runs, split_sweep, wait_until
+from tests.helpers.mlflow_readback import runs, split_sweep
+from tests.helpers.net import listening_sockets
+from tests.helpers.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,17 +68,18 @@ def parse(text: str) -> Tags:
     return tags
 
 
-def sweep_artifact(ip, uri, tmp_path, sweep: str, runs: list[tuple[str, dict[str, str]]]) -> str:
+def sweep_artifact(ip, uri, tmp_path, sweep: str, named_runs: list[tuple[str, dict[str, str]]]) -> str:
+    """Log sweep ``sweep`` with one cell per ``(run name, params)``; return its HTML artifact."""
     import shlex
 
     ip.run_line_magic("energy", f"sweep {shlex.quote(sweep)}")
-    for name, params in runs:
+    for name, params in named_runs:
         args = " ".join(f"--param {shlex.quote(f'{k}={v}')}" for k, v in params.items())
         assert ip.run_cell(f"%%energy --quiet --run {shlex.quote(name)} {args}\npass").success
     ip.run_line_magic("energy", "end")
     assert ipython_energy.flush(120)
-    client, runs_ = mlflow_runs(uri)
-    (parent,) = [r for r in split_sweep(runs_)[0] if r.info.run_name == sweep]
+    client, found = runs(uri)
+    (parent,) = [r for r in split_sweep(found)[0] if r.info.run_name == sweep]
     out = tmp_path / f"artifact-{parent.info.run_id}"
     out.mkdir()
     path = client.download_artifacts(parent.info.run_id, "energy_sweep.html", str(out))
@@ -143,33 +146,9 @@ def test_local_state_is_0600_in_0700_directories_whatever_the_umask(open_shell, 
         os.umask(old)
 
 
-def _listening_inodes(pid: int | str = "self") -> dict[str, list[str]]:
-    """Socket inodes of ``pid`` that listen (TCP LISTEN) or are bound to a port (UDP)."""
-    owned = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            owned.add(target[len("socket:["):-1])
-    found: dict[str, list[str]] = {}
-    for proto in ("tcp", "tcp6", "udp", "udp6"):
-        table = Path(f"/proc/{pid}/net/{proto}")
-        if not table.exists():
-            continue
-        for line in table.read_text().splitlines()[1:]:
-            cols = line.split()
-            local, state, inode = cols[1], cols[3], cols[9]
-            bound = state == "0A" if proto.startswith("tcp") else int(local.split(":")[1], 16) != 0
-            if bound and inode in owned:
-                found.setdefault(proto, []).append(local)
-    return found
-
-
 @pytest.mark.skipif(not Path("/proc/self/net/tcp").exists(), reason="needs Linux /proc/net")
 def test_nothing_of_ours_listens_on_a_port(open_shell, flat_trace, sqlite_uri):
-    before = _listening_inodes()
+    before = listening_sockets()
     ip = open_shell(env={"IPYTHON_ENERGY_SENSORS": f"replay:{flat_trace}", "MLFLOW_TRACKING_URI": sqlite_uri})
     ip.run_line_magic("energy", "sweep ports")
     for i in range(3):
@@ -178,7 +157,7 @@ def test_nothing_of_ours_listens_on_a_port(open_shell, flat_trace, sqlite_uri):
     ip.run_line_magic("energy", "end")
     assert ipython_energy.flush(120)
     time.sleep(1.5)  # the live file and the live series have been written meanwhile
-    assert _listening_inodes() == before == {}
+    assert listening_sockets() == before == {}
 
 
 # ---- the sidebar's routes: no client-supplied location, ever (static, no server needed) -----------------

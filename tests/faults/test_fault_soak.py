@@ -16,7 +16,8 @@ import time
 import pytest
 
 import ipython_energy
-from faultkit import figure, mlflow_runs
+from faultkit import figure
+from tests.helpers.mlflow_readback import runs
 
 CELLS = 10_000
 BLOCK = 1_000
@@ -80,8 +81,8 @@ def test_ten_thousand_cells_with_autolog_stay_flat(open_shell, flat_trace, sqlit
     assert not writer._inbox and not writer._pending and len(writer._context) < 10
     assert not tracker.open_runs and not tracker.meter._open and not tracker.meter._pending
 
-    client, runs = mlflow_runs(sqlite_uri)
-    (soak,) = [r for r in runs if r.info.run_name == "soak"]
+    client, found = runs(sqlite_uri)
+    (soak,) = [r for r in found if r.info.run_name == "soak"]
     points = client.get_metric_history(soak.info.run_id, "cell_energy_j")
     assert sorted(p.step for p in points) == counts, "every cell exactly once, at its execution count"
     assert soak.info.status == "FINISHED"

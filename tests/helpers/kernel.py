@@ -8,8 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-from jupyter_client.manager import KernelManager
-
 
 def energy_env(energy_home: Path, trace: Path, tracking_uri: str, **more: str) -> dict[str, str]:
     """The environment of a kernel that measures with the replay sensor on ``trace`` (the hardware
@@ -34,6 +32,8 @@ class Kernel:
 
     def __init__(self, cwd: Path, env: dict[str, str], extra_arguments: Iterable[str] = (),
                  ready_timeout_s: float = 60.0):
+        from jupyter_client.manager import KernelManager
+
         self.manager = KernelManager(kernel_name="python3")
         self.manager.start_kernel(env=env, cwd=str(cwd), extra_arguments=list(extra_arguments))
         self.client = self.manager.client()

@@ -1,11 +1,16 @@
-"""What MLflow holds, read back through the MLflow client as a user would read it."""
+"""What MLflow holds, read back through the MLflow client as a user would read it.
+
+mlflow is imported on first use, so that importing the helpers costs a test nothing.
+"""
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-from mlflow.entities import Metric, Run
-from mlflow.tracking import MlflowClient
+if TYPE_CHECKING:
+    from mlflow.entities import Metric, Run
+    from mlflow.tracking import MlflowClient
 
 EXPERIMENT = "ipython-energy"  # the experiment the extension logs to unless told otherwise
 
@@ -18,11 +23,15 @@ def create_store(uri: str) -> None:
     are left alone.
     """
     if uri.startswith("sqlite:"):
+        from mlflow.tracking import MlflowClient
+
         MlflowClient(uri).search_experiments(max_results=1)
 
 
 def runs(uri: str, experiment: str = EXPERIMENT) -> tuple[MlflowClient, list[Run]]:
     """``(client, runs)``: every run of ``experiment`` (deleted runs left out), all pages."""
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
