@@ -14,7 +14,8 @@ import time
 import pytest
 
 import ipython_energy
-from faultkit import assert_sweep_total_exact, mlflow_runs, split_sweep
+from tests.helpers.mlflow_readback import assert_sweep_total_exact, split_sweep
+from tests.helpers.mlflow_readback import runs as mlflow_runs
 
 REAL_TIME = time.time
 
