@@ -8,21 +8,28 @@ import time
 
 import pytest
 
-from fake_pynvml import NVML_ERROR_DRIVER_NOT_LOADED, FakeGpu, make_fake_pynvml
 from ipython_energy.sensors import SensorError, discover
 from ipython_energy.sensors.nvml import discover_nvml, open_nvml
+from tests.sensors.fake_pynvml import NVML_ERROR_DRIVER_NOT_LOADED, FakeGpu, make_fake_pynvml
+from tests.sensors.injected_clock import Clock
 
 
 @pytest.fixture
-def two_gpus(monkeypatch):
-    gpus = [FakeGpu(uuid="GPU-aaaa1111-0000", power_w=100.0), FakeGpu(uuid="GPU-bbbb2222-0000", power_w=250.0)]
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def two_gpus(monkeypatch, clock):
+    gpus = [FakeGpu(uuid="GPU-aaaa1111-0000", power_w=100.0, clock=clock, t0=clock()),
+            FakeGpu(uuid="GPU-bbbb2222-0000", power_w=250.0, clock=clock, t0=clock())]
     nv = make_fake_pynvml(gpus)
     monkeypatch.setitem(sys.modules, "pynvml", nv)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     return nv
 
 
-def test_counter_gpus_one_domain_each(two_gpus):
+def test_counter_gpus_one_domain_each(two_gpus, clock):
     sensors, notes = discover_nvml()
     assert notes == []
     assert [s.domains()[0].name for s in sensors] == ["gpu0", "gpu1"]
@@ -33,11 +40,10 @@ def test_counter_gpus_one_domain_each(two_gpus):
     assert d.details["power_limit_w"] == "700"
     assert d.details["uuid"] == "GPU-bbbb2222-0000"
     r1 = sensors[1].read()["gpu1"]
-    time.sleep(0.05)
+    clock.advance(0.05)
     r2 = sensors[1].read()["gpu1"]
     assert r1.power_w == pytest.approx(250.0)
-    assert r2.energy_j > r1.energy_j  # mJ converted to J, cumulative
-    assert (r2.energy_j - r1.energy_j) == pytest.approx(250.0 * 0.05, rel=0.5)
+    assert r2.energy_j - r1.energy_j == pytest.approx(250.0 * 0.05, abs=0.001)  # mJ converted to J, cumulative
     assert sensors[0].state() == {"temperature_c": "41"}
     assert two_gpus.init_count == 2  # one nvmlInit reference per sensor, enumeration released its own
     for s in sensors:
