@@ -37,6 +37,11 @@ When a counter updates slowly, tick times are dithered within each interval (a
 golden-ratio sequence over the whole interval) so that a counter updating at about the
 sampling rate is observed at varying phases; that is what lets
 :class:`~ipython_energy.phase.PhaseLock` find its update times.
+
+Why this module is over 500 lines: the tick loop, the reader threads, the window-edge reads and
+:meth:`Sampler.sync` share each sensor slot's two locks and the ring of unstored ticks, and the
+rules of their hand-off (one read in flight per sensor, edges that wait a bounded time, readings
+stored in time order, nothing stored after stop) are one protocol, checked best in one place.
 """
 
 from __future__ import annotations
