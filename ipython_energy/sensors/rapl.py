@@ -59,8 +59,10 @@ PERMISSION_FIX = (
 )
 
 
-def _read_file(path: Path) -> str:
-    """Read one sysfs attribute.  The hardware seam: tests point ``root`` at a tree in tmp_path."""
+def read_sysfs(path: Path) -> str:
+    """Read one sysfs attribute.  The hardware seam: tests point ``root`` at a tree in tmp_path, and
+    replace this function where a file must answer as the kernel does (a counter that counts, a
+    permission the root user would not see)."""
     with open(path) as f:
         return f.read()
 
@@ -135,7 +137,7 @@ class RaplSensor(SensorBase):
         with self._lock:
             now = self._clock()
             for z in self._zones:
-                raw = int(_read_file(z.energy_path).strip())
+                raw = int(read_sysfs(z.energy_path).strip())
                 if raw < z.last_raw_uj:
                     self._decrease(z, raw, now)
                 elif raw >= z.wrapped_from_uj:
@@ -188,7 +190,7 @@ def _scan(root: Path) -> tuple[list[_Zone], list[str]]:
         if not m:
             continue  # intel-rapl-mmio:* duplicates the package counter; other control types are not RAPL
         try:
-            zname = _read_file(entry / "name").strip()
+            zname = read_sysfs(entry / "name").strip()
         except OSError as exc:
             problems.append(f"RAPL: cannot read {entry / 'name'}: {exc}")
             continue
@@ -236,8 +238,8 @@ def open_rapl(root: str | os.PathLike = DEFAULT_ROOT, *, clock=time.monotonic) -
     usable: list[_Zone] = []
     for z in zones:
         try:
-            z.max_range_uj = int(_read_file(z.path / "max_energy_range_uj").strip())
-            z.last_raw_uj = int(_read_file(z.path / "energy_uj").strip())
+            z.max_range_uj = int(read_sysfs(z.path / "max_energy_range_uj").strip())
+            z.last_raw_uj = int(read_sysfs(z.path / "energy_uj").strip())
         except PermissionError as exc:
             raise SensorError(
                 f"RAPL: permission denied reading {z.path / 'energy_uj'} ({exc.strerror}); {PERMISSION_FIX}"

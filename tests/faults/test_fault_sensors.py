@@ -6,7 +6,7 @@ sqlite store, with the fault injected exactly at the hardware seam:
 * a fake ``pynvml`` module (tests/sensors/fake_pynvml.py) driving the real NVML backend, whose GPU
   is lost mid-cell (``NVMLError_GpuIsLost``) or whose counter restarts from 0;
 * a fake powercap sysfs tree driving the real RAPL backend (``energy_uj`` computed at each read
-  through ``rapl._read_file``, the backend's hardware seam), whose counter wraps or resets.
+  through ``rapl.read_sysfs``, the backend's hardware seam), whose counter wraps or resets.
 
 Each fault must become a recorded gap (``provenance[domain].gaps``, coverage < 1, and the MLflow
 tags ``energy.gaps`` / ``energy.coverage``), and every other domain must stay right against the
@@ -302,7 +302,7 @@ def test_gpu_lost_right_after_the_cell_begins_gets_no_invented_energy(open_shell
 
 class Powercap:
     """Seam: a fake powercap sysfs tree (``name``, ``max_energy_range_uj`` files) read by the real
-    RAPL backend, whose ``energy_uj`` is served by ``rapl._read_file`` (the backend's documented
+    RAPL backend, whose ``energy_uj`` is served by ``rapl.read_sysfs`` (the backend's documented
     hardware seam) from the clock at the moment of the read: counting at constant power and
     wrapping at ``max_energy_range_uj`` like the hardware, never stalling.  ``reset()`` restarts
     a zone's counter from 0.
@@ -339,7 +339,7 @@ def powercap(tmp_path, monkeypatch):
 
     def make(zones, start_uj=0):
         fake = Powercap(tmp_path / "powercap", zones, start_uj)
-        monkeypatch.setattr(rapl, "_read_file", fake.read_file)
+        monkeypatch.setattr(rapl, "read_sysfs", fake.read_file)
         return fake
 
     return make

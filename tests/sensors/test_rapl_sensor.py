@@ -158,14 +158,14 @@ def test_permission_denied_note_and_explicit_error(two_sockets, monkeypatch):
     target.chmod(0)
     if os.geteuid() == 0:
         # root ignores file modes; make the seam answer as the kernel does for a non-root reader
-        real = rapl_mod._read_file
+        real = rapl_mod.read_sysfs
 
         def denied(path):
             if Path(path) == target:
                 raise PermissionError(13, "Permission denied", str(path))
             return real(path)
 
-        monkeypatch.setattr(rapl_mod, "_read_file", denied)
+        monkeypatch.setattr(rapl_mod, "read_sysfs", denied)
     sensor, notes = discover_rapl(two_sockets)
     assert sensor is None
     assert "permission denied" in notes[0] and "chmod a+r" in notes[0] and "udev" in notes[0]
