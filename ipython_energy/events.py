@@ -59,30 +59,31 @@ class _Event:
 
 
 @dataclass(frozen=True)
-class SweepStart(_Event):
-    """A sweep (an MLflow parent run) starts, or this process joins one of the same name."""
+class _Start(_Event):
+    """Where a run or sweep lives: its uid, name and start, and its tracking URI and experiment."""
 
-    type: ClassVar[str] = "sweep_start"
     uid: str
     name: str
     t_ms: int
     tracking_uri: str
     experiment: str
+
+
+@dataclass(frozen=True)
+class SweepStart(_Start):
+    """A sweep (an MLflow parent run) starts, or this process joins one of the same name."""
+
+    type: ClassVar[str] = "sweep_start"
     session: str | None = None
     planned: int | None = None
     budget_j: float | None = None
 
 
 @dataclass(frozen=True)
-class RunStart(_Event):
+class RunStart(_Start):
     """A run starts (a child of ``sweep_uid`` when that is set)."""
 
     type: ClassVar[str] = "run_start"
-    uid: str
-    name: str
-    t_ms: int
-    tracking_uri: str
-    experiment: str
     sweep_uid: str | None = None
     params: Mapping[str, str] = field(default_factory=dict)
     tags: Mapping[str, str] = field(default_factory=dict)
@@ -98,13 +99,17 @@ class Metrics(_Event):
 
 
 @dataclass(frozen=True)
-class RunEnd(_Event):
+class _End(_Event):
+    uid: str
+    status: str  # FINISHED, FAILED or KILLED
+    t_ms: int
+
+
+@dataclass(frozen=True)
+class RunEnd(_End):
     """A run ends with its final metrics and provenance tags; ``delete`` removes a superseded run."""
 
     type: ClassVar[str] = "run_end"
-    uid: str
-    status: str
-    t_ms: int
     rows: tuple[Row, ...] = ()
     tags: Mapping[str, str] = field(default_factory=dict)
     delete: bool = False
@@ -116,13 +121,10 @@ class RunEnd(_Event):
 
 
 @dataclass(frozen=True)
-class SweepEnd(_Event):
+class SweepEnd(_End):
     """A sweep ends: its chart is saved, and the process that created it closes it."""
 
     type: ClassVar[str] = "sweep_end"
-    uid: str
-    status: str
-    t_ms: int
 
 
 Event = Union[SweepStart, RunStart, Metrics, RunEnd, SweepEnd]

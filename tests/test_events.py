@@ -1,0 +1,69 @@
+"""Events: the records the tracker hands the writer, and their wire form (the spool's line format)."""
+
+import json
+
+import pytest
+
+from ipython_energy import layout
+from ipython_energy.events import (CellMetricsDraft, Metrics, RunEnd, RunEndDraft, RunStart, SweepEnd, SweepStart,
+                                   from_wire)
+from ipython_energy.measurement import DomainProvenance, Measurement
+
+EVENTS = [
+    SweepStart("s1", "grid", 1_000, "sqlite:///x.db", "exp", session="abc", planned=12, budget_j=5e4),
+    RunStart("r1", "lr=0.1", 1_001, "sqlite:///x.db", "exp", sweep_uid="s1", params={"lr": "0.1"},
+             tags={"energy.session": "abc"}),
+    Metrics("r1", (("cell_energy_j", 2.5, 7, 1_002), ("cell_duration_s", 0.1, 7, 1_002))),
+    RunEnd("r1", "FAILED", 1_003, (("energy_j", 2.5, 0, 1_003),), {"energy.methods": "cpu=estimated"}),
+    RunEnd("r2", "KILLED", 1_004, tags={"energy.superseded": "true"}, delete=True),
+    SweepEnd("s1", "FINISHED", 1_005),
+]
+
+
+@pytest.mark.parametrize("event", EVENTS, ids=lambda e: e.type)
+def test_every_event_survives_its_journal_line(event):
+    line = json.dumps(event.to_wire(), separators=(",", ":"))
+    assert from_wire(json.loads(line)) == event
+
+
+def test_journal_lines_of_the_previous_version_are_read():
+    """The dicts the writer journalled before events were typed: same keys, some optional ones absent."""
+    old = [
+        {"type": "sweep_start", "uid": "s", "name": "grid", "planned": None, "budget_j": None, "t_ms": 5,
+         "session": "k", "tracking_uri": "sqlite:///a.db", "experiment": "e"},
+        {"type": "run_start", "uid": "r", "name": "a", "sweep_uid": "s", "params": {}, "tags": {}, "t_ms": 6,
+         "tracking_uri": "sqlite:///a.db", "experiment": "e"},
+        {"type": "metrics", "uid": "r", "metrics": [["live_energy_j", 50.0, 2, 7]]},
+        {"type": "run_end", "uid": "r", "status": "FINISHED", "t_ms": 8, "metrics": [["energy_j", 9, 0, 8]],
+         "tags": {"energy.build_error": "x"}},
+        {"type": "sweep_end", "uid": "s", "status": "FINISHED", "t_ms": 9},
+    ]
+    events = [from_wire(line) for line in old]
+    assert [type(e) for e in events] == [SweepStart, RunStart, Metrics, RunEnd, SweepEnd]
+    assert events[2].rows == (("live_energy_j", 50.0, 2, 7),)
+    assert events[3].energy_j() == 9.0 and events[3].delete is False
+
+
+@pytest.mark.parametrize("line", [{"typf": "metrics", "uid": "r"}, {"type": "nonsense", "uid": "r"},
+                                  {"type": "run_end", "uid": "r"}])
+def test_a_line_that_is_no_event_is_refused(line):
+    with pytest.raises((KeyError, TypeError)):
+        from_wire(line)
+
+
+def _measurement() -> Measurement:
+    prov = DomainProvenance(method="counter", sensor="nvml", interval_s=0.1, update_period_s=0.1)
+    return Measurement(label="cell", energy_j=30.0, duration_s=2.0, power_mean_w=15.0, power_peak_w=20.0,
+                       domains={"gpu0": 30.0}, idle_j=4.0, net_j=26.0, provenance={"gpu0": prov})
+
+
+def test_drafts_finish_into_the_rows_the_layout_defines():
+    m = _measurement()
+    end = RunEndDraft("r", "FINISHED", 10, m, {"samples": 64.0}, {"data": (3.0, 0.5)}, "measured", cell_step=4).finish()
+    expected = layout.rows(layout.run_metrics(m, units={"samples": 64.0}, stages={"data": (3.0, 0.5)}), 0, 10)
+    expected += layout.rows(layout.cell_metrics(m), 4, 10)
+    assert [list(r) for r in end.rows] == expected
+    assert end.tags == layout.provenance_tags(m, idle_source="measured", unit="samples")
+    assert end.energy_j() == 30.0
+    cell = CellMetricsDraft("r", m, 5, 11).finish()
+    assert [list(r) for r in cell.rows] == layout.rows(layout.cell_metrics(m), 5, 11)
