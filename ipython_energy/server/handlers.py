@@ -1,6 +1,8 @@
 """Authenticated, read-only API for the sidebar, under ``/ipython-energy/api/``.
 
 =========================================  ============================================
+``GET poll?source=<source>&sweep=<id>``    what the sidebar polls: all four below in one
+                                           reply, for the selected source and sweep
 ``GET experiments``                        the sources this server shows (+ empty hint)
 ``GET experiments/<source>``               sweeps side by side, rebound flags, chart
 ``GET sweeps/<source>/<sweep run id>``     one sweep: totals, runs, chart
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
@@ -28,8 +31,10 @@ from traitlets.config import Configurable
 
 from .. import query
 
-_SOURCE_ID = r"(?P<source_id>[0-9a-f]{12})"
-_RUN_ID = r"(?P<run_id>[0-9a-fA-F]{32})"
+_SOURCE_RE = r"[0-9a-f]{12}"
+_RUN_RE = r"[0-9a-fA-F]{32}"
+_SOURCE_ID = rf"(?P<source_id>{_SOURCE_RE})"
+_RUN_ID = rf"(?P<run_id>{_RUN_RE})"
 
 
 class EnergySidebar(Configurable):
@@ -121,11 +126,43 @@ class SidebarState:
     def session(self) -> dict[str, Any]:
         return query.session_view()
 
+    def poll(self, source_id: str | None, sweep_id: str | None) -> dict[str, Any]:
+        """One sidebar poll: :meth:`list_experiments`, :meth:`session`, and for the selected
+        source :meth:`experiment` and :meth:`sweep`, each reply unchanged, in one document.
+
+        ``source_id`` and ``sweep_id`` are what the user picked, or None.  The source falls back
+        to the first that exists; the sweep to the newest running one, else the newest (a pick
+        that is gone is dropped).  ``selected`` names what the reply shows.
+        """
+        reply = self.list_experiments()
+        reply["session"] = self.session()
+        reply["selected"] = {"source": None, "sweep": None}
+        reply["experiment"] = reply["sweep"] = None
+        usable = [s["id"] for s in reply["sources"] if s["exists"]]
+        source = source_id if source_id in usable else (usable[0] if usable else None)
+        if source is None:
+            return reply
+        reply["experiment"] = self.experiment(source)
+        sweep = _pick_sweep(reply["experiment"]["sweeps"], sweep_id)
+        reply["selected"] = {"source": source, "sweep": sweep}
+        if sweep is not None:
+            reply["sweep"] = self.sweep(source, sweep)
+        return reply
+
     def warm_up(self) -> None:
         """Import mlflow and altair in the pool so the first sidebar request is not slow."""
         import altair  # noqa: F401
 
         query.mlflow_client_class()
+
+
+def _pick_sweep(sweeps: list[dict[str, Any]], wanted: str | None) -> str | None:
+    """The sweep the user picked if it is listed; otherwise follow the newest running one,
+    else the newest (``sweeps`` come oldest first)."""
+    if wanted is not None and any(s["run_id"] == wanted for s in sweeps):
+        return wanted
+    pool = [s for s in sweeps if s["status"] == "running"] or sweeps
+    return pool[-1]["run_id"] if pool else None
 
 
 class EnergyHandler(APIHandler):
@@ -196,6 +233,19 @@ class SessionHandler(EnergyHandler):
         await self.answer(self.state.session)
 
 
+class PollHandler(EnergyHandler):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        await self.answer(self.state.poll, self._id("source", _SOURCE_RE), self._id("sweep", _RUN_RE))
+
+    def _id(self, name: str, pattern: str) -> str | None:
+        """An opaque id from the query string (absent or empty: None); anything else is a 400."""
+        value = self.get_query_argument(name, "")
+        if value and not re.fullmatch(pattern, value):
+            raise tornado.web.HTTPError(400, f"{name} is not an id")
+        return value or None
+
+
 def setup_handlers(serverapp) -> SidebarState:
     web_app = serverapp.web_app
     settings = EnergySidebar(config=serverapp.config, parent=serverapp)
@@ -207,6 +257,7 @@ def setup_handlers(serverapp) -> SidebarState:
         (url_path_join(base, "experiments", _SOURCE_ID) + "/?", ExperimentHandler),
         (url_path_join(base, "sweeps", _SOURCE_ID, _RUN_ID) + "/?", SweepHandler),
         (url_path_join(base, "session") + "/?", SessionHandler),
+        (url_path_join(base, "poll") + "/?", PollHandler),
     ])
     state.executor.submit(state.warm_up)
     return state

@@ -27,7 +27,7 @@ def logged(energy_home, tracking):
 async def routes(jp_fetch, logged):
     listing = payload(await jp_fetch(*API, "experiments"))
     sid = listing["sources"][0]["id"]
-    return [("experiments",), ("experiments", sid), ("sweeps", sid, logged["big"].run_id), ("session",)]
+    return [("experiments",), ("experiments", sid), ("sweeps", sid, logged["big"].run_id), ("session",), ("poll",)]
 
 
 async def test_every_route_refuses_requests_without_a_token(jp_fetch, logged):
@@ -160,3 +160,58 @@ async def test_an_unreadable_store_does_not_hide_the_others(jp_fetch, logged, en
     by_uri = {s["tracking_uri"]: s for s in sources}
     assert by_uri[logged["uri"]]["exists"] is True
     assert by_uri[f"sqlite:///{broken}"]["exists"] is False and by_uri[f"sqlite:///{broken}"]["error"]
+
+
+async def test_poll_is_the_four_views_in_one_reply(jp_fetch, logged):
+    """What the sidebar asks every 2 s: the same documents the four routes give, for the source and
+    sweep it shows; with nothing picked, the first source and the newest sweep."""
+    data = payload(await jp_fetch(*API, "poll"))
+    listing = payload(await jp_fetch(*API, "experiments"))
+    sid = listing["sources"][0]["id"]
+    small = logged["small"].run_id
+    assert data["selected"] == {"source": sid, "sweep": small}
+    assert data["sources"] == listing["sources"] and data["hint"] == listing["hint"]
+    ageless = lambda reply: [{k: v for k, v in s.items() if k != "age_s"} for s in reply["sessions"]]  # noqa: E731
+    assert ageless(data["session"]) == ageless(payload(await jp_fetch(*API, "session")))
+    assert data["experiment"] == payload(await jp_fetch(*API, "experiments", sid))
+    assert data["sweep"] == payload(await jp_fetch(*API, "sweeps", sid, small))
+    assert data["sweep"]["totals"]["runs"] == 12 and data["sweep"]["sweep"]["name"].startswith("small")
+
+
+async def test_poll_shows_the_picked_sweep_until_it_is_gone(jp_fetch, logged):
+    sid = payload(await jp_fetch(*API, "experiments"))["sources"][0]["id"]
+    big = logged["big"].run_id
+    data = payload(await jp_fetch(*API, "poll", params={"source": sid, "sweep": big}))
+    assert data["selected"] == {"source": sid, "sweep": big}
+    assert data["sweep"]["sweep"]["name"] == "big" and data["sweep"]["totals"]["runs"] == 4
+    # a sweep that is not listed (deleted, or a child run) and a source that is not known: the defaults
+    for params in ({"sweep": "0" * 32}, {"sweep": logged["big"].children[0]}, {"source": "f" * 12}):
+        data = payload(await jp_fetch(*API, "poll", params=params))
+        assert data["selected"] == {"source": sid, "sweep": logged["small"].run_id}, params
+
+
+async def test_poll_follows_the_running_sweep(jp_fetch, energy_home, tracking):
+    uri, client = tracking
+    exp = experiment_id(client, "exp")
+    running = log_sweep(client, exp, "still-going", [10.0, 20.0], end=False)
+    log_sweep(client, exp, "done-later", [5.0])
+    register_kernel(energy_home, uri, "exp")
+    data = payload(await jp_fetch(*API, "poll"))
+    assert [s["name"] for s in data["experiment"]["sweeps"]] == ["still-going", "done-later"]
+    assert data["selected"]["sweep"] == running.run_id and data["sweep"]["sweep"]["status"] == "running"
+
+
+async def test_poll_before_any_measurement_is_the_empty_state(jp_fetch, energy_home):
+    data = payload(await jp_fetch(*API, "poll"))
+    assert data["sources"] == [] and "%%energy" in data["hint"] and data["session"] == {"sessions": []}
+    assert data["selected"] == {"source": None, "sweep": None}
+    assert data["experiment"] is None and data["sweep"] is None
+
+
+async def test_poll_takes_only_ids(jp_fetch, logged):
+    """The selection travels as query arguments; anything but an id of the right shape is refused."""
+    for params in ({"source": "sqlite:////etc/passwd"}, {"sweep": "../../etc"}, {"source": "ABCDEF123456"},
+                   {"sweep": "0" * 31}):
+        with pytest.raises(HTTPClientError) as err:
+            await jp_fetch(*API, "poll", params=params)
+        assert err.value.code == 400, params
