@@ -1,11 +1,8 @@
-import {
-  ILayoutRestorer,
-  JupyterFrontEnd,
-  JupyterFrontEndPlugin
-} from '@jupyterlab/application';
+import { ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
 import { LabIcon } from '@jupyterlab/ui-components';
 
+import { requestAPI } from './api';
 import { EnergyPanel } from './panel';
 
 /** A lightning bolt in a circle, coloured by the theme (jp-icon3). */
@@ -27,7 +24,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     rendermime: IRenderMimeRegistry,
     restorer: ILayoutRestorer | null
   ) => {
-    const panel = new EnergyPanel(rendermime);
+    const panel = new EnergyPanel(rendermime, requestAPI);
     panel.id = 'ipython-energy-sidebar';
     panel.title.icon = energyIcon;
     panel.title.caption = 'Energy (ipython-energy)';

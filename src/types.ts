@@ -83,7 +83,13 @@ export interface IRunLine {
 
 export interface ISweepReply {
   source: ISource;
-  sweep: { run_id: string; name: string; status: RunStatus; planned: number | null; budget_j: number | null };
+  sweep: {
+    run_id: string;
+    name: string;
+    status: RunStatus;
+    planned: number | null;
+    budget_j: number | null;
+  };
   totals: ITotals;
   latest_run: IRunLine | null;
   chart: any;
@@ -108,4 +114,18 @@ export interface ISession {
 
 export interface ISessionReply {
   sessions: ISession[];
+}
+
+/**
+ * `GET poll?source=&sweep=`: one sidebar poll. The listing, the session and, for the
+ * selected source, the experiment and the selected sweep, each as its own route returns it.
+ */
+export interface IPollReply extends IExperimentsReply {
+  session: ISessionReply;
+  /** What this reply shows: the source and sweep picked, or followed when none was picked. */
+  selected: { source: string | null; sweep: string | null };
+  /** null when no source exists yet (the empty state). */
+  experiment: IExperimentReply | null;
+  /** null when the experiment has no sweep. */
+  sweep: ISweepReply | null;
 }

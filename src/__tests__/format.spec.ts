@@ -1,0 +1,40 @@
+import { formatEnergy, formatPercent, formatPower } from '../format';
+
+describe('formatEnergy', () => {
+  it('writes three significant digits with an SI prefix', () => {
+    expect(formatEnergy(0)).toBe('0.00 J');
+    expect(formatEnergy(42)).toBe('42.0 J');
+    expect(formatEnergy(999)).toBe('999 J');
+    expect(formatEnergy(1000)).toBe('1.00 kJ');
+    expect(formatEnergy(2160)).toBe('2.16 kJ');
+    expect(formatEnergy(4.56e6)).toBe('4.56 MJ');
+    expect(formatEnergy(7.891e9)).toBe('7.89 GJ');
+    expect(formatEnergy(-1500)).toBe('-1.50 kJ');
+  });
+
+  it('writes a dash where there is no value', () => {
+    for (const value of [null, undefined, NaN, Infinity, -Infinity]) {
+      expect(formatEnergy(value)).toBe('–');
+    }
+  });
+});
+
+describe('formatPower', () => {
+  it('writes watts, and kilowatts from 1000 W', () => {
+    expect(formatPower(12.5)).toBe('12.5 W');
+    expect(formatPower(999)).toBe('999 W');
+    expect(formatPower(1200)).toBe('1.20 kW');
+    expect(formatPower(null)).toBe('–');
+    expect(formatPower(NaN)).toBe('–');
+  });
+});
+
+describe('formatPercent', () => {
+  it('writes a signed whole percent with a true minus sign', () => {
+    expect(formatPercent(0.2)).toBe('+20%');
+    expect(formatPercent(1.1)).toBe('+110%');
+    expect(formatPercent(0)).toBe('+0%');
+    expect(formatPercent(-0.58)).toBe('\u221258%');
+    expect(formatPercent(-0.004)).toBe('+0%');
+  });
+});

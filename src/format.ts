@@ -1,0 +1,42 @@
+/**
+ * How the sidebar writes numbers: three significant digits with an SI prefix, and '–'
+ * where there is no value (null, undefined, NaN or infinite).
+ */
+
+const NO_VALUE = '–';
+
+function missing(value: number | null | undefined): value is null | undefined {
+  return value === null || value === undefined || !isFinite(value);
+}
+
+/** Joules: `950 J`, `1.23 kJ`, `4.56 MJ`, `7.89 GJ`. */
+export function formatEnergy(joules: number | null | undefined): string {
+  if (missing(joules)) {
+    return NO_VALUE;
+  }
+  const units: [number, string][] = [
+    [1e9, 'GJ'],
+    [1e6, 'MJ'],
+    [1e3, 'kJ']
+  ];
+  for (const [factor, unit] of units) {
+    if (Math.abs(joules) >= factor) {
+      return `${(joules / factor).toPrecision(3)} ${unit}`;
+    }
+  }
+  return `${joules.toPrecision(3)} J`;
+}
+
+/** Watts: `12.5 W`, `1.20 kW`. */
+export function formatPower(watts: number | null | undefined): string {
+  if (missing(watts)) {
+    return NO_VALUE;
+  }
+  return watts >= 1000 ? `${(watts / 1000).toPrecision(3)} kW` : `${watts.toPrecision(3)} W`;
+}
+
+/** A change as a signed whole percent: 0.2 → `+20%`, -0.58 → `−58%` (a true minus sign). */
+export function formatPercent(fraction: number): string {
+  const pct = Math.round(fraction * 100);
+  return pct >= 0 ? `+${pct}%` : `−${-pct}%`;
+}

@@ -1,0 +1,148 @@
+import { IDisposable } from '@lumino/disposable';
+import { Poll } from '@lumino/polling';
+import { ISignal, Signal } from '@lumino/signaling';
+
+import { RequestAPI } from './api';
+import { IPollReply } from './types';
+
+/**
+ * What the sidebar shows, and the selection: one `GET poll` every 2 s while the panel is
+ * visible (backing off up to 30 s while the server fails, standing by while the panel or the
+ * browser tab is hidden). `changed` fires after every reply and every failure.
+ */
+export class SidebarModel implements IDisposable {
+  constructor(options: SidebarModel.IOptions) {
+    this._request = options.request;
+    const visible = options.visible ?? (() => true);
+    this._poll = new Poll({
+      auto: options.auto ?? true,
+      factory: () => this._fetch(),
+      frequency: {
+        interval: options.interval_ms ?? 2000,
+        backoff: true,
+        max: 30 * 1000
+      },
+      name: 'ipython-energy:sidebar',
+      standby: () => !visible() || 'when-hidden'
+    });
+  }
+
+  /** Fires after each poll: with new data, or with an error (the data stay as they were). */
+  get changed(): ISignal<this, void> {
+    return this._changed;
+  }
+
+  /** The last reply, or null before the first. */
+  get data(): IPollReply | null {
+    return this._data;
+  }
+
+  /** Why the last poll failed (the server's message), or null when it succeeded. */
+  get error(): string | null {
+    return this._error;
+  }
+
+  /** The source shown: the one picked if it exists, else the first. */
+  get source(): string | null {
+    return this._data?.selected.source ?? null;
+  }
+
+  /** The sweep shown: the one picked if it is listed, else the newest running, else the newest. */
+  get sweep(): string | null {
+    return this._data?.selected.sweep ?? null;
+  }
+
+  get isDisposed(): boolean {
+    return this._poll.isDisposed;
+  }
+
+  /** Show this source (an id from `data.sources`) and its followed sweep; polls now. */
+  selectSource(id: string): Promise<void> {
+    this._sourceId = id;
+    this._sweepId = null;
+    return this._pollNow();
+  }
+
+  /** Show this sweep (a run id from `data.experiment.sweeps`) until it is gone; polls now. */
+  selectSweep(runId: string): Promise<void> {
+    this._sweepId = runId;
+    return this._pollNow();
+  }
+
+  /** Poll now (unless standing by or a refresh is already under way), then every interval. */
+  refresh(): Promise<void> {
+    return this._poll.refresh();
+  }
+
+  /** The poll's current tick: `await model.refresh(); await model.tick` waits for the reply. */
+  get tick(): Promise<Poll> {
+    return this._poll.tick;
+  }
+
+  dispose(): void {
+    if (this.isDisposed) {
+      return;
+    }
+    void this._poll.stop(); // clears the scheduled tick, which dispose() alone leaves pending
+    this._poll.dispose();
+    Signal.clearData(this);
+  }
+
+  /**
+   * A new selection: poll now even while a request is under way (its answer, for the old
+   * selection, is then dropped), where `refresh()` would wait for the next interval.
+   */
+  private _pollNow(): Promise<void> {
+    return this._poll.schedule({ interval: Poll.IMMEDIATE, phase: 'refreshed' });
+  }
+
+  /** One request; rejects on failure so that the poll backs off. */
+  private async _fetch(): Promise<void> {
+    const sweep = this._sweepId;
+    const seq = ++this._seq;
+    let reply: IPollReply;
+    try {
+      reply = await this._request<IPollReply>('poll', {
+        source: this._sourceId,
+        sweep
+      });
+    } catch (reason) {
+      if (seq === this._seq) {
+        this._error = (reason as Error)?.message ?? String(reason);
+        this._changed.emit();
+      }
+      throw reason;
+    }
+    if (seq !== this._seq || this.isDisposed) {
+      return; // a newer request (a new selection) is on its way
+    }
+    if (sweep !== null && reply.selected.sweep !== sweep && this._sweepId === sweep) {
+      this._sweepId = null; // the picked sweep is gone: follow the running one again
+    }
+    this._data = reply;
+    this._error = null;
+    this._changed.emit();
+  }
+
+  private _request: RequestAPI;
+  private _poll: Poll;
+  private _seq = 0;
+  private _sourceId: string | null = null;
+  private _sweepId: string | null = null;
+  private _data: IPollReply | null = null;
+  private _error: string | null = null;
+  private _changed = new Signal<this, void>(this);
+}
+
+export namespace SidebarModel {
+  export interface IOptions {
+    /** Reaches the server; `requestAPI` in the app. */
+    request: RequestAPI;
+    /** Whether the panel is on screen; the poll stands by while it is not. Default: always. */
+    visible?: () => boolean;
+    /** Start polling at once (default true). */
+    auto?: boolean;
+    /** Poll interval in ms (default 2000). */
+    interval_ms?: number;
+  }
+}
