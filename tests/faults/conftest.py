@@ -45,9 +45,6 @@ def open_shell(energy_home, monkeypatch, tmp_path):
 
     yield open_
     for shell in opened:
-        magics = shell.magics_manager.registry.get("EnergyMagics")
-        if magics is not None:
-            magics.set_autolog(False)
-        ipython_energy.unload_ipython_extension(shell)
+        ipython_energy.unload_ipython_extension(shell)  # autolog off, the tracker closed and dropped
     set_tracker(None)
 

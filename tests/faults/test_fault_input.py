@@ -248,8 +248,6 @@ def bare_shell(energy_home, flat_trace, sqlite_uri, monkeypatch, tmp_path):
     from IPython.core.interactiveshell import InteractiveShell
     from IPython.testing.globalipapp import start_ipython
 
-    from ipython_energy import tracking
-
     monkeypatch.setenv("IPYTHON_ENERGY_SENSORS", f"replay:{flat_trace}")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri)
     monkeypatch.chdir(tmp_path)
@@ -258,18 +256,14 @@ def bare_shell(energy_home, flat_trace, sqlite_uri, monkeypatch, tmp_path):
     shell.extension_manager.loaded.discard("ipython_energy")
     saved = shell.config.get("EnergyMagics")
     yield shell
-    magics = shell.magics_manager.registry.get("EnergyMagics")
-    if magics is not None:
-        magics.set_autolog(False)  # hooks an unload left behind must not reach later tests
     if "ipython_energy" in shell.extension_manager.loaded:
         shell.run_line_magic("unload_ext", "ipython_energy")
-    if tracking._tracker is not None:
-        tracking._tracker.close()
+    # Whatever the test left (a failed load, autolog hooks, a tracker) must not reach later tests.
+    ipython_energy.unload_ipython_extension(shell)
     shell.extension_manager.loaded.discard("ipython_energy")
     shell.config.pop("EnergyMagics", None)
     if saved is not None:
         shell.config.EnergyMagics = saved
-    tracking.set_tracker(None)
 
 
 def _our_threads() -> set[threading.Thread]:

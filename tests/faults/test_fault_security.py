@@ -163,11 +163,13 @@ def test_nothing_of_ours_listens_on_a_port(open_shell, flat_trace, sqlite_uri):
 # ---- the sidebar's routes: no client-supplied location, ever (static, no server needed) -----------------
 
 def test_sidebar_routes_read_nothing_from_the_request_but_opaque_ids():
-    """Handlers read no query, body, header or cookie; the path groups are hex ids only."""
+    """Handlers read no body, header, cookie or query of their own choosing.  The only request input
+    is an id: a path group, or a query argument read by a method that accepts only a whole match
+    of an id pattern (HTTP 400 otherwise); every id pattern is a fixed-length hex string."""
     source = (ROOT / "ipython_energy" / "server" / "handlers.py").read_text()
     tree = ast.parse(source)
-    readers = {"get_argument", "get_arguments", "get_query_argument", "get_query_arguments",
-               "get_body_argument", "get_body_arguments", "get_json_body", "get_cookie", "get_secure_cookie"}
+    readers = {"get_argument", "get_arguments", "get_query_arguments", "get_body_argument",
+               "get_body_arguments", "get_json_body", "get_cookie", "get_secure_cookie"}
     request_parts = {"body", "arguments", "query_arguments", "body_arguments", "files", "query", "uri",
                      "headers", "path"}
     offenders = []
@@ -178,7 +180,25 @@ def test_sidebar_routes_read_nothing_from_the_request_but_opaque_ids():
             if node.attr in request_parts and isinstance(node.value, ast.Attribute) and node.value.attr == "request":
                 offenders.append(f"line {node.lineno}: request.{node.attr}")
     assert offenders == []
-    groups = re.findall(r'_[A-Z_]+ = r"(\(\?P<\w+>[^"]*\))"', source)
-    assert groups, "route patterns not found"
-    for group in groups:
-        assert re.fullmatch(r"\(\?P<\w+>\[0-9a-fA-F\]\{\d+\}\)|\(\?P<\w+>\[0-9a-f\]\{\d+\}\)", group), group
+
+    patterns = dict(re.findall(r'^(_[A-Z_]+_RE) = r"([^"]*)"$', source, flags=re.M))
+    assert patterns, "id patterns not found"
+    for name, pattern in patterns.items():
+        assert re.fullmatch(r"\[0-9a-f(A-F)?\]\{\d+\}", pattern), f"{name} = {pattern!r} is not a hex id"
+    groups = re.findall(r"\(\?P<\w+>\{(\w+)\}\)", source)
+    assert groups and set(groups) <= set(patterns), groups
+
+    def called(node) -> set[str]:
+        return {c.func.attr if isinstance(c.func, ast.Attribute) else getattr(c.func, "id", "")
+                for c in ast.walk(node) if isinstance(c, ast.Call)}
+
+    functions = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    query_readers = {f.name for f in functions if "get_query_argument" in called(f)}
+    for f in functions:
+        if f.name in query_readers:
+            assert {"fullmatch", "HTTPError"} <= called(f), f"{f.name} reads the query without checking an id"
+    for call in (c for c in ast.walk(tree) if isinstance(c, ast.Call)):
+        name = call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, "id", "")
+        if name in query_readers:
+            used = [a.id for a in call.args if isinstance(a, ast.Name)]
+            assert used and set(used) <= set(patterns), f"line {call.lineno}: {name} without an id pattern"
