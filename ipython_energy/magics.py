@@ -444,8 +444,10 @@ def load(ip) -> EnergyMagics:
     from .tracking import _tracker
 
     if _tracker is None:
+        from .runtime import new_tracker
+
         try:
-            set_tracker(Tracker(config))
+            set_tracker(new_tracker(config))
         except SensorError as exc:  # an explicitly requested sensor that cannot be used
             raise UsageError(f"ipython-energy: {exc}") from None
     ip.register_magics(magics)
