@@ -10,6 +10,7 @@ import pytest
 from ipython_energy.sensors import SensorError, discover
 from ipython_energy.sensors import rapl as rapl_mod
 from ipython_energy.sensors.rapl import discover_rapl, open_rapl
+from tests.sensors.injected_clock import Clock
 
 
 def zone(root: Path, dirname: str, name: str, energy_uj: int, max_uj: int = 262143328850) -> Path:
@@ -61,38 +62,25 @@ def test_psys_only_without_packages(tmp_path):
     assert s.read()["psys"].energy_j == pytest.approx(5.0)
 
 
-class StepClock:
-    """The sensor's clock, injected: moves only when told."""
-
-    def __init__(self, t: float = 1000.0):
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def step(self, seconds: float) -> None:
-        self.t += seconds
-
-
 REAL_RANGE_UJ = 262_143_328_850  # a common max_energy_range_uj (~262 kJ)
 
 
 def test_wraparound_is_unwrapped(tmp_path):
     root = tmp_path / "powercap"
     pkg = zone(root, "intel-rapl:0", "package-0", 990_000, max_uj=1_000_000)
-    clock = StepClock()
+    clock = Clock()
     s = open_rapl(root, clock=clock)
     assert s.read()["package0"].energy_j == pytest.approx(0.99)
-    clock.step(0.1)
+    clock.advance(0.1)
     set_energy(pkg, 20_000)  # wrapped at max_energy_range_uj: 10 mJ to the top, 20 mJ after
     assert s.read()["package0"].energy_j == pytest.approx(1.02)
-    clock.step(0.1)
+    clock.advance(0.1)
     set_energy(pkg, 500_000)
     assert s.read()["package0"].energy_j == pytest.approx(1.5)
-    clock.step(0.1)
+    clock.advance(0.1)
     set_energy(pkg, 100)  # second wrap
     assert s.read()["package0"].energy_j == pytest.approx(2.0001)
-    clock.step(0.1)
+    clock.advance(0.1)
     set_energy(pkg, 999_000)  # counted round to above the value before the wrap, in time: no glitch
     assert s.read()["package0"].energy_j == pytest.approx(2.999)
 
@@ -100,13 +88,13 @@ def test_wraparound_is_unwrapped(tmp_path):
 def test_counter_reset_is_passed_on_as_a_decrease_not_counted_as_a_wrap(tmp_path):
     root = tmp_path / "powercap"
     pkg = zone(root, "intel-rapl:0", "package-0", 100_000_000_000, max_uj=REAL_RANGE_UJ)  # at 100 kJ
-    clock = StepClock()
+    clock = Clock()
     s = open_rapl(root, clock=clock)
     assert s.read()["package0"].energy_j == pytest.approx(100_000.0)
-    clock.step(0.1)
+    clock.advance(0.1)
     set_energy(pkg, 5_000_000)  # restarted from 0: 162 kJ to the top is not 0.1 s of any CPU
     assert s.read()["package0"].energy_j == pytest.approx(5.0)  # the sampler makes this a gap
-    clock.step(0.1)
+    clock.advance(0.1)
     set_energy(pkg, 10_000_000)
     assert s.read()["package0"].energy_j == pytest.approx(10.0)
 
@@ -120,9 +108,9 @@ def test_wrap_or_reset_by_the_energy_the_zone_could_draw_meanwhile(tmp_path, to_
     root = tmp_path / "powercap"
     last_uj = REAL_RANGE_UJ - int(to_top_j * 1e6)
     pkg = zone(root, "intel-rapl:0", "package-0", last_uj, max_uj=REAL_RANGE_UJ)
-    clock = StepClock()
+    clock = Clock()
     s = open_rapl(root, clock=clock)
-    clock.step(elapsed_s)
+    clock.advance(elapsed_s)
     set_energy(pkg, 50_000_000)  # 50 J
     expected_uj = REAL_RANGE_UJ + 50_000_000 if wrap else 50_000_000
     assert s.read()["package0"].energy_j == pytest.approx(expected_uj * 1e-6)
@@ -133,15 +121,15 @@ def test_a_glitch_taken_for_a_wrap_is_taken_back(tmp_path):
     root = tmp_path / "powercap"
     top_uj = REAL_RANGE_UJ
     pkg = zone(root, "intel-rapl:0", "package-0", top_uj - 100_000_000, max_uj=top_uj)  # 100 J below the top
-    clock = StepClock()
+    clock = Clock()
     s = open_rapl(root, clock=clock)
-    clock.step(0.1)
+    clock.advance(0.1)
     set_energy(pkg, 0)  # a bad read of 0, near enough to the top to pass for a wrap
     assert s.read()["package0"].energy_j == pytest.approx(top_uj * 1e-6)
-    clock.step(0.1)
+    clock.advance(0.1)
     set_energy(pkg, top_uj - 80_000_000)  # back where it was: it could not have gone round in 0.2 s
     assert s.read()["package0"].energy_j == pytest.approx((top_uj - 80_000_000) * 1e-6)
-    clock.step(0.1)
+    clock.advance(0.1)
     set_energy(pkg, top_uj - 70_000_000)
     assert s.read()["package0"].energy_j == pytest.approx((top_uj - 70_000_000) * 1e-6)
 
