@@ -606,3 +606,45 @@ def test_edges_on_two_threads_and_ticks_store_readings_in_time_order():
         (t0, e0, _, _), (t1, e1, _, _) = pts[0], pts[-1]
         assert (e1 - e0) / (t1 - t0) == pytest.approx(watts, rel=1e-3)
         assert not s.series[name].gaps
+
+
+class Declared(SensorBase):
+    """A blocking sensor at the seam that declares ``read_values`` and ``start``
+    (:class:`SensorBase` capabilities): a fresh counter at 10 W from its start."""
+
+    name = "declared"
+
+    def __init__(self, clock):
+        self.clock = clock
+        self.started_at = None
+        self.read_calls = 0
+
+    def start(self, t0):
+        self.started_at = t0
+
+    def domains(self):
+        return [DomainInfo("d", "cpu", "counter", "declared", update_period_s=0.0)]
+
+    def read_values(self):
+        return ((10.0 * (self.clock() - self.started_at), 10.0),)
+
+    def read(self):
+        self.read_calls += 1
+        return super().read()
+
+
+def test_declared_capabilities_are_used_and_plain_sensors_need_none():
+    """A SensorBase sensor is started with the sampler's clock and read through ``read_values``;
+    a sensor that only follows the protocol (no base class) is read through ``read()``."""
+    clock = Clock()
+    declared, plain = Declared(clock), ScriptedSensor("x")
+    s = Sampler([declared, plain], interval_s=0.05, clock=clock, background=False)
+    s.start()
+    try:
+        assert declared.started_at == clock()
+        Ticks(s, clock).run(0.52)  # ten ticks
+        assert declared.read_calls == 0 and plain.reads == 10
+        (t0, e0, _, _), (t1, e1, _, _) = s.series["d"].points[0], s.series["d"].points[-1]
+        assert (e1 - e0) / (t1 - t0) == pytest.approx(10.0)
+    finally:
+        s.stop()
