@@ -16,10 +16,10 @@ import pytest
 from IPython.core.error import UsageError
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.testing.globalipapp import start_ipython
-from mlflow.tracking import MlflowClient
 
 import ipython_energy
 from ipython_energy.measurement import Measurement
+from tests.helpers.mlflow_readback import history, runs as logged_runs
 
 
 @pytest.fixture
@@ -32,17 +32,6 @@ def ip(energy_home, flat_trace, sqlite_uri, monkeypatch, tmp_path, capsys):
     ipython_energy.load_ipython_extension(shell)
     yield shell
     ipython_energy.unload_ipython_extension(shell)
-
-
-def run_cell(shell, source: str):
-    result = shell.run_cell(source)
-    return result
-
-
-def mlflow_runs(uri, experiment="ipython-energy"):
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name(experiment)
-    return client, ([] if exp is None else client.search_runs([exp.experiment_id]))
 
 
 def test_load_prints_sensors_and_methods(ip, capsys):
@@ -71,7 +60,7 @@ def test_help_is_real(ip):
 
 
 def test_cell_measures_prints_and_hands_out_measurement(ip, capsys, sqlite_uri):
-    result = run_cell(ip, "%%energy -o m --param lr=0.1\nimport time\ntime.sleep(0.4)\n40 + 2")
+    result = ip.run_cell("%%energy -o m --param lr=0.1\nimport time\ntime.sleep(0.4)\n40 + 2")
     assert result.success and result.result == 42
     m = ip.user_ns["m"]
     assert isinstance(m, Measurement)
@@ -83,7 +72,7 @@ def test_cell_measures_prints_and_hands_out_measurement(ip, capsys, sqlite_uri):
     line = next(l for l in out.splitlines() if l.startswith("⚡"))
     assert "gpu0" in line and "replay" in line and "mean 120" in line
     assert ipython_energy.flush(120)
-    client, runs = mlflow_runs(sqlite_uri)
+    client, runs = logged_runs(sqlite_uri)
     (run,) = runs
     assert run.data.params == {"lr": "0.1"}
     assert run.data.metrics["energy_j"] == pytest.approx(m.energy_j)
@@ -115,7 +104,7 @@ def test_bad_cell_arguments_raise_usage_error_and_log_nothing(ip, args, message,
         ip.run_cell_magic("energy", args, "ran = True")
     assert "ran" not in ip.user_ns  # the cell did not run
     assert ipython_energy.flush(60)
-    assert mlflow_runs(sqlite_uri)[1] == []
+    assert logged_runs(sqlite_uri)[1] == []
 
 
 BAD_LINE_ARGS = [
@@ -147,25 +136,25 @@ def test_bad_line_arguments_raise_usage_error(ip, line, message, sqlite_uri):
     with pytest.raises(UsageError, match=message):
         ip.run_line_magic("energy", line)
     assert ipython_energy.flush(60)
-    assert mlflow_runs(sqlite_uri)[1] == []
+    assert logged_runs(sqlite_uri)[1] == []
 
 
 def test_user_exception_propagates_unchanged_and_run_is_failed(ip, sqlite_uri, capsys):
-    result = run_cell(ip, "%%energy --run flaky\nclass Boom(Exception): pass\nraise Boom('bad data')")
+    result = ip.run_cell("%%energy --run flaky\nclass Boom(Exception): pass\nraise Boom('bad data')")
     assert type(result.error_in_exec).__name__ == "Boom"
     assert str(result.error_in_exec) == "bad data"
     assert "⚡" in capsys.readouterr().out  # the measurement is still reported
     assert ipython_energy.flush(120)
-    _, (run,) = mlflow_runs(sqlite_uri)
+    _, (run,) = logged_runs(sqlite_uri)
     assert run.info.status == "FAILED"
     assert run.data.metrics["energy_j"] > 0
 
 
 def test_keyboard_interrupt_marks_run_killed(ip, sqlite_uri):
-    result = run_cell(ip, "%%energy --run interrupted\nraise KeyboardInterrupt")
+    result = ip.run_cell("%%energy --run interrupted\nraise KeyboardInterrupt")
     assert isinstance(result.error_in_exec, KeyboardInterrupt)
     assert ipython_energy.flush(120)
-    _, (run,) = mlflow_runs(sqlite_uri)
+    _, (run,) = logged_runs(sqlite_uri)
     assert run.info.status == "KILLED"
     assert run.data.metrics["energy_j"] > 0
 
@@ -173,18 +162,17 @@ def test_keyboard_interrupt_marks_run_killed(ip, sqlite_uri):
 def test_sweep_total_equals_sum_of_children_exactly(ip, sqlite_uri, capsys):
     ip.run_line_magic("energy", "sweep grid --planned 4 --budget 1kJ")
     for lr in ("0.1", "0.01", "0.001"):
-        assert run_cell(ip, f"%%energy --param lr={lr}\nimport time\ntime.sleep(0.1)").success
+        assert ip.run_cell(f"%%energy --param lr={lr}\nimport time\ntime.sleep(0.1)").success
     out = capsys.readouterr().out
     assert "sweep 'grid'" in out and "over 3 run(s)" in out and "forecast" in out
     ip.run_line_magic("energy", "end")
     assert ipython_energy.flush(120)
-    client, runs = mlflow_runs(sqlite_uri)
+    client, runs = logged_runs(sqlite_uri)
     parent = next(r for r in runs if r.data.tags["energy.kind"] == "sweep")
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 3
     assert parent.data.metrics["sweep_energy_j"] == math.fsum(c.data.metrics["energy_j"] for c in children)
-    history = client.get_metric_history(parent.info.run_id, "sweep_energy_j")
-    values = [m.value for m in sorted(history, key=lambda m: m.step)]
+    values = [m.value for m in history(client, parent.info.run_id, "sweep_energy_j")]
     assert values == sorted(values) and len(values) == 3
     assert parent.info.status == "FINISHED"
     assert sorted(c.data.params["lr"] for c in children) == ["0.001", "0.01", "0.1"]
@@ -192,7 +180,7 @@ def test_sweep_total_equals_sum_of_children_exactly(ip, sqlite_uri, capsys):
 
 def test_budget_warns_and_can_stop_further_runs(ip, capsys):
     ip.run_line_magic("energy", "sweep tight --budget 10J --stop-at-budget")
-    assert run_cell(ip, "%%energy --no-log\nimport time\ntime.sleep(0.2)").success  # ~24 J > 10 J
+    assert ip.run_cell("%%energy --no-log\nimport time\ntime.sleep(0.2)").success  # ~24 J > 10 J
     assert "OVER BUDGET" in capsys.readouterr().out
     with pytest.raises(UsageError, match="budget"):
         ip.run_cell_magic("energy", "--no-log", "ran_again = True")
@@ -204,12 +192,12 @@ def test_explicit_run_collects_cells_with_execution_count_steps(ip, sqlite_uri):
     counts = []
     for _ in range(2):
         counts.append(ip.execution_count)
-        assert run_cell(ip, "%%energy\nsum(range(1000))").success
+        assert ip.run_cell("%%energy\nsum(range(1000))").success
     with pytest.raises(UsageError, match="already running"):
         ip.run_cell_magic("energy", "--param lr=1", "pass")
     ip.run_line_magic("energy", "end")
     assert ipython_energy.flush(120)
-    client, (run,) = mlflow_runs(sqlite_uri)
+    client, (run,) = logged_runs(sqlite_uri)
     assert run.data.params == {"epochs": "2"}
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "cell_energy_j"))
     assert steps == counts
@@ -219,20 +207,20 @@ def test_explicit_run_collects_cells_with_execution_count_steps(ip, sqlite_uri):
 
 
 def test_units_give_joules_per_unit(ip, sqlite_uri):
-    assert run_cell(ip, "%%energy -o m --units 200 --unit tokens\nimport time\ntime.sleep(0.2)").success
+    assert ip.run_cell("%%energy -o m --units 200 --unit tokens\nimport time\ntime.sleep(0.2)").success
     assert ipython_energy.flush(120)
-    _, (run,) = mlflow_runs(sqlite_uri)
+    _, (run,) = logged_runs(sqlite_uri)
     assert run.data.metrics["units_tokens"] == 200
     assert run.data.metrics["energy_per_tokens_j"] == pytest.approx(ip.user_ns["m"].energy_j / 200)
     assert run.data.tags["energy.unit"] == "tokens"
 
 
 def test_quiet_and_no_log(ip, capsys, sqlite_uri):
-    assert run_cell(ip, "%%energy --quiet --no-log -o q\npass").success
+    assert ip.run_cell("%%energy --quiet --no-log -o q\npass").success
     assert "⚡" not in capsys.readouterr().out
     assert isinstance(ip.user_ns["q"], Measurement)
     assert ipython_energy.flush(60)
-    assert mlflow_runs(sqlite_uri)[1] == []
+    assert logged_runs(sqlite_uri)[1] == []
 
 
 def test_autolog_measures_every_cell_into_the_active_run(ip, sqlite_uri, capsys):
@@ -241,12 +229,12 @@ def test_autolog_measures_every_cell_into_the_active_run(ip, sqlite_uri, capsys)
     counts = []
     for _ in range(3):
         counts.append(ip.execution_count)
-        assert run_cell(ip, "x = sum(range(10000))").success
+        assert ip.run_cell("x = sum(range(10000))").success
     ip.run_line_magic("energy", "autolog off")
-    assert run_cell(ip, "y = 1").success  # not measured
+    assert ip.run_cell("y = 1").success  # not measured
     ip.run_line_magic("energy", "end")
     assert ipython_energy.flush(120)
-    client, (run,) = mlflow_runs(sqlite_uri)
+    client, (run,) = logged_runs(sqlite_uri)
     steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, "cell_energy_j"))
     assert steps == counts
     assert capsys.readouterr().out.count("⚡") >= 3
@@ -262,9 +250,9 @@ def test_stage_inside_magic_run_and_chart(ip, sqlite_uri):
     ip.run_line_magic("energy", "sweep staged")
     src = ("%%energy --param n=1\nimport time, ipython_energy as e\n"
            "with e.stage('data'):\n    time.sleep(0.1)\nwith e.stage('forward'):\n    time.sleep(0.2)")
-    assert run_cell(ip, src).success
+    assert ip.run_cell(src).success
     assert ipython_energy.flush(120)
-    _, runs = mlflow_runs(sqlite_uri)
+    _, runs = logged_runs(sqlite_uri)
     child = next(r for r in runs if r.data.tags["energy.kind"] == "run")
     metrics = child.data.metrics
     for stage, slept_s in (("data", 0.1), ("forward", 0.2)):
@@ -279,7 +267,7 @@ def test_stage_inside_magic_run_and_chart(ip, sqlite_uri):
 def test_chart_inline_and_artifact_on_the_sweep(ip, sqlite_uri):
     ip.run_line_magic("energy", "sweep charted --planned 3")
     for n in (1, 2):
-        assert run_cell(ip, f"%%energy --param n={n} --quiet\nimport time\ntime.sleep(0.05 * {n})").success
+        assert ip.run_cell(f"%%energy --param n={n} --quiet\nimport time\ntime.sleep(0.05 * {n})").success
     chart = ip.run_line_magic("energy", "chart")
     spec = chart.to_dict()
     assert spec["$schema"].startswith("https://vega.github.io/schema/vega-lite/v5")
@@ -287,7 +275,7 @@ def test_chart_inline_and_artifact_on_the_sweep(ip, sqlite_uri):
     assert {"n=1", "n=2"} <= {row.get("name") for row in values}
     ip.run_line_magic("energy", "end")
     assert ipython_energy.flush(120)
-    client, runs = mlflow_runs(sqlite_uri)
+    client, runs = logged_runs(sqlite_uri)
     parent = next(r for r in runs if r.data.tags["energy.kind"] == "sweep")
     artifacts = [a.path for a in client.list_artifacts(parent.info.run_id)]
     assert "energy_sweep.html" in artifacts
@@ -297,11 +285,11 @@ def test_repeated_and_expanded_lines_give_each_cell_its_own_arguments(ip, sqlite
     """A line seen before is not parsed again; each cell still gets exactly what its line says."""
     for lr in ("0.1", "0.2", "0.1"):  # {lr} is expanded by IPython before the magic sees the line
         ip.user_ns["lr"] = lr
-        assert run_cell(ip, "%%energy --quiet -o m --param lr={lr} --units 10 --unit tokens\npass").success
-    assert run_cell(ip, "%%energy --quiet -o m2 --param lr=0.3\npass").success
+        assert ip.run_cell("%%energy --quiet -o m --param lr={lr} --units 10 --unit tokens\npass").success
+    assert ip.run_cell("%%energy --quiet -o m2 --param lr=0.3\npass").success
     assert ip.user_ns["m"] is not ip.user_ns["m2"]
     assert ipython_energy.flush(120)
-    _, runs = mlflow_runs(sqlite_uri)
+    _, runs = logged_runs(sqlite_uri)
     assert sorted(r.data.params["lr"] for r in runs) == ["0.1", "0.1", "0.2", "0.3"]
     assert [r.data.metrics.get("units_tokens") for r in runs].count(10) == 3
     assert all(r.data.params == {"lr": r.data.params["lr"]} for r in runs)  # no param leaked between cells
@@ -326,19 +314,19 @@ def test_a_param_value_mlflow_cannot_store_is_refused_every_time_after_the_run_c
     ip.run_line_magic("energy", "end")
     assert "ran" not in ip.user_ns
     assert ipython_energy.flush(60)
-    _, runs = mlflow_runs(sqlite_uri)
+    _, runs = logged_runs(sqlite_uri)
     assert [r.data.tags["mlflow.runName"] for r in runs] == ["training"]
 
 
 def test_state_checks_are_made_per_cell_for_a_repeated_line(ip):
     """Only the line's own parse is reused: --param with a run active is refused when it is."""
-    assert run_cell(ip, "%%energy --quiet --no-log --param lr=1\npass").success
+    assert ip.run_cell("%%energy --quiet --no-log --param lr=1\npass").success
     ip.run_line_magic("energy", "run training")
     with pytest.raises(UsageError, match="already running"):
         ip.run_cell_magic("energy", "--quiet --no-log --param lr=1", "ran = True")
     ip.run_line_magic("energy", "end")
     assert "ran" not in ip.user_ns
-    assert run_cell(ip, "%%energy --quiet --no-log --param lr=1\npass").success
+    assert ip.run_cell("%%energy --quiet --no-log --param lr=1\npass").success
 
 
 def test_many_distinct_lines_keep_a_bounded_parse_cache(ip):
@@ -363,7 +351,7 @@ def test_a_cells_own_run_is_journaled_as_start_and_end_with_the_cells_rows(ip, s
     events = [json.loads(line) for line in (energy_home / "spool" / f"{tracker.session}.jsonl").read_text().splitlines()]
     kinds = [e.get("type") for e in events if "type" in e]
     assert kinds == ["run_start", "run_end"] * 3  # the cell's rows travel with the run's end
-    client, runs = mlflow_runs(sqlite_uri)
+    client, runs = logged_runs(sqlite_uri)
     assert len(runs) == 3
     for run in runs:
         (point,) = client.get_metric_history(run.info.run_id, "cell_energy_j")
@@ -379,10 +367,10 @@ def test_a_cells_own_run_is_journaled_as_start_and_end_with_the_cells_rows(ip, s
 def test_a_run_opened_inside_the_cell_takes_the_place_of_the_cells_own(ip, sqlite_uri):
     src = ("%%energy --quiet -o m\nimport time, ipython_energy as e\n"
            "with e.run('inner', params={'k': 1}):\n    time.sleep(0.05)")
-    assert run_cell(ip, src).success
+    assert ip.run_cell(src).success
     assert isinstance(ip.user_ns["m"], Measurement)
     assert ipython_energy.flush(120)
-    _, runs = mlflow_runs(sqlite_uri)
+    _, runs = logged_runs(sqlite_uri)
     assert [r.data.tags["mlflow.runName"] for r in runs] == ["inner"]  # the cell's own run is deleted
     assert runs[0].data.params == {"k": "1"}
 
