@@ -11,7 +11,7 @@ PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
 # No MLflow telemetry from test runs (this machine has no network beyond package registries).
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: demo test venv install test-deps chromium test-main test-server test-browser test-slow check-handlers lab mlflow-ui clean
+.PHONY: demo test venv install test-deps chromium test-main test-server test-browser test-slow check-handlers test-ts lab mlflow-ui clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,7 +48,15 @@ test-slow:
 check-handlers:
 	$(BIN)/python .ci/check_handlers.py
 
-test: test-deps check-handlers test-main test-server test-browser test-slow
+# The sidebar's TypeScript: eslint + prettier, then the jest unit tests. jlpm (JupyterLab's yarn)
+# installs node_modules from yarn.lock when they are missing or out of date (a few s when not).
+JLPM := PATH="$(abspath $(BIN)):$$PATH" $(BIN)/jlpm
+test-ts:
+	$(JLPM) install --immutable
+	$(JLPM) lint:check
+	$(JLPM) test
+
+test: test-deps check-handlers test-ts test-main test-server test-browser test-slow
 
 lab: install
 	$(BIN)/jupyter lab
