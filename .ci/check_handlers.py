@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """Static check: every HTTP method of every handler in ipython_energy/server carries
-``@tornado.web.authenticated``.  Exits 1 and names the offenders otherwise.
+``@tornado.web.authenticated``, and every route goes to such a handler.  Exits 1 and names
+the offenders otherwise.
 
 A handler is a class whose bases include a name ending in ``Handler``; its HTTP methods
-are ``get``, ``head``, ``post``, ``put``, ``patch``, ``delete`` and ``options``.
+are ``get``, ``head``, ``post``, ``put``, ``patch``, ``delete`` and ``options``.  A route is a
+``(pattern, HandlerClass)`` tuple in a ``web_app.add_handlers(...)`` call; its class must be a
+handler defined in the same module (so that the check above covered it).
 Usage: python .ci/check_handlers.py [FILES...]  (default: ipython_energy/server/*.py)
 """
 
@@ -40,12 +43,29 @@ def _authenticated_aliases(tree: ast.Module) -> set[str]:
     return names
 
 
+def routes(tree: ast.Module) -> list[tuple[int, str]]:
+    """(line, class name) of each route in the module's ``add_handlers`` calls."""
+    found = []
+    for call in ast.walk(tree):
+        if isinstance(call, ast.Call) and _name(call.func).endswith("add_handlers"):
+            for arg in call.args:
+                for item in getattr(arg, "elts", []):
+                    if isinstance(item, ast.Tuple) and len(item.elts) >= 2:
+                        found.append((item.lineno, _name(item.elts[1])))
+    return found
+
+
 def check(path: Path) -> list[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
     ok_names = _authenticated_aliases(tree)
     problems = []
-    for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
-        if not any(_name(b).endswith("Handler") for b in cls.bases):
+    classes = [n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]
+    handlers = {c.name for c in classes if any(_name(b).endswith("Handler") for b in c.bases)}
+    for line, name in routes(tree):
+        if name not in handlers:
+            problems.append(f"{path}:{line}: a route goes to {name or 'something'}, not a handler class of this module")
+    for cls in classes:
+        if cls.name not in handlers:
             continue
         for fn in cls.body:
             if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) and fn.name in HTTP_METHODS:
@@ -60,7 +80,9 @@ def main(argv: list[str]) -> int:
     for p in problems:
         print(p)
     if not problems:
-        print(f"check_handlers: every handler method is authenticated ({len(files)} files)")
+        n = sum(len(routes(ast.parse(f.read_text()))) for f in files)
+        print(f"check_handlers: every handler method is authenticated, every route goes to a handler "
+              f"({len(files)} files, {n} routes)")
     return 1 if problems else 0
 
 

@@ -17,6 +17,19 @@ def run(*args: str) -> subprocess.CompletedProcess:
 def test_our_handlers_pass():
     result = run()
     assert result.returncode == 0, result.stdout
+    assert "(2 files, 5 routes)" in result.stdout  # experiments, experiment, sweep, session, poll
+
+
+def test_a_route_to_a_class_that_is_not_a_checked_handler_fails(tmp_path):
+    bad = tmp_path / "routes.py"
+    bad.write_text(
+        "import tornado.web\nfrom jupyter_server.base.handlers import APIHandler\n"
+        "class Ok(APIHandler):\n    @tornado.web.authenticated\n    def get(self): pass\n"
+        "class Base:\n    pass\nclass Sneaky(Base):\n    def get(self): pass\n"
+        "def setup(web_app):\n    web_app.add_handlers('.*$', [('/ok', Ok), ('/sneaky', Sneaky)])\n")
+    result = run(str(bad))
+    assert result.returncode == 1
+    assert "a route goes to Sneaky" in result.stdout and "Ok" not in result.stdout
 
 
 def test_a_method_without_the_decorator_fails(tmp_path):
