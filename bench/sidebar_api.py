@@ -13,12 +13,20 @@ while another thread logs ``live_energy_j`` to the running run every 0.5 s, so e
 has something new.  Beside it, the same question asked the plain way:
 ``MlflowClient.search_runs`` for all children of the sweep (one page of 1,000).
 
-Prints a markdown table (p50 / p95 / max in ms; the first, cold request separately).
+Then a whole sidebar poll, both ways, alternating (``--polls`` of each):
+
+* ``GET /ipython-energy/api/poll?source=<source>`` (one request, what the sidebar sends now),
+* the four requests the sidebar sent before that endpoint: ``experiments`` and ``session``
+  together, then ``experiments/<source>``, then ``sweeps/<source>/<sweep>``.
+
+Prints markdown tables (p50 / p95 / max in ms; the first, cold request separately; requests
+and bytes per poll).
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -86,6 +94,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=1000)
     ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--polls", type=int, default=100, help="whole sidebar polls of each kind (0: skip)")
     ap.add_argument("--backend", choices=["sqlite", "server"], default="sqlite",
                     help="sqlite: a sqlite store; server: a real `mlflow server` process in front of it")
     args = ap.parse_args()
@@ -174,9 +183,30 @@ def main() -> None:
             search_times.append(time.perf_counter() - t0)
             assert len(children) == args.runs
             time.sleep(0.05)
+        assert last_live and last_live > 0, "the running run's live energy never reached the API"
+
+        pair = concurrent.futures.ThreadPoolExecutor(2)
+
+        def four_requests() -> tuple[float, int, int]:
+            """The sidebar's poll before GET poll: listing and session at once, then two more."""
+            t0 = time.perf_counter()
+            first = [f.result()[1] for f in (pair.submit(get, "/experiments"), pair.submit(get, "/session"))]
+            bodies = [*first, get(f"/experiments/{source}")[1], get(f"/sweeps/{source}/{sweep_id}")[1]]
+            return time.perf_counter() - t0, len(bodies), sum(len(b) for b in bodies)
+
+        def one_request() -> tuple[float, int, int]:
+            t, body = get(f"/poll?source={source}")
+            assert json.loads(body)["selected"]["sweep"] == sweep_id
+            return t, 1, len(body)
+
+        polls: dict[str, list[tuple[float, int, int]]] = {"one": [], "four": []}
+        for i in range(args.polls):
+            for kind, fn in (("one", one_request), ("four", four_requests))[:: 1 if i % 2 else -1]:
+                polls[kind].append(fn())
+            time.sleep(0.05)
+        pair.shutdown()
         stop.set()
         writer.join(5)
-        assert last_live and last_live > 0, "the running run's live energy never reached the API"
 
         store = "sqlite store" if args.backend == "sqlite" else "`mlflow server` (sqlite behind it)"
         print(f"\nSweep of {args.runs} runs (one running, live metrics logged every 0.5 s), {store}, "
@@ -189,6 +219,16 @@ def main() -> None:
         print(summary("`GET /ipython-energy/api/experiments/<source>`", exp_times, "sweeps + rebound + chart"))
         print(summary("plain `MlflowClient.search_runs` (children of the sweep)", search_times,
                       "in-process, no HTTP, no chart"))
+        if args.polls:
+            print(f"\nOne whole sidebar poll, {args.polls} of each kind, alternating.\n")
+            print("| sidebar poll | n | p50 ms | p95 ms | max ms | requests/poll | bytes/poll (median) |")
+            print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+            for kind, name in (("one", "`GET poll?source=<source>` (now)"),
+                               ("four", "`experiments` + `session`, then `experiments/<source>`, "
+                                        "then `sweeps/<source>/<sweep>` (before)")):
+                rows = polls[kind]
+                row = summary(name, [t for t, _, _ in rows]).rsplit("|", 2)[0]
+                print(f"{row}| {rows[0][1]} | {statistics.median(b for _, _, b in rows):,.0f} |")
     finally:
         for p in procs:
             if p.poll() is None:
