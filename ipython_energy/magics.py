@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import math
 import shlex
 import sys
 import time
@@ -17,7 +16,8 @@ from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_ar
 from .config import SETTING_NAMES, ConfigError, EnergySettings, suggest, unknown_variables
 from .display import LiveReadout, load_report, status_text, summary_line
 from .tracking import BudgetExceeded, Run, Tracker, get_tracker, set_tracker
-from .validate import check_name, check_param_key, check_params, check_units, parse_energy, status_for
+from .validate import (check_name, check_param_key, check_params, check_positive, check_units, parse_energy,
+                       status_for)
 
 
 def _parse_params(items: list[str]) -> dict[str, str]:
@@ -38,13 +38,15 @@ def _parse_params(items: list[str]) -> dict[str, str]:
 
 
 def _parse_count(text: str, flag: str) -> float:
+    """A positive finite number given on the magic's line (``--units``, ``--timeout``)."""
     try:
         value = float(text)
     except ValueError:
         raise UsageError(f"{flag} takes a number, not {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise UsageError(f"{flag} must be a positive finite number, not {text!r}")
-    return value
+    try:
+        return check_positive(value, flag)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 class CellArgs(NamedTuple):

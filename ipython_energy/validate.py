@@ -59,12 +59,18 @@ def check_params(params: Mapping[str, Any] | None) -> dict[str, str]:
     return out
 
 
-def check_units(n: Any, unit: Any) -> tuple[float, str]:
+def check_positive(n: Any, what: str) -> float:
+    """``n`` as a float if it is a finite number above zero (a count, a timeout in seconds)."""
     if isinstance(n, bool) or not isinstance(n, (int, float)):
-        raise ValueError(f"units must be a number, not {n!r}")
+        raise ValueError(f"{what} must be a number, not {n!r}")
     n = float(n)
     if not math.isfinite(n) or n <= 0:
-        raise ValueError(f"units must be a positive finite number, not {n!r}")
+        raise ValueError(f"{what} must be a positive finite number, not {n!r}")
+    return n
+
+
+def check_units(n: Any, unit: Any) -> tuple[float, str]:
+    n = check_positive(n, "units")
     if n > 1e18:
         raise ValueError(f"units {n!r} is implausibly large (at most 1e18)")
     return n, check_name(unit, "unit")
