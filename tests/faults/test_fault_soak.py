@@ -16,7 +16,7 @@ import time
 import pytest
 
 import ipython_energy
-from faultkit import figure
+from tests.faults.faultkit import figure
 from tests.helpers.mlflow_readback import runs
 
 CELLS = 10_000

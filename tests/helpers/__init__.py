@@ -13,8 +13,12 @@
 * :mod:`.registry_files`: the ``kernels/`` and ``live/`` files a kernel writes under
   IPYTHON_ENERGY_HOME, written for tests that need a kernel without running one.
 
+The fixtures built on them are in ``tests/conftest.py``: ``start_kernel`` (kernels shut down at
+teardown), ``sqlite_uri`` (an empty store of the test's own), ``mlflow_server``.
+
 The fakes at the hardware seam stay beside the tests of the hardware they stand in for
-(``tests/sensors/fake_pynvml.py``, ``tests/sensors/read_log.py``, ``tests/faults/faultkit.py``);
-they import as ``tests.sensors.fake_pynvml`` and so on.  Nothing here replaces any part of the
-product: each helper sits above it (driving or reading back) or beside it (a free port).
+(``tests/sensors/fake_pynvml.py``, ``tests/sensors/read_log.py``, ``tests/sensors/injected_clock.py``,
+``tests/faults/faultkit.py``) and import as ``tests.sensors.fake_pynvml``, ``tests.faults.faultkit``
+and so on.  Nothing here replaces any part of the product: each helper sits above it (driving or
+reading back) or beside it (a free port).
 """
