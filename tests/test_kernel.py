@@ -34,8 +34,12 @@ def test_kernel_sigkilled_mid_run_is_closed_killed_on_next_load(start_kernel, en
     last_live = max(client.get_metric_history(run.info.run_id, "live_energy_j"), key=lambda m: m.step)
 
     start_kernel(flat_trace, sqlite_uri, **LIVE_EVERY_HALF_S).execute("%load_ext ipython_energy")
-    closed = wait_until(lambda: (lambda r: r if r.info.status == "KILLED" else None)(client.get_run(run.info.run_id)),
-                        timeout_s=60, poll_s=0.5, what="the dead kernel's run closed as KILLED")
+
+    def closed_as_killed():
+        now = client.get_run(run.info.run_id)
+        return now if now.info.status == "KILLED" else None
+
+    closed = wait_until(closed_as_killed, timeout_s=60, poll_s=0.5, what="the dead kernel's run closed as KILLED")
     assert closed.data.metrics["energy_j"] >= last_live.value
     assert closed.data.metrics["energy_j"] > 0
     assert "recovery" in closed.data.tags["energy.closed_by"]
