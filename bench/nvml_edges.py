@@ -107,8 +107,8 @@ def main(argv=None) -> int:
                                      - out["background_counter_reads_per_s_per_gpu"] * n_gpus * edges_s) / (2 * args.windows)
     out["edge_timeout_ms"] = meter.sampler.edge_timeout_s() * 1e3
     out["round_trip_us"] = [
-        {"p50": pct(list(s.round_trips_s), 0.5) * 1e6, "max": max(s.round_trips_s) * 1e6}
-        for s in meter.sampler.slots if s.round_trips_s
+        {"p50": pct(rts, 0.5) * 1e6, "max": max(rts) * 1e6}
+        for rts in meter.sampler.round_trips_s().values()
     ]
 
     w = meter.begin("idle")

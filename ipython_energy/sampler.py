@@ -663,6 +663,13 @@ class Sampler:
                     out[d.name] = slot.state
         return out
 
+    def round_trips_s(self) -> dict[str, list[float]]:
+        """Recent dispatch-to-stored times of each blocking sensor's reads, in seconds (what
+        :meth:`edge_timeout_s` is worked out from), keyed by the sensor's domains (``"gpu0"``,
+        ``"package0,dram0"``); sensors not read yet are left out."""
+        return {",".join(d.name for d in slot.domains): list(slot.round_trips_s)
+                for slot in self._readers if slot.round_trips_s}
+
     def cpu_time_s(self) -> float:
         """CPU seconds used so far by the sampler thread and the reader threads."""
         return sum(self._thread_cpu_s.values())
