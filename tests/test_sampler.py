@@ -91,11 +91,14 @@ def test_named_daemon_thread_starts_stops_promptly_and_idempotently():
 
 def test_interval_and_cumulative_series():
     s = Sampler([steady(watts=200.0)], interval_s=0.02)
+    t_start = time.monotonic()
     s.start()
-    time.sleep(0.5)
+    wait_until(lambda: s.ticks >= 25, 10.0)
     s.stop()
+    elapsed = time.monotonic() - t_start
     pts = s.series["gpu0"].points
-    assert 15 <= len(pts) <= 35  # ~25 reads at 50 Hz (dithered ticks)
+    # ~50 Hz: never faster than the interval (a stalled machine skips ticks, it does not burst them)
+    assert 25 <= len(pts) <= elapsed / 0.02 + 2
     (t0, e0, _, _), (t1, e1, _, _) = pts[0], pts[-1]
     assert (e1 - e0) / (t1 - t0) == pytest.approx(200.0, rel=1e-3)
 
@@ -190,9 +193,10 @@ def test_edge_reads_after_stop_still_read_blocking_sensors():
     n = sen.reads
     time.sleep(0.12)
     assert sen.reads == n  # no tick reads after stop
+    t_edge = time.monotonic()
     s.edge_read()
     assert sen.reads == n + 1
-    assert s.series["pkg"].points[-1][3] > time.monotonic() - 0.05
+    assert s.series["pkg"].points[-1][3] >= t_edge  # stored: the edge's own read
 
 
 def test_hung_sensor_recovers_and_gap_closes():
