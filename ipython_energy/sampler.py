@@ -272,8 +272,10 @@ class Sampler:
         real time), sample the nonblocking sensors, and store it all (:meth:`sync`).
 
         For a sampler built with ``background=False`` and driven by its clock (tests,
-        simulations); with the sampler thread running, ticks come from that thread.
+        simulations); a sampler with a thread takes its ticks on that thread only.
         """
+        if self.background:
+            raise RuntimeError("Sampler.tick() is for a sampler built with background=False")
         now = self.clock()
         readers = self._readers
         if readers:
