@@ -24,7 +24,7 @@ from typing import Callable
 from .measurement import DomainProvenance, Gap, Measurement
 from .sampler import Sampler
 from .sensors.base import DomainInfo, Sensor
-from .series import Snapshot
+from .edges import Snapshot
 
 #: Quiet time (no window open) over which the idle baseline is measured.
 IDLE_MEASURE_S = 2.0

@@ -29,7 +29,7 @@ few ticks and by every reader of the series), where a healthy fresh counter's re
 takes a short path through :meth:`DomainSeries.ingest`.  Hardware sensors are read
 through their allocation-light ``read_values()`` where they have one.  Anything that can
 wait for a window edge (peak folding, the last counter steps) is done there instead.
-After each stored tick the sampler updates its :class:`~ipython_energy.series.TickTally`
+After each stored tick the sampler updates its :class:`~ipython_energy.edges.TickTally`
 (peak power, begin-edge refinement, quiet-time energy), arithmetic over the series that calls
 nothing outside them: the sampler never calls back into the meter.
 
@@ -53,7 +53,8 @@ from collections import deque
 from typing import Callable, Iterable
 
 from .sensors.base import DomainInfo, Sensor, SensorBase
-from .series import DomainSeries, TickTally
+from .edges import TickTally
+from .series import DomainSeries
 
 THREAD_NAME = "ipython-energy-sampler"
 #: Default buffer length in seconds of samples (per domain).
@@ -153,7 +154,7 @@ class Sampler:
 
     After each tick's readings are stored (see :meth:`sync`: in batches, on the sampler thread or on
     whichever thread asks for the series first) the sampler updates :attr:`tally`
-    (:class:`~ipython_energy.series.TickTally`), under the store lock.
+    (:class:`~ipython_energy.edges.TickTally`), under the store lock.
     """
 
     def __init__(
