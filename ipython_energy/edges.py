@@ -11,6 +11,7 @@ from typing import Mapping
 
 from .series import DomainSeries, Mark
 
+
 class Snapshot:
     """Every domain's :class:`Mark` at one instant, and the total power then (a window edge).
 
