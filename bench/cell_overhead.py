@@ -77,11 +77,15 @@ def load_compared(shell, root: Path, tmp: Path):
     sys.modules[spec.name] = package
     spec.loader.exec_module(package)
     magics_mod = importlib.import_module(f"{spec.name}.magics")
-    tracking_mod = importlib.import_module(f"{spec.name}.tracking")
     magics = magics_mod.EnergyMagics(shell=shell)
     config = magics.build_config().with_values(tracking_uri=f"sqlite:///{tmp / 'compared.db'}")
-    tracking_mod.set_tracker(tracking_mod.Tracker(config))
-    tracking_mod.get_tracker().start_background()
+    try:  # the process's tracker lives in runtime; a checkout from before 2026-11-30 kept it in tracking
+        process = importlib.import_module(f"{spec.name}.runtime")
+        process.set_tracker(process.new_tracker(config))
+    except ModuleNotFoundError:
+        process = importlib.import_module(f"{spec.name}.tracking")
+        process.set_tracker(process.Tracker(config))
+    process.get_tracker().start_background()
     shell.register_magic_function(magics.energy, "cell", "energy_compared")
     return package
 

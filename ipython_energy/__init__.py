@@ -36,7 +36,7 @@ __all__ = ["sweep", "run", "stage", "flush", "tracker", "load_ipython_extension"
 
 def tracker():
     """The process's :class:`~ipython_energy.tracking.Tracker` (sensors start on first use)."""
-    from .tracking import get_tracker
+    from .runtime import get_tracker
 
     return get_tracker()
 
@@ -73,9 +73,10 @@ def stage(name: str):
 
 def flush(timeout_s: float = 30.0) -> bool:
     """Wait up to ``timeout_s`` until MLflow has every measurement; False if some are still spooled."""
-    from .tracking import _tracker
+    from .runtime import current
 
-    return True if _tracker is None else _tracker.flush(timeout_s)
+    tracker = current()
+    return True if tracker is None else tracker.flush(timeout_s)
 
 
 def load_ipython_extension(ip) -> None:
@@ -87,13 +88,14 @@ def load_ipython_extension(ip) -> None:
 
 def unload_ipython_extension(ip) -> None:
     """``%unload_ext ipython_energy``: autolog off, open runs closed (KILLED), measurements flushed."""
-    from .tracking import _tracker, set_tracker
+    from .runtime import current, set_tracker
 
     magics = ip.magics_manager.registry.get("EnergyMagics")
     if magics is not None:
         magics.set_autolog(False)
-    if _tracker is not None:
-        _tracker.close()
+    tracker = current()
+    if tracker is not None:
+        tracker.close()
         set_tracker(None)
 
 

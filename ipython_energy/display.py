@@ -67,8 +67,8 @@ def status_text(tracker: Tracker) -> str:
     lines.append(f"  {tracker.sweep.describe()}" if tracker.sweep else "  sweep: none")
     if tracker.config.log:
         lines.append(f"  MLflow: {tracker.tracking_uri}, experiment {tracker.config.experiment!r}")
-        if tracker._writer is not None:  # not .writer: asking for the status must not start one
-            st = tracker._writer.status()
+        st = tracker.writer_status()
+        if st is not None:
             state = "ok" if st.backend_ok else f"NOT ANSWERING ({st.last_error})"
             lines.append(f"  writer: {state}; {st.pending} event(s) waiting")
     else:

@@ -15,7 +15,8 @@ from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_ar
 
 from .config import SETTING_NAMES, ConfigError, EnergySettings, suggest, unknown_variables
 from .display import LiveReadout, load_report, status_text, summary_line
-from .tracking import BudgetExceeded, Run, Tracker, get_tracker, set_tracker
+from .runtime import current, get_tracker, new_tracker, set_tracker
+from .tracking import BudgetExceeded, Run, Tracker
 from .validate import (check_name, check_param_key, check_params, check_positive, check_units, parse_energy,
                        status_for)
 
@@ -443,11 +444,7 @@ def load(ip) -> EnergyMagics:
     for warning in magics.config_warnings:
         print(f"ipython-energy: {warning}", file=sys.stderr)
     from .sensors.base import SensorError
-    from .tracking import _tracker
-
-    if _tracker is None:
-        from .runtime import new_tracker
-
+    if current() is None:
         try:
             set_tracker(new_tracker(config))
         except SensorError as exc:  # an explicitly requested sensor that cannot be used

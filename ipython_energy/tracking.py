@@ -213,6 +213,11 @@ class Tracker:
             self._writer = Writer(spool, render_chart=self._render_chart)
         return self._writer
 
+    def writer_status(self):
+        """The writer's :class:`~ipython_energy.writer.WriterStatus`, or None while no writer has started
+        (asking must not start one)."""
+        return None if self._writer is None else self._writer.status()
+
     def start_background(self) -> None:
         """Start the writer (replays dead kernels' spools) without waiting for it."""
         if self.config.log:
@@ -502,27 +507,3 @@ def sweep_data(sweep: Sweep) -> dict[str, Any]:
     header = {"name": sweep.name, "planned": sweep.planned, "budget_j": sweep.budget_j,
               "status": "finished" if sweep.ended else "running"}
     return rollup.build_sweep_data(header, rows)
-
-
-_tracker: Tracker | None = None
-_tracker_lock = threading.Lock()
-
-
-def get_tracker(config: Config | None = None) -> Tracker:
-    """The process's tracker, made on first use from the environment's configuration."""
-    global _tracker
-    if _tracker is None:
-        with _tracker_lock:
-            if _tracker is None:
-                if config is None:
-                    from .config import from_env
-
-                    config, _warnings = from_env()
-                _tracker = Tracker(config)
-    return _tracker
-
-
-def set_tracker(tracker: Tracker | None) -> None:
-    global _tracker
-    with _tracker_lock:
-        _tracker = tracker

@@ -106,7 +106,8 @@ def test_api_errors_are_clear_and_log_nothing(energy_home, flat_trace, sqlite_ur
     monkeypatch.setenv("IPYTHON_ENERGY_SENSORS", f"replay:{flat_trace}")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri)
     import ipython_energy as energy
-    from ipython_energy.tracking import BudgetExceeded, set_tracker
+    from ipython_energy.runtime import set_tracker
+    from ipython_energy.tracking import BudgetExceeded
 
     set_tracker(None)
     try:

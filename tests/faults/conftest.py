@@ -22,7 +22,7 @@ def open_shell(energy_home, monkeypatch, tmp_path):
     from IPython.testing.globalipapp import start_ipython
 
     import ipython_energy
-    from ipython_energy.tracking import set_tracker
+    from ipython_energy.runtime import set_tracker
 
     opened = []
 

@@ -133,9 +133,9 @@ def make_tracker(sensors, uri: str, **meter_kw):
     """A Tracker measuring with ``sensors`` (the seam) and logging to ``uri``, configured like the magic's."""
     from ipython_energy import config as cfg
     from ipython_energy.meter import Meter
-    from ipython_energy.tracking import Tracker
+    from ipython_energy.runtime import new_tracker
 
     config, _ = cfg.from_env()
     config = config.with_values(tracking_uri=uri)
     meter_kw.setdefault("interval_s", 0.05)
-    return Tracker(config, meter=Meter(sensors, **meter_kw))
+    return new_tracker(config, meter=Meter(sensors, **meter_kw))

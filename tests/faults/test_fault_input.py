@@ -279,21 +279,21 @@ BAD_CONFIG = [
 
 
 def _bad_config_then_load(shell, uri, setting, message) -> None:
-    from ipython_energy import tracking
+    from ipython_energy import runtime
 
     before = _our_threads()
     shell.run_line_magic("config", f"EnergyMagics.{setting}")
     with pytest.raises(UsageError, match=message):
         shell.run_line_magic("load_ext", "ipython_energy")
-    assert tracking._tracker is None, setting
+    assert runtime.current() is None, setting
     assert not {t.name for t in _our_threads() - before}, f"{setting}: a failed load left threads running"
     assert "ipython_energy" not in shell.extension_manager.loaded
     # Fixed, it loads.
     shell.config.pop("EnergyMagics", None)
     shell.run_line_magic("load_ext", "ipython_energy")
-    assert tracking._tracker is not None
+    assert runtime.current() is not None
     shell.run_line_magic("unload_ext", "ipython_energy")
-    assert tracking._tracker is None
+    assert runtime.current() is None
 
 
 def test_bad_config_then_load_is_a_usage_error_and_starts_nothing(bare_shell, sqlite_uri):
@@ -321,7 +321,7 @@ def test_config_magic_typo_is_reported_at_load(bare_shell, capfd):
 
 
 def test_unload_with_autolog_on_stops_measuring(bare_shell, sqlite_uri):
-    from ipython_energy import tracking
+    from ipython_energy import runtime
 
     bare_shell.run_line_magic("load_ext", "ipython_energy")
     bare_shell.run_line_magic("energy", "autolog on")
@@ -329,5 +329,5 @@ def test_unload_with_autolog_on_stops_measuring(bare_shell, sqlite_uri):
     bare_shell.run_line_magic("unload_ext", "ipython_energy")
     before = _our_threads()
     assert bare_shell.run_cell("y = 2").success
-    assert tracking._tracker is None, "a cell after unload built a new tracker"
+    assert runtime.current() is None, "a cell after unload built a new tracker"
     assert not _our_threads() - before
