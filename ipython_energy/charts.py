@@ -3,7 +3,7 @@
 Used by the JupyterLab sidebar (the server sends :func:`sweep_spec`), by
 ``%energy chart`` (which returns :func:`sweep_chart`) and by the sweep's MLflow artifact
 ``energy_sweep.html`` (:func:`sweep_html`).  All take the dict that
-:func:`ipython_energy.query.build_sweep_data` returns (``query.SourceReader.sweep_data``
+:func:`ipython_energy.rollup.build_sweep_data` returns (``query.SourceReader.sweep_data``
 returns the same).
 
 altair is pinned ``<6``: altair 6 emits Vega-Lite 6, which JupyterLab 4.6's built-in
@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import html
 import json
-import math
 from typing import Any, Mapping
 
 from .measurement import format_energy
@@ -152,7 +151,7 @@ def sweep_chart(sweep_data: Mapping[str, Any], *, width: int | str = 520, height
     line on the right axis; the forecast to the planned number of runs (dashed) and the
     budget (red rule) when the sweep has them.  Hover shows a run's params and provenance.
 
-    ``sweep_data`` is what ``query.build_sweep_data`` / ``SourceReader.sweep_data`` return.
+    ``sweep_data`` is what ``rollup.build_sweep_data`` / ``SourceReader.sweep_data`` return.
     ``width="container"`` fills the surrounding element (the sidebar uses it).
 
     For an HTML file use :func:`sweep_html` (offline-safe, escaped), not ``chart.save``.

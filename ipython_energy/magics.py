@@ -17,7 +17,7 @@ from .config import SETTING_NAMES, ConfigError, EnergySettings, suggest, unknown
 from .display import LiveReadout, load_report, status_text, summary_line
 from .runtime import current, get_tracker, new_tracker, set_tracker
 from .tracking import BudgetExceeded, Run, Tracker
-from .validate import (check_name, check_param_key, check_params, check_positive, check_units, parse_energy,
+from .validate import (check_name, check_param_key, check_positive, check_units, parse_energy,
                        status_for)
 
 
@@ -57,7 +57,6 @@ class CellArgs(NamedTuple):
     run: str | None
     sweep: str | None
     params: Mapping[str, str]  # read-only: the same object serves every cell with this line
-    params_error: str | None  # why MLflow could not store a value, raised only where the cell checks params
     units: tuple[float, str] | None
     quiet: bool
     no_log: bool
@@ -145,37 +144,14 @@ class EnergyMagics(Magics, EnergySettings):
             args = self._parse_cell_args(line)
         params, run_name, sweep_name, units = args.params, args.run, args.sweep, args.units
         tracker = get_tracker()
-        log = tracker.config.log and not args.no_log
-
-        # Which run does this cell belong to?  Everything is checked before the cell runs.
-        active = tracker.run if tracker.run is not None and tracker.run.measurement is None else None
-        if params and active is not None and (run_name is None or run_name == active.name):
-            raise UsageError(f"--param sets the parameters of a new run, but run {active.name!r} is already "
-                             f"running; end it with %energy end, or give --run NEWNAME")
-        if args.params_error is not None:  # every value is checked before anything is started or logged
-            raise UsageError(args.params_error)
         count = self.shell.execution_count
-        label = f"In [{count}]"
-        try:
-            sweep = tracker.start_sweep(sweep_name, log=log) if sweep_name else None
-            if run_name is not None and active is not None and active.name == run_name:
-                run, owns_run = active, False
-            elif run_name is None and active is not None and sweep is None:
-                run, owns_run = active, False
-            else:
-                run = tracker.start_run(run_name, params, sweep=sweep, implicit=run_name is None, log=log,
-                                        cell=True, label=label)
-                owns_run = True
-        except BudgetExceeded as exc:
+        try:  # which run the cell belongs to; everything is checked before the cell runs
+            scope = tracker.begin_cell(f"In [{count}]", run_name=run_name, sweep_name=sweep_name, params=params,
+                                       units=units, log=tracker.config.log and not args.no_log)
+        except (BudgetExceeded, ValueError) as exc:
             raise UsageError(str(exc)) from None
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-        if units is not None:
-            run.add_units(*units)
-
-        # A run made for this cell alone measures exactly the cell: one window serves both.
-        window = run.window if owns_run else tracker.meter.begin(label, cell=True)
-        live = LiveReadout(window) if args.live else None
+        run = scope.run
+        live = LiveReadout(scope.window) if args.live else None
         status = "FINISHED"
         try:
             return self._execute(cell)
@@ -183,14 +159,7 @@ class EnergyMagics(Magics, EnergySettings):
             status = status_for(type(exc))
             raise
         finally:
-            if not owns_run:
-                m = window.end()
-                if log:
-                    tracker.log_cell(run, m, count)
-            elif log:
-                m = tracker.end_cell_run(run, status, count)
-            else:
-                m = tracker.end_run(run, status)
+            m = scope.end(status, count)
             if args.output:
                 self.shell.user_ns[args.output] = m
             text = None if (args.quiet or tracker.config.quiet) else summary_line(m, run, tracker)
@@ -226,12 +195,7 @@ class EnergyMagics(Magics, EnergySettings):
                 raise UsageError(str(exc)) from None
         elif a.unit is not None:
             raise UsageError("--unit names what --units counts; give --units N too")
-        try:
-            check_params(params)
-            params_error = None
-        except ValueError as exc:
-            params_error = str(exc)
-        args = CellArgs(a.output, run_name, sweep_name, MappingProxyType(params), params_error, units,
+        args = CellArgs(a.output, run_name, sweep_name, MappingProxyType(params), units,
                         bool(a.quiet), bool(a.no_log), bool(a.live))
         cache = self._cell_args
         if len(cache) >= CELL_ARGS_CACHED:

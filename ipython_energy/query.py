@@ -17,19 +17,18 @@ Nothing here imports mlflow at module level; :class:`SourceReader` imports it on
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from . import registry
-from .layout import PROVENANCE_TAGS, STATUS, run_row, sweep_header  # noqa: F401  (the read side's names)
-from .store import mlflow_client_class  # noqa: F401  (one import path for MLflow, see there)
-from .rollup import build_experiment_data, build_sweep_data, find_rebounds, format_percent, percent_change  # noqa: F401
+from .layout import run_row, sweep_header
+from .rollup import build_experiment_data, build_sweep_data
+from .store import mlflow_client_class
 
 DEFAULT_EXPERIMENT = "ipython-energy"
 

@@ -156,6 +156,29 @@ class Stage:
             layout.combine_stage(self.run.stages, self.name, self.measurement)
 
 
+@dataclass
+class CellScope:
+    """One measured cell: its run, its window, and how it ends (:meth:`Tracker.begin_cell`)."""
+
+    tracker: "Tracker"
+    run: Run
+    window: Any
+    owns_run: bool
+    log: bool
+
+    def end(self, status: str, execution_count: int | None) -> Measurement:
+        """Close the cell's window (and its run, when the run was the cell's own) and log it."""
+        tracker, run = self.tracker, self.run
+        if not self.owns_run:
+            m = self.window.end()
+            if self.log:
+                tracker.log_cell(run, m, execution_count)
+            return m
+        if self.log:
+            return tracker.end_cell_run(run, status, execution_count)
+        return tracker.end_run(run, status)
+
+
 class Tracker:
     """Everything one process needs to measure and log: meter, writer, active sweep and run."""
 
@@ -316,6 +339,34 @@ class Tracker:
 
     def end_run(self, run: Run | None = None, status: str = "FINISHED") -> Measurement | None:
         return self._end_run(run, status)[0]
+
+    def begin_cell(self, label: str, *, run_name: str | None = None, sweep_name: str | None = None,
+                   params: Mapping[str, Any] | None = None, units: tuple[float, str] | None = None,
+                   log: bool = True) -> "CellScope":
+        """Open the window of one measured cell and decide which run it belongs to.
+
+        ``run_name`` names the run (a new one unless it is the active run's name); without it the
+        cell belongs to the active run, or, with no active run or with ``sweep_name``, is a run of
+        its own.  Everything is checked before anything starts: a ValueError (bad name or params,
+        params for a run already running) or :class:`BudgetExceeded` leaves nothing started.
+        """
+        active = self.run if self.run is not None and self.run.measurement is None else None
+        if params and active is not None and (run_name is None or run_name == active.name):
+            raise ValueError(f"--param sets the parameters of a new run, but run {active.name!r} is already "
+                             f"running; end it with %energy end, or give --run NEWNAME")
+        params = check_params(params)
+        sweep = self.start_sweep(sweep_name, log=log) if sweep_name else None
+        if active is not None and (run_name == active.name or (run_name is None and sweep is None)):
+            run, owns_run = active, False
+        else:
+            run = self.start_run(run_name, params, sweep=sweep, implicit=run_name is None, log=log,
+                                 cell=True, label=label)
+            owns_run = True
+        if units is not None:
+            run.add_units(*units)
+        # A run made for this cell alone measures exactly the cell: one window serves both.
+        window = run.window if owns_run else self.meter.begin(label, cell=True)
+        return CellScope(self, run, window, owns_run, log)
 
     def end_cell_run(self, run: Run, status: str, execution_count: int | None) -> Measurement:
         """End ``run``, a run made for one cell, and log that cell's metrics: what :meth:`end_run`

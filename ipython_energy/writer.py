@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable, Union
+from typing import Union
 
 from . import recovery
 from .events import CellMetricsDraft, Draft, Event, Metrics, RunEnd, RunEndDraft, RunStart, StartEvent, SweepStart

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from conftest import ARTIFACTS
 
-from ipython_energy import charts, query
+from ipython_energy import charts, rollup
 
 pytestmark = pytest.mark.browser
 
@@ -18,7 +18,7 @@ def test_artifact_is_inert_and_readable_offline(page, tmp_path):
     rows = [{"run_id": f"{i:032x}", "name": [HOSTILE, BREAKOUT][i % 2], "status": "finished", "run_index": i,
              "energy_j": 10.0 * i, "params": {"note": BREAKOUT}, "provenance": {"methods": "cpu=estimated"}}
             for i in range(1, 4)]
-    data = query.build_sweep_data({"name": BREAKOUT, "planned": 5}, rows)
+    data = rollup.build_sweep_data({"name": BREAKOUT, "planned": 5}, rows)
     path = tmp_path / "energy_sweep.html"
     charts.save_sweep_html(data, str(path), inline=False)
     blocked: list[str] = []

@@ -10,7 +10,7 @@ import re
 import altair as alt
 import pytest
 
-from ipython_energy import charts, query
+from ipython_energy import charts, rollup
 
 HOSTILE = '<img src=x onerror="alert(1)">'
 BREAKOUT = "</script><script>alert(2)</script><!--"
@@ -24,7 +24,7 @@ def sample(n=4, planned=6, budget=900.0, running=True):
     if running:
         rows.append({"run_id": "f" * 32, "name": "live", "status": "running", "run_index": n + 1,
                      "live_energy_j": 50.0, "params": {}, "provenance": {}})
-    return query.build_sweep_data({"name": f"sweep {BREAKOUT}", "planned": planned, "budget_j": budget}, rows)
+    return rollup.build_sweep_data({"name": f"sweep {BREAKOUT}", "planned": planned, "budget_j": budget}, rows)
 
 
 def test_altair_is_5_and_emits_vega_lite_5():
@@ -77,7 +77,7 @@ def test_memo_reuses_text_only_for_the_same_objects():
 
 
 def test_experiment_chart_is_valid_vega_lite_5():
-    data = query.build_experiment_data({"id": "1", "name": "e"}, [
+    data = rollup.build_experiment_data({"id": "1", "name": "e"}, [
         {"run_id": "a", "name": HOSTILE, "status": "finished", "start_time_ms": 1, "logged_runs": 10,
          "logged_energy_j": 1000.0, "logged_mean_energy_per_run_j": 100.0},
         {"run_id": "b", "name": "b", "status": "finished", "start_time_ms": 2, "logged_runs": 50,
