@@ -49,9 +49,9 @@ def sweep(name: str, planned: int | None = None, budget_j: float | None = None, 
         planned: Number of runs planned, for the forecast of the total.
         budget_j: Energy budget in joules; the summary warns when it is exceeded.
         stop_at_budget: Refuse to start further runs once the budget is spent
-            (:class:`~ipython_energy.tracking.BudgetExceeded`).
+            (:class:`~ipython_energy.runs.BudgetExceeded`).
 
-    Returns a :class:`~ipython_energy.tracking.Sweep`, usable as a context manager.
+    Returns a :class:`~ipython_energy.runs.Sweep`, usable as a context manager.
     """
     return tracker().start_sweep(name, planned=planned, budget_j=budget_j, stop_at_budget=stop_at_budget)
 
@@ -59,7 +59,7 @@ def sweep(name: str, planned: int | None = None, budget_j: float | None = None, 
 def run(name: str | None = None, params: Mapping[str, Any] | None = None):
     """Start a run (in the active sweep, if any); use it as a context manager.
 
-    The yielded :class:`~ipython_energy.tracking.Run` has ``energy_j`` (running total),
+    The yielded :class:`~ipython_energy.runs.Run` has ``energy_j`` (running total),
     ``add_units(n, unit)`` and, once ended, ``measurement``.  An exception inside the
     ``with`` marks it FAILED (KILLED for KeyboardInterrupt) and propagates.
     """

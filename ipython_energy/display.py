@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 from .measurement import Measurement, format_energy
 
 if TYPE_CHECKING:
-    from .tracking import Run, Tracker
+    from .runs import Run
+    from .tracking import Tracker
 
 
 def _estimated_label(domain) -> str:

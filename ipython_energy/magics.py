@@ -16,7 +16,8 @@ from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_ar
 from .config import SETTING_NAMES, ConfigError, EnergySettings, suggest, unknown_variables
 from .display import LiveReadout, load_report, status_text, summary_line
 from .runtime import current, get_tracker, new_tracker, set_tracker
-from .tracking import BudgetExceeded, Run, Tracker
+from .runs import BudgetExceeded, Run
+from .tracking import Tracker
 from .validate import (check_name, check_param_key, check_positive, check_units, parse_energy,
                        status_for)
 
@@ -346,7 +347,7 @@ class EnergyMagics(Magics, EnergySettings):
             if sweep is None:
                 raise UsageError("%energy chart: no sweep yet; start one with %energy sweep NAME")
         from .charts import sweep_chart
-        from .tracking import sweep_data
+        from .runs import sweep_data
 
         return sweep_chart(sweep_data(sweep))
 

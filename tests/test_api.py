@@ -107,7 +107,7 @@ def test_api_errors_are_clear_and_log_nothing(energy_home, flat_trace, sqlite_ur
     monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri)
     import ipython_energy as energy
     from ipython_energy.runtime import set_tracker
-    from ipython_energy.tracking import BudgetExceeded
+    from ipython_energy.runs import BudgetExceeded
 
     set_tracker(None)
     try:
