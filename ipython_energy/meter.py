@@ -202,11 +202,6 @@ class Meter:
             return len(self._tally.pending)
 
     @property
-    def _pending(self) -> list[Snapshot]:
-        # read by tests/faults/test_fault_soak.py (not this module's test); use edges_pending
-        return self._tally.pending
-
-    @property
     def notes(self) -> list[str]:
         return list(self._notes)
 
