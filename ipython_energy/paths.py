@@ -18,9 +18,9 @@ def home() -> Path:
     return Path(xdg) / "ipython-energy"
 
 
-def private_dir(*parts: str) -> Path:
-    """Create (if needed) and return ``home()/parts``, each level mode 0700."""
-    path = home()
+def private_dir(*parts: str, base: Path | None = None) -> Path:
+    """Create (if needed) and return ``base/parts`` (``base``: :func:`home`), each level mode 0700."""
+    path = home() if base is None else base
     for part in ("",) + parts:
         path = path / part if part else path
         path.mkdir(mode=0o700, parents=True, exist_ok=True)

@@ -41,14 +41,14 @@ class KernelRecord:
         return self.pid is not None and paths.pid_alive(self.pid)
 
 
-def register_kernel(record: KernelRecord) -> None:
+def register_kernel(record: KernelRecord, home: Path | None = None) -> None:
     """Write ``record`` (raises OSError when IPYTHON_ENERGY_HOME cannot be written)."""
-    paths.write_json_atomic(paths.private_dir(KERNELS) / f"{record.session}.json", asdict(record))
+    paths.write_json_atomic(paths.private_dir(KERNELS, base=home) / f"{record.session}.json", asdict(record))
 
 
-def write_live(session: str, state: Mapping[str, Any]) -> None:
+def write_live(session: str, state: Mapping[str, Any], home: Path | None = None) -> None:
     """Replace the live state of ``session`` (the shape :func:`live_sessions` reads)."""
-    paths.write_json_atomic(paths.private_dir(LIVE) / f"{session}.json", dict(state))
+    paths.write_json_atomic(paths.private_dir(LIVE, base=home) / f"{session}.json", dict(state))
 
 
 def unregister(session: str, home: Path | None = None) -> None:

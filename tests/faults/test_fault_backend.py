@@ -245,7 +245,7 @@ def test_full_disk(open_shell, flat_trace, small_fs, energy_home, tmp_path, capf
     for _ in range(15):
         cell_s.append(sweep.cell())
         time.sleep(0.3)
-    status = ipython_energy.tracker()._writer.status()
+    status = ipython_energy.tracker().writer_status()
     if where == "spool":
         assert ipython_energy.flush(60)  # MLflow takes everything; only the journal is short
         assert not status.spool_ok and "No space left" in status.spool_error

@@ -2,7 +2,7 @@
 IPYTHON_ENERGY_HOME (docs/metrics.md), written here for tests that need such a kernel to be seen
 (by the sidebar's server, by a query) without starting one.
 
-Every file goes through :func:`_write_record`, the one place that knows the file layout.
+Both go through :mod:`ipython_energy.registry`, which owns the file format.
 """
 
 from __future__ import annotations
@@ -12,16 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-
-def _write_record(home: Path, kind: str, session: str, data: dict[str, Any]) -> Path:
-    """Write ``<home>/<kind>/<session>.json`` atomically, 0600 in a 0700 folder, as the kernel does."""
-    from ipython_energy.paths import write_json_atomic
-
-    folder = home / kind
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = folder / f"{session}.json"
-    write_json_atomic(path, data)
-    return path
+from ipython_energy import registry
 
 
 def write_kernel_record(home: Path, tracking_uri: str, experiment: str, *, session: str = "s1",
@@ -31,9 +22,10 @@ def write_kernel_record(home: Path, tracking_uri: str, experiment: str, *, sessi
 
     ``pid`` defaults to this process (alive, so readers keep the record).
     """
-    return _write_record(home, "kernels", session, {
-        "session": session, "pid": os.getpid() if pid is None else pid, "tracking_uri": tracking_uri,
-        "experiment_name": experiment, "cwd": cwd, "started_at": time.time() if started_at is None else started_at})
+    registry.register_kernel(registry.KernelRecord(
+        session, os.getpid() if pid is None else pid, tracking_uri, experiment, cwd,
+        time.time() if started_at is None else started_at), home)
+    return home / registry.KERNELS / f"{session}.json"
 
 
 def write_live_record(home: Path, session: str, *, defaults: bool = True, **fields: Any) -> Path:
@@ -50,4 +42,5 @@ def write_live_record(home: Path, session: str, *, defaults: bool = True, **fiel
                      "duration_s": 100.0, "total_j": 1250.0, "cells_j": 1000.0, "between_cells_j": 250.0,
                      "active_run": None, "active_sweep": None})
     data.update(fields)
-    return _write_record(home, "live", session, data)
+    registry.write_live(session, data, home)
+    return home / registry.LIVE / f"{session}.json"
