@@ -116,6 +116,17 @@ export class SidebarModel implements IDisposable {
     if (seq !== this._seq || this.isDisposed) {
       return; // a newer request (a new selection) is on its way
     }
+    if (reply.unavailable !== undefined) {
+      // MLflow is not answering: the session is new, the sweeps shown stay as they were.
+      const kept = this._data;
+      this._data =
+        kept !== null && kept.selected.source === reply.selected.source
+          ? { ...reply, selected: kept.selected, experiment: kept.experiment, sweep: kept.sweep }
+          : reply;
+      this._error = reply.unavailable;
+      this._changed.emit();
+      throw new Error(reply.unavailable); // back off while the store does not answer
+    }
     if (sweep !== null && reply.selected.sweep !== sweep && this._sweepId === sweep) {
       this._sweepId = null; // the picked sweep is gone: follow the running one again
     }

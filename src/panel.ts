@@ -77,12 +77,15 @@ export class EnergyPanel extends Widget {
   /** Draw the model's last reply; after a failed poll, say so and keep what is shown. */
   private async _render(): Promise<void> {
     const error = this.model.error;
+    const data = this.model.data;
     if (error !== null) {
       this._errorBox.hidden = false;
       this._errorBox.textContent = `Cannot read energy data: ${error}. Retrying…`;
+      if (data && !this.isDisposed) {
+        this._session.render(data.session.sessions); // the kernels' own files, still current
+      }
       return;
     }
-    const data = this.model.data;
     if (!data || this.isDisposed) {
       return;
     }

@@ -128,4 +128,6 @@ export interface IPollReply extends IExperimentsReply {
   experiment: IExperimentReply | null;
   /** null when the experiment has no sweep. */
   sweep: ISweepReply | null;
+  /** Why the selected store could not be read (listing and session are still current). */
+  unavailable?: string;
 }

@@ -133,6 +133,9 @@ class SidebarState:
         ``source_id`` and ``sweep_id`` are what the user picked, or None.  The source falls back
         to the first that exists; the sweep to the newest running one, else the newest (a pick
         that is gone is dropped).  ``selected`` names what the reply shows.
+
+        When the selected store cannot be read, the reply still carries the listing and the
+        session, with ``unavailable`` saying why (the sidebar keeps showing its last sweeps).
         """
         reply = self.list_experiments()
         reply["session"] = self.session()
@@ -142,11 +145,16 @@ class SidebarState:
         source = source_id if source_id in usable else (usable[0] if usable else None)
         if source is None:
             return reply
-        reply["experiment"] = self.experiment(source)
-        sweep = _pick_sweep(reply["experiment"]["sweeps"], sweep_id)
-        reply["selected"] = {"source": source, "sweep": sweep}
-        if sweep is not None:
-            reply["sweep"] = self.sweep(source, sweep)
+        reply["selected"] = {"source": source, "sweep": None}
+        try:
+            reply["experiment"] = self.experiment(source)
+            sweep = _pick_sweep(reply["experiment"]["sweeps"], sweep_id)
+            reply["selected"]["sweep"] = sweep
+            if sweep is not None:
+                reply["sweep"] = self.sweep(source, sweep)
+        except _store_errors() as exc:
+            reply["experiment"] = reply["sweep"] = None
+            reply["unavailable"] = f"MLflow is not answering: {exc}"
         return reply
 
     def warm_up(self) -> None:

@@ -141,6 +141,26 @@ describe('SidebarModel', () => {
     expect(model.sweep).toBe('r2');
   });
 
+  it('while MLflow does not answer, takes the new session and keeps the sweeps shown', async () => {
+    make({ auto: false });
+    const withSweep = reply('s1', 'r1');
+    withSweep.sweep = { chart: null } as unknown as IPollReply['sweep'];
+    server.answer = () => Promise.resolve(withSweep);
+    await pollOnce(model);
+
+    const down = reply('s1', null);
+    down.session = {
+      sessions: [{ session: 'k', power_w: 42 }]
+    } as unknown as IPollReply['session'];
+    down.unavailable = 'MLflow is not answering: connection refused';
+    server.answer = () => Promise.resolve(down);
+    await pollOnce(model);
+    expect(model.error).toBe('MLflow is not answering: connection refused');
+    expect(model.data?.session.sessions).toHaveLength(1);
+    expect(model.data?.sweep).toBe(withSweep.sweep);
+    expect(model.sweep).toBe('r1');
+  });
+
   it('an answer overtaken by a newer request is not shown', async () => {
     make({ auto: false });
     const pending: ((r: IPollReply) => void)[] = [];

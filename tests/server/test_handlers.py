@@ -215,3 +215,17 @@ async def test_poll_takes_only_ids(jp_fetch, logged):
         with pytest.raises(HTTPClientError) as err:
             await jp_fetch(*API, "poll", params=params)
         assert err.value.code == 400, params
+
+
+async def test_poll_while_the_store_does_not_answer_still_brings_the_session(jp_fetch, logged, energy_home):
+    """The store breaks after the sidebar found it: the poll says why and still carries the session
+    (the kernels' own files), so the power readout keeps moving while MLflow is away."""
+    from pathlib import Path
+
+    assert payload(await jp_fetch(*API, "poll"))["sweep"] is not None
+    Path(logged["uri"][len("sqlite:///"):]).write_bytes(b"this is not a sqlite database" * 100)
+    write_live(energy_home, "s1", power_w=99.0)
+    data = payload(await jp_fetch(*API, "poll"))
+    assert data["unavailable"].startswith("MLflow is not answering: ")
+    assert data["experiment"] is None and data["sweep"] is None
+    assert [s["power_w"] for s in data["session"]["sessions"]] == [99.0]
