@@ -84,6 +84,11 @@ class Text(Unicode):
         return text
 
 
+def _unset_or_number(low: float, high: float, help: str) -> Number:
+    """A setting that is either unset (None: the tracker decides) or a number in [low, high]."""
+    return Number(None, allow_none=True, min=low, max=high, help=help).tag(config=True)
+
+
 class EnergySettings(Configurable):
     """What the tracker is built from.  Read once, when the extension loads."""
 
@@ -93,17 +98,14 @@ class EnergySettings(Configurable):
              "such as `nvml,rapl,cpu-model` (each must work, or loading says why), or `replay:PATH` "
              "to play a recorded CSV trace instead of hardware.").tag(config=True)
     interval_s = Number(0.1, min=0.005, max=60.0, help="Sampler period in seconds (10 Hz).").tag(config=True)
-    idle_power_w = Number(
-        None, allow_none=True, min=0.0, max=1e6,
-        help="Idle baseline power in watts for gross/idle/net energy. Unset: measured in the first "
-             "seconds after loading, while no cell runs.").tag(config=True)
-    pue = Number(
-        None, allow_none=True, min=1.0, max=10.0,
-        help="Power usage effectiveness of the facility (e.g. 1.2); adds `energy_facility_j`.").tag(config=True)
-    carbon_g_per_kwh = Number(
-        None, allow_none=True, min=0.0, max=5000.0,
-        help="Grid carbon intensity in gCO2e/kWh; adds `co2e_g`. Taken only from here, never looked up "
-             "online.").tag(config=True)
+    idle_power_w = _unset_or_number(
+        0.0, 1e6, "Idle baseline power in watts for gross/idle/net energy. Unset: measured in the first "
+                  "seconds after loading, while no cell runs.")
+    pue = _unset_or_number(
+        1.0, 10.0, "Power usage effectiveness of the facility (e.g. 1.2); adds `energy_facility_j`.")
+    carbon_g_per_kwh = _unset_or_number(
+        0.0, 5000.0, "Grid carbon intensity in gCO2e/kWh; adds `co2e_g`. Taken only from here, never looked "
+                     "up online.")
     tracking_uri = Text(
         None, allow_none=True,
         help="MLflow tracking URI. Unset: `MLFLOW_TRACKING_URI`, else MLflow's default store in the "
@@ -116,16 +118,13 @@ class EnergySettings(Configurable):
     autolog = Switch(False, help="Measure every cell from the start (same as `%energy autolog on`).").tag(
         config=True)
     quiet = Switch(False, help="Print no summary line after measured cells.").tag(config=True)
-    cpu_idle_w_per_core = Number(
-        None, allow_none=True, min=0.0, max=1000.0,
-        help="CPU estimate: idle watts per core (see docs/sensors.md for the default).").tag(config=True)
-    cpu_active_w_per_core = Number(
-        None, allow_none=True, min=0.0, max=1000.0,
-        help="CPU estimate: active watts per core (see docs/sensors.md for the default).").tag(config=True)
-    cpu_tdp_w = Number(
-        None, allow_none=True, min=0.0, max=10000.0,
-        help="CPU estimate: package TDP in watts; when set, the model scales TDP by this process's CPU "
-             "share.").tag(config=True)
+    cpu_idle_w_per_core = _unset_or_number(
+        0.0, 1000.0, "CPU estimate: idle watts per core (see docs/sensors.md for the default).")
+    cpu_active_w_per_core = _unset_or_number(
+        0.0, 1000.0, "CPU estimate: active watts per core (see docs/sensors.md for the default).")
+    cpu_tdp_w = _unset_or_number(
+        0.0, 10000.0, "CPU estimate: package TDP in watts; when set, the model scales TDP by this process's "
+                      "CPU share.")
 
     def __init__(self, environ: Mapping[str, str] | None = None, **kwargs: Any):
         """``environ``: where the ``@default`` methods look (``os.environ`` when None).

@@ -7,7 +7,8 @@ process can apply it again and find the run it belongs to.
 
 Metric rows are ``(key, value, step, timestamp_ms)``, as MLflow stores them.
 
-Two drafts, :class:`RunEndDraft` and :class:`CellMetricsDraft`, carry a finished
+Two drafts (named tuples: cheap to make and to define), :class:`RunEndDraft` and
+:class:`CellMetricsDraft`, carry a finished
 :class:`~ipython_energy.measurement.Measurement` instead of rows: deriving the rows costs tens
 of microseconds, so the tracker hands over the draft and the writer's journal thread calls
 :meth:`finish` before the event is journalled.  Drafts never reach the spool.
@@ -19,7 +20,7 @@ field; it is the spool's line format, so it stays readable by later versions.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, Mapping, Union
+from typing import Any, ClassVar, Mapping, NamedTuple, Union
 
 from . import layout
 from .measurement import Measurement
@@ -31,8 +32,9 @@ def _rows(rows: Any) -> tuple[Row, ...]:
     return tuple((str(k), float(v), int(step), int(t)) for k, v, step, t in rows)
 
 
-@dataclass(frozen=True)
 class _Event:
+    """What every event offers; each event is a frozen dataclass below."""
+
     type: ClassVar[str]
 
     def to_wire(self) -> dict[str, Any]:
@@ -141,8 +143,7 @@ def from_wire(data: Mapping[str, Any]) -> Event:
 # ---------------------------------------------------------------------------------------
 # drafts: finished on the writer's journal thread, off the cell's path
 # ---------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class RunEndDraft:
+class RunEndDraft(NamedTuple):
     """A run's end, with the measurement its rows and tags are derived from.
 
     ``cell_step``: the run was one cell's own run, and the cell's metrics go with its end at that step.
@@ -166,8 +167,7 @@ class RunEndDraft:
         return RunEnd(self.uid, self.status, self.t_ms, _rows(rows), tags)
 
 
-@dataclass(frozen=True)
-class CellMetricsDraft:
+class CellMetricsDraft(NamedTuple):
     """One cell's metrics for a run, at step = the cell's execution count."""
 
     uid: str

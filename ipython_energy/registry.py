@@ -14,19 +14,19 @@ Files are written atomically (0600 in 0700 folders), so a reader sees a whole fi
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 from . import paths
 from .rollup import number, whole
 
 KERNELS = "kernels"
 LIVE = "live"
+#: The numbers of a live file the sidebar shows (anything else unreadable in them becomes None).
+_LIVE_FIGURES = ("power_w", "total_j", "cells_j", "between_cells_j", "duration_s")
 
 
-@dataclass(frozen=True)
-class KernelRecord:
+class KernelRecord(NamedTuple):
     """``kernels/<session>.json``: one kernel that loaded the extension, and where it logs."""
 
     session: str
@@ -43,7 +43,7 @@ class KernelRecord:
 
 def register_kernel(record: KernelRecord, home: Path | None = None) -> None:
     """Write ``record`` (raises OSError when IPYTHON_ENERGY_HOME cannot be written)."""
-    paths.write_json_atomic(paths.private_dir(KERNELS, base=home) / f"{record.session}.json", asdict(record))
+    paths.write_json_atomic(paths.private_dir(KERNELS, base=home) / f"{record.session}.json", record._asdict())
 
 
 def write_live(session: str, state: Mapping[str, Any], home: Path | None = None) -> None:
@@ -115,11 +115,7 @@ def live_sessions(home: Path | None = None, now: float | None = None,
         methods = data.get("methods") if isinstance(data.get("methods"), dict) else {}
         sessions.append({
             "session": str(data.get("session") or path.stem),
-            "power_w": number(data.get("power_w")),
-            "total_j": number(data.get("total_j")),
-            "cells_j": number(data.get("cells_j")),
-            "between_cells_j": number(data.get("between_cells_j")),
-            "duration_s": number(data.get("duration_s")),
+            **{key: number(data.get(key)) for key in _LIVE_FIGURES},
             "estimated": bool(data.get("estimated")),
             "methods": {str(k): str(v) for k, v in methods.items()},
             "experiment": data.get("experiment"),

@@ -12,8 +12,7 @@ and :func:`ipython_energy.layout.sweep_header`, or from a tracker's own runs.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, NamedTuple
 
 #: The MLflow statuses of a run that ended.
 ENDED_STATUSES = ("FINISHED", "FAILED", "KILLED")
@@ -66,8 +65,7 @@ def budget_state(total_j: float, budget_j: float | None) -> str | None:
     return "over" if over_budget(total_j, float(budget_j)) else "ok"
 
 
-@dataclass(frozen=True)
-class SweepTotals:
+class SweepTotals(NamedTuple):
     """The roll-up of a sweep's ended runs (the parent run's ``sweep_*`` metrics)."""
 
     runs: int

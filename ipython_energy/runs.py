@@ -8,7 +8,7 @@ nothing here talks to the writer or MLflow.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import layout, rollup
 from .measurement import Measurement, format_energy
@@ -147,11 +147,10 @@ class Stage:
             layout.combine_stage(self.run.stages, self.name, self.measurement)
 
 
-@dataclass
-class CellScope:
+class CellScope(NamedTuple):
     """One measured cell: its run, its window, and how it ends (:meth:`Tracker.begin_cell`)."""
 
-    tracker: "Tracker"
+    tracker: Tracker
     run: Run
     window: Any
     owns_run: bool
