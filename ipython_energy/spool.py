@@ -106,10 +106,16 @@ class Spool:
         self._seq = seq
         return seq
 
+    @property
+    def rejected_path(self) -> Path:
+        """``rejected/<session>.jsonl``: a folder of its own, never taken for a dead session's journal."""
+        return self.directory / "rejected" / f"{self.session}.jsonl"
+
     def reject(self, event: dict[str, Any], reason: str) -> None:
-        """Keep an event MLflow refused in ``<session>.rejected.jsonl``, for a person to look at."""
+        """Keep an event MLflow refused in :attr:`rejected_path`, for a person to look at."""
         line = json.dumps({"reason": reason, "event": event}, separators=(",", ":"), default=str) + "\n"
-        fd = open_private(self.directory / f"{self.session}.rejected.jsonl")
+        self.rejected_path.parent.mkdir(mode=0o700, exist_ok=True)
+        fd = open_private(self.rejected_path)
         try:
             os.write(fd, line.encode())
             os.fsync(fd)

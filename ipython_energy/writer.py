@@ -281,7 +281,7 @@ class Writer:
         self.rejected.append((event, reason))
         del self.rejected[:-100]
         log.warning("ipython-energy: MLflow refused a %s event (%s); it is kept in %s",
-                    event.type, reason, "the rejected journal" if self._spool else "memory")
+                    event.type, reason, self._spool.rejected_path if self._spool else "memory")
         if self._spool is not None:
             try:
                 self._spool.reject(event.to_wire(), reason)
