@@ -138,11 +138,12 @@ class EnergySettings(Configurable):
 
     # ---- defaults: the environment, else the value written on the trait ---------------------------
     def _from_env(self, name: str, fallback: str | None = None) -> Any:
-        key = ENV_PREFIX + name.upper()
-        if key in self.environ:
-            return self.environ[key]
-        if fallback and self.environ.get(fallback):
-            return self.environ[fallback]
+        """The variable's value; an empty (or blank) variable is unset, as templated environments
+        often leave one (``IPYTHON_ENERGY_SENSORS=``), and so is an empty fallback."""
+        for key in (ENV_PREFIX + name.upper(), fallback):
+            value = self.environ.get(key) if key else None
+            if value is not None and value.strip():
+                return value
         return getattr(type(self), name).default_value
 
     @default("sensors")
