@@ -4,7 +4,10 @@ A kernel that dies (SIGKILL, a crash, a closed laptop) leaves its journal in the
 with nobody holding its lock.  The next writer on this host adopts it (one at a time, by
 flock), applies every event MLflow may not have (each as *in doubt*: it may have landed before
 the crash, so it is looked for first), and closes the runs that never ended as ``KILLED`` with
-the energy of their last live flush, tagged ``energy.closed_by``.
+the energy of their last live flush, tagged ``energy.closed_by``.  The sweeps it had started or
+joined it leaves as ``KILLED`` (see :meth:`MlflowStore.end_sweep <ipython_energy.store.MlflowStore.end_sweep>`:
+the last member to leave closes the parent).  Every link this needs is in the journal or in MLflow:
+a joined sweep's parent is found by experiment and sweep name.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from .events import Metrics, RunEnd, RunStart, SweepStart, from_wire
+from .events import Metrics, RunEnd, RunStart, SweepEnd, SweepStart, from_wire
 from .spool import Spool
 
 if TYPE_CHECKING:
@@ -42,6 +45,7 @@ def replay(writer: "Writer", old: Spool) -> None:
     from .writer import Pending
 
     open_runs: dict[str, RunStart] = {}
+    open_sweeps: dict[str, SweepStart] = {}
     last_live: dict[str, dict[str, float]] = {}
     for seq, wire in old.events():
         event = from_wire(wire)
@@ -49,8 +53,12 @@ def replay(writer: "Writer", old: Spool) -> None:
             writer.remember(event)
             if isinstance(event, RunStart):
                 open_runs[event.uid] = event
+            else:
+                open_sweeps[event.uid] = event
         elif isinstance(event, RunEnd):
             open_runs.pop(event.uid, None)
+        elif isinstance(event, SweepEnd):
+            open_sweeps.pop(event.uid, None)
         elif isinstance(event, Metrics):
             for key, value, step, _t in event.rows:
                 if key in ("live_energy_j", "live_power_w"):
@@ -72,10 +80,23 @@ def replay(writer: "Writer", old: Spool) -> None:
                                 for key, field in (("energy_j", "live_energy_j"), ("duration_s", "step"))
                                 if field in live),
                      tags={"energy.closed_by": "recovery: kernel died; energy up to the last live flush"})
-        seq = old.append(end.to_wire())
-        if not writer.apply(Pending(seq, end, in_doubt=True)):
+        if not _close(writer, old, end):
             return
-        old.ack(seq)
+    # Sweeps it had started or joined: it leaves them (KILLED), and the last member closes the parent.
+    for uid in open_sweeps:
+        if not _close(writer, old, SweepEnd(uid, "KILLED", int(time.time() * 1000))):
+            return
+
+
+def _close(writer: "Writer", old: Spool, end) -> bool:
+    """Journal ``end`` in the dead session's spool (so a failure here is replayed next time) and apply it."""
+    from .writer import Pending
+
+    seq = old.append(end.to_wire())
+    if not writer.apply(Pending(seq, end, in_doubt=True)):
+        return False
+    old.ack(seq)
+    return True
 
 
 def _apply_with_retries(writer: "Writer", item) -> bool:

@@ -26,6 +26,9 @@ log = logging.getLogger("ipython_energy")
 THREAD_NAME = "ipython-energy-writer"
 JOURNAL_THREAD_NAME = "ipython-energy-journal"
 
+#: The tag prefix of a sweep's members on its parent: ``energy.member.<sweep uid>`` = RUNNING or how it ended.
+MEMBER_TAG = "energy.member."
+
 #: A function from a sweep's data (rollup.build_sweep_data) to the HTML saved as ``energy_sweep.html``.
 ChartRenderer = Callable[[Mapping[str, Any]], str]
 
@@ -170,6 +173,7 @@ class MlflowStore:
         self.run_ids: dict[str, str] = {}
         self._host_tags: dict[str, str] | None = None
         self._sweeps: dict[str, _SweepState] = {}
+        self._starts: Mapping[str, StartEvent] = {}  # the writer's uid -> start event (see apply)
         self.render_chart = render_chart
 
     @property
@@ -202,9 +206,15 @@ class MlflowStore:
         return runs[0].info.run_id if runs else None
 
     def run_id(self, uid: str) -> str:
+        """The MLflow run of ``uid``: found by its ``energy.uid`` tag, or, for a sweep this process
+        joined (its parent carries another process's uid), by the sweep's name in the experiment."""
         run_id = self.run_ids.get(uid)
         if run_id is None:
             run_id = self._find_by_uid(uid)
+            start = self._starts.get(uid)
+            if run_id is None and isinstance(start, SweepStart):
+                parent = self._find_sweep(start.name)
+                run_id = None if parent is None else parent.info.run_id
             if run_id is None:
                 raise LookupError(f"no MLflow run carries energy.uid={uid}")
             self.run_ids[uid] = run_id
@@ -228,10 +238,13 @@ class MlflowStore:
             return
         if isinstance(event, SweepStart):
             # Kernels on this host that start the same sweep at once must end up in one parent run.
-            with host_lock(f"{self.tracking_uri}|{self.experiment}|{event.name}"):
-                run_id = self._join_sweep(event)
-                if run_id is None:
+            with self._sweep_name_lock(event.name):
+                parent = self._find_sweep(event.name)
+                if parent is None:
                     run_id = self._create(event, context, in_doubt)
+                else:
+                    run_id = parent.info.run_id
+                    self._join_sweep(parent, event)
                 self.run_ids[uid] = run_id
             return
         self.run_ids[uid] = self._create(event, context, in_doubt)
@@ -245,7 +258,8 @@ class MlflowStore:
             return existing
         tags = dict(self.host_tags)
         if isinstance(event, SweepStart):
-            tags.update({"energy.uid": uid, "energy.kind": "sweep", "energy.sweep": event.name})
+            tags.update({"energy.uid": uid, "energy.kind": "sweep", "energy.sweep": event.name,
+                         MEMBER_TAG + uid: "RUNNING"})
             if event.planned is not None:
                 tags["energy.planned"] = str(event.planned)
             if event.budget_j is not None:
@@ -317,15 +331,32 @@ class MlflowStore:
             log.warning("ipython-energy: MLflow refused param(s) %s", "; ".join(rejected))
             self.client.set_tag(run_id, "energy.params_rejected", "; ".join(rejected)[:5000])
 
-    def _join_sweep(self, event: SweepStart) -> str | None:
-        """A running sweep of the same name in this experiment (another kernel's), if any."""
-        name = event.name.replace("'", "\\'")
+    def _sweep_name_lock(self, name: str):
+        """The host-wide lock under which a sweep of this name is found or created, joined and left."""
+        return host_lock(f"{self.tracking_uri}|{self.experiment}|{name}")
+
+    def _find_sweep(self, name: str):
+        """The parent run of the sweep ``name`` in this experiment, whatever its status, or None.
+
+        A sweep is its name in its experiment: every process that starts or joins it writes into
+        one parent.  Should an earlier version have left several (it made a new parent for a
+        sweep started again after it ended), the one started last is the sweep, for every writer.
+        """
+        quoted = name.replace("'", "\\'")
         runs = self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"tags.`energy.kind` = 'sweep' and tags.`energy.sweep` = '{name}' "
-                          f"and attributes.status = 'RUNNING'",
-            max_results=1, order_by=["attributes.start_time DESC"])
-        return runs[0].info.run_id if runs else None
+            filter_string=f"tags.`energy.kind` = 'sweep' and tags.`energy.sweep` = '{quoted}'",
+            max_results=100, order_by=["attributes.start_time DESC"])
+        return max(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id)) if runs else None
+
+    def _join_sweep(self, parent, event: SweepStart) -> None:
+        """Become a member of an existing sweep: ``energy.member.<uid>`` = RUNNING on its parent,
+        which is running again if it had been closed (the sweep goes on)."""
+        tag = MEMBER_TAG + event.uid
+        if parent.data.tags.get(tag) is None:  # a replayed join of a member that left stays left
+            self.client.set_tag(parent.info.run_id, tag, "RUNNING")
+            if parent.info.status != "RUNNING":
+                self.client.update_run(parent.info.run_id, status="RUNNING")
 
     def children(self, parent_run_id: str) -> list:
         """Every child run of the sweep ``parent_run_id`` (one listing, page by page)."""
@@ -379,6 +410,7 @@ class MlflowStore:
 
     def apply(self, event: Event, context: Mapping[str, StartEvent], in_doubt: bool) -> None:
         """Apply one event; ``context`` maps every uid seen to its start event."""
+        self._starts = context
         if isinstance(event, (SweepStart, RunStart)):
             self.start(event, context, in_doubt)
         elif isinstance(event, Metrics):
@@ -470,8 +502,30 @@ class MlflowStore:
                 state.points += 1
 
     def end_sweep(self, event: SweepEnd) -> None:
+        """This member leaves the sweep; the last member to leave closes the parent.
+
+        Each process that started or joined the sweep is a member (``energy.member.<uid>``,
+        RUNNING until it ends: then its status).  The parent is closed when no member is
+        RUNNING: FAILED if a member failed, else FINISHED if one finished, else KILLED.  Every
+        member writes its own tag before it reads them all, so of two members leaving at once
+        the later read sees both and closes the parent (both may: the same status twice).
+        A dead session's members are ended by the recovery pass (KILLED), so a sweep never
+        stays open because of a kernel that died.  A parent written by an earlier version has
+        no member tags: its creator closes it, as then.
+        """
         run_id = self.run_id(event.uid)
         self.log_chart(run_id)
-        # Only the kernel that created the sweep closes it; others joined it and leave it open.
-        if self.client.get_run(run_id).data.tags.get("energy.uid") == event.uid:
-            self.client.set_terminated(run_id, status=event.status, end_time=event.t_ms)
+        with self._sweep_name_lock(self.client.get_run(run_id).data.tags.get("energy.sweep", "")):
+            tags = self.client.get_run(run_id).data.tags
+            if not any(k.startswith(MEMBER_TAG) for k in tags):
+                if tags.get("energy.uid") == event.uid:
+                    self.client.set_terminated(run_id, status=event.status, end_time=event.t_ms)
+                return
+            self.client.set_tag(run_id, MEMBER_TAG + event.uid, event.status)
+            members = {k: v for k, v in self.client.get_run(run_id).data.tags.items() if k.startswith(MEMBER_TAG)}
+            members[MEMBER_TAG + event.uid] = event.status
+            if "RUNNING" in members.values():
+                return
+            statuses = set(members.values())
+            status = "FAILED" if "FAILED" in statuses else "FINISHED" if "FINISHED" in statuses else "KILLED"
+            self.client.set_terminated(run_id, status=status, end_time=event.t_ms)

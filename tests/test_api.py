@@ -92,6 +92,21 @@ def test_two_processes_write_one_sweep_sqlite(energy_home, flat_trace, sqlite_ur
     check_shared_sweep(sqlite_uri, 6)
 
 
+def test_a_sweep_started_again_after_it_ended_continues_its_parent(energy_home, flat_trace, sqlite_uri, tmp_path):
+    """A sweep is its name in its experiment: a second process that starts ``shared`` after the
+    first closed it continues the same parent (on a08c2b1 it made a second parent, so the
+    sweep's total and run numbers started again from zero)."""
+    env = script_env(energy_home, flat_trace, sqlite_uri)
+    for tag in ("monday", "tuesday"):
+        proc = run_script(tmp_path, env, tag, "1")
+        _, err = proc.communicate(timeout=240)
+        assert proc.returncode == 0, err
+    parent, children = check_shared_sweep(sqlite_uri, 2)
+    assert parent.info.status == "FINISHED", "closed again by its last member"
+    assert sorted(int(c.data.tags["energy.run_index"]) for c in children) == [1, 2]
+    assert len([k for k in parent.data.tags if k.startswith("energy.member.")]) == 2
+
+
 @pytest.mark.server
 def test_two_processes_write_one_sweep_server(energy_home, flat_trace, mlflow_server, tmp_path):
     env = script_env(energy_home, flat_trace, mlflow_server.uri)

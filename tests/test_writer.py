@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ipython_energy.events import Metrics, RunEnd, RunStart, SweepStart
+from ipython_energy.events import Metrics, RunEnd, RunStart, SweepEnd, SweepStart
 from ipython_energy.spool import Spool
 from ipython_energy.writer import Writer
 
@@ -199,6 +199,52 @@ def test_refused_event_is_set_aside_and_does_not_block_the_rest(energy_home, sql
         later.close()
     assert '"uid":"ghost"' in rejected.read_text()
     _, _, (run,) = runs_by_kind(sqlite_uri)  # and nothing in it was replayed
+
+
+@pytest.mark.parametrize("joiner", ["another kernel", "the creator restarted"])
+def test_kernel_killed_in_a_joined_sweep_is_closed_and_counted_by_the_next(energy_home, sqlite_uri, joiner):
+    """Kernel A starts sweep ``s`` and runs once (100 J); kernel B joins ``s`` with its own sweep
+    uid and is SIGKILLed mid-run (last live flush: 427 J); kernel C loads.  B's link to the
+    sweep's parent was only in B's memory (on a08c2b1 C set B's run end aside as ``LookupError``
+    and left the run RUNNING).  It is found again by experiment and sweep name, so C closes B's
+    run KILLED with 427 J, the total counts it, and the parent is closed once no member is left.
+    With "the creator restarted", A itself is killed first and B is its restarted kernel."""
+    t = _t()
+    a_spool = Spool.create("kernel-a")
+    a = Writer(a_spool)
+    a.submit(SweepStart("a-s", "s", t, sqlite_uri, "exp"))
+    for ev in _one_run(sqlite_uri, "a-s", "a-r1", 100.0):
+        a.submit(ev)
+    assert a.flush(120)
+    if joiner == "the creator restarted":
+        killed(a, a_spool)
+    b_spool = Spool.create("kernel-b")
+    b = Writer(b_spool)
+    b.submit(SweepStart("b-s", "s", t + 10, sqlite_uri, "exp"))
+    b.submit(RunStart("b-r1", "lr=2", t + 20, sqlite_uri, "exp", sweep_uid="b-s"))
+    b.submit(Metrics("b-r1", (("live_energy_j", 427.0, 4, t + 4000), ("live_power_w", 100.0, 4, t + 4000))))
+    assert b.flush(120)
+    killed(b, b_spool)
+    if joiner == "another kernel":
+        a.submit(SweepEnd("a-s", "FINISHED", _t()))
+        assert a.flush(120)
+        a.close()
+        client, (parent,), _ = runs_by_kind(sqlite_uri)
+        assert parent.info.status == "RUNNING", "B has not left the sweep: its parent stays open"
+    c = Writer(Spool.create("kernel-c"))
+    c.start()
+    assert c.flush(120)
+    client, sweeps, children = runs_by_kind(sqlite_uri)
+    assert len(sweeps) == 1 and len(children) == 2
+    (b_run,) = [r for r in children if r.data.tags["energy.uid"] == "b-r1"]
+    assert b_run.info.status == "KILLED" and b_run.data.metrics["energy_j"] == 427.0
+    assert b_run.data.tags["mlflow.parentRunId"] == sweeps[0].info.run_id
+    history = client.get_metric_history(sweeps[0].info.run_id, "sweep_energy_j")
+    assert max(history, key=lambda m: m.step).value == 527.0
+    expected = "FINISHED" if joiner == "another kernel" else "KILLED"
+    assert sweeps[0].info.status == expected, "closed when its last member left"
+    assert not any(energy_home.glob("spool/rejected/*.jsonl")), "nothing was set aside"
+    c.close()
 
 
 def _one_run(uri, sweep_uid, uid, energy):
