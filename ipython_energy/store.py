@@ -26,6 +26,11 @@ log = logging.getLogger("ipython_energy")
 THREAD_NAME = "ipython-energy-writer"
 JOURNAL_THREAD_NAME = "ipython-energy-journal"
 
+#: MLflow's UI (3.x) opens an experiment without this tag in its GenAI overview of traces, where
+#: no run shows; with it, in the training runs view.  New experiments get it, existing ones only
+#: when they have no kind.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+
 #: The tag prefix of a sweep's members on its parent: ``energy.member.<sweep uid>`` = RUNNING or how it ended.
 MEMBER_TAG = "energy.member."
 
@@ -187,17 +192,20 @@ class MlflowStore:
     # ---- helpers -----------------------------------------------------------------------------
     @property
     def experiment_id(self) -> str:
+        """The experiment's id; created if missing, with :data:`EXPERIMENT_KIND` (see there)."""
         if self._experiment_id is None:
             exp = self.client.get_experiment_by_name(self.experiment)
             if exp is None:
                 from mlflow.exceptions import MlflowException
 
                 try:
-                    self._experiment_id = self.client.create_experiment(self.experiment)
+                    self._experiment_id = self.client.create_experiment(self.experiment, tags=dict([EXPERIMENT_KIND]))
+                    return self._experiment_id
                 except MlflowException:  # created meanwhile by another kernel
-                    self._experiment_id = self.client.get_experiment_by_name(self.experiment).experiment_id
-            else:
-                self._experiment_id = exp.experiment_id
+                    exp = self.client.get_experiment_by_name(self.experiment)
+            self._experiment_id = exp.experiment_id
+            if EXPERIMENT_KIND[0] not in exp.tags:  # a kind the user chose is theirs
+                self.client.set_experiment_tag(exp.experiment_id, *EXPERIMENT_KIND)
         return self._experiment_id
 
     def _find_by_uid(self, uid: str) -> str | None:

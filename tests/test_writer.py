@@ -72,6 +72,25 @@ def test_sweep_total_is_exact_sum_and_history_rises(energy_home, sqlite_uri):
     writer.close()
 
 
+def test_experiments_open_in_mlflows_training_runs_view(energy_home, sqlite_uri):
+    """MLflow's UI opens an experiment without ``mlflow.experimentKind`` in its GenAI overview,
+    where no run shows (a08c2b1 set no kind).  A new experiment gets the training kind; an
+    existing one without a kind gets it too; a kind the user chose is left alone."""
+    client = MlflowClient(sqlite_uri)
+    client.create_experiment("old-no-kind")
+    client.create_experiment("users-kind", tags={"mlflow.experimentKind": "genai_development"})
+    writer = Writer(Spool.create("kinds"))
+    for experiment in ("new", "old-no-kind", "users-kind"):
+        writer.submit(RunStart(f"r-{experiment}", "r", _t(), sqlite_uri, experiment))
+        writer.submit(RunEnd(f"r-{experiment}", "FINISHED", _t(), (("energy_j", 1.0, 0, _t()),)))
+    assert writer.flush(120)
+    writer.close()
+    kinds = {name: client.get_experiment_by_name(name).tags.get("mlflow.experimentKind")
+             for name in ("new", "old-no-kind", "users-kind")}
+    assert kinds == {"new": "custom_model_development", "old-no-kind": "custom_model_development",
+                     "users-kind": "genai_development"}
+
+
 def test_budget_state_over(energy_home, sqlite_uri):
     writer = Writer(Spool.create("w2"))
     for ev in sweep_events(sqlite_uri, "sw", [20.0, 10.0]):
