@@ -20,8 +20,9 @@ from traitlets.config import Configurable
 
 ENV_PREFIX = "IPYTHON_ENERGY_"
 
-#: Variables with our prefix that are not settings.
-OTHER_VARIABLES = frozenset({ENV_PREFIX + "HOME"})
+#: Variables with our prefix that are not settings: the private folder (paths.py) and the powercap
+#: root the RAPL sensor reads (sensors/__init__.py, docs/sensors.md).
+OTHER_VARIABLES = frozenset({ENV_PREFIX + "HOME", ENV_PREFIX + "RAPL_ROOT"})
 
 
 class ConfigError(TraitError, ValueError):

@@ -42,7 +42,9 @@ def load_report(tracker: Tracker) -> str:
     """The one line ``%load_ext`` prints: sensors with their methods, the period, where it logs."""
     found = ", ".join(f"{d.name} {d.method}{_estimated_label(d)}" for d in tracker.meter.domains) or "none"
     where = f"MLflow {tracker.tracking_uri}" if tracker.config.log else "MLflow logging off"
-    return f"ipython-energy: sensors: {found} · every {tracker.meter.interval_s:g} s · {where}"
+    notes = len(tracker.meter.notes) + len(tracker.notes)
+    more = f" · {notes} note{'s' if notes > 1 else ''}: %energy" if notes else ""
+    return f"ipython-energy: sensors: {found} · every {tracker.meter.interval_s:g} s · {where}{more}"
 
 
 def status_text(tracker: Tracker) -> str:

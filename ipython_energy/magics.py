@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import logging
 import shlex
 import sys
 import time
@@ -20,6 +21,8 @@ from .runs import BudgetExceeded, Run
 from .tracking import Tracker
 from .validate import (check_name, check_param_key, check_positive, check_units, parse_energy,
                        status_for)
+
+log = logging.getLogger("ipython_energy")
 
 
 def _parse_params(items: list[str]) -> dict[str, str]:
@@ -420,6 +423,9 @@ def load(ip) -> EnergyMagics:
     if config.autolog:
         magics.set_autolog(True)
     print(load_report(tracker))
+    # Sensors that were looked for and not found (no NVML, no RAPL on a laptop) are not errors: the
+    # load line says what is measured and how, and `%energy` lists the notes (a sensor asked for by
+    # name that cannot be used raised above).
     for note in tracker.meter.notes + tracker.notes:
-        print(f"ipython-energy: note: {note}", file=sys.stderr)
+        log.info("ipython-energy: note: %s", note)
     return magics

@@ -7,6 +7,7 @@ expected joules are known; everything above it (sampler, windows, writer, MLflow
 from __future__ import annotations
 
 import math
+import os
 import json
 import subprocess
 import sys
@@ -51,6 +52,32 @@ def test_load_does_not_import_mlflow(energy_home, flat_trace):
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
     assert "MLFLOW_IMPORTED False ALTAIR False" in out
+
+
+def test_load_on_a_machine_without_sensors_prints_one_line(energy_home, tmp_path):
+    """No NVML, no RAPL (this machine): one line on stdout says what is measured and how, and
+    where the notes are; nothing on stderr (a08c2b1 printed each note as a red stderr line under
+    the load line in every notebook).  ``%energy`` lists the notes.  The powercap root is pointed
+    at an empty folder, as the sensors document; it is not taken for an unknown setting (a08c2b1
+    warned that IPYTHON_ENERGY_RAPL_ROOT is unknown and ignored, while the RAPL sensor read it)."""
+    code = textwrap.dedent("""
+        from IPython.core.interactiveshell import InteractiveShell
+        ip = InteractiveShell.instance()
+        ip.run_line_magic("load_ext", "ipython_energy")
+        print("STATUS-FOLLOWS")
+        ip.run_line_magic("energy", "")
+    """)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IPYTHON_ENERGY_")}
+    env.update(IPYTHON_ENERGY_HOME=str(energy_home), IPYTHON_ENERGY_SENSORS="auto",
+               IPYTHON_ENERGY_RAPL_ROOT=str(tmp_path / "no-powercap"), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path}/m.db",
+               PYTHONPATH=os.pathsep.join(sys.path))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env,
+                          cwd=tmp_path)
+    load, status = done.stdout.split("STATUS-FOLLOWS")
+    assert [line for line in load.splitlines() if line.strip()] == [load.strip()]
+    assert "cpu estimated" in load and ("notes: %energy" in load or "note: %energy" in load)
+    assert done.stderr.strip() == "", done.stderr
+    assert "note:" in status
 
 
 def test_help_is_real(ip):
