@@ -1,6 +1,6 @@
 # Two entry points, both from a fresh clone on a fresh machine (Python 3.11, node 20, apt):
 #   make demo   the example sweep through a real Jupyter kernel, on MLflow's local sqlite store
-#   make test   every test: unit, integration, server API and browser (installs Chromium from apt)
+#   make test   every test: unit, integration, server API and browser (installs Chromium and PostgreSQL from apt)
 # Both can be run again; both exit non-zero on failure.
 
 PYTHON ?= python3
@@ -11,7 +11,7 @@ PYTEST := $(BIN)/python -m pytest -p no:cacheprovider
 # No MLflow telemetry from test runs (this machine has no network beyond package registries).
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: demo test venv install test-deps chromium test-main test-server test-browser test-slow check-handlers test-ts lab mlflow-ui clean
+.PHONY: demo test venv install test-deps chromium postgresql test-main test-server test-browser test-slow check-handlers test-ts lab mlflow-ui clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,11 @@ demo: install
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
 
-test-deps: venv chromium
+# A real PostgreSQL server behind `mlflow server` for the tests with many writers (tests/helpers/postgres.py).
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q postgresql; }
+
+test-deps: venv chromium postgresql
 	$(BIN)/python -m pip install --quiet ".[test,demo,bench]"
 
 test-main:

@@ -116,10 +116,11 @@ def start_kernel(tmp_path, energy_home):
 class MlflowServer:
     """A real ``mlflow server`` process on 127.0.0.1 that a test can kill and restart."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir: Path, backend_store_uri: str | None = None):
         self.workdir = workdir
         self.port = free_port()
         self.proc: subprocess.Popen | None = None
+        self.backend_store_uri = backend_store_uri or f"sqlite:///{workdir / 'server.db'}"
 
     @property
     def uri(self) -> str:
@@ -129,7 +130,7 @@ class MlflowServer:
         log = open(self.workdir / "mlflow-server.log", "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
-             "--backend-store-uri", f"sqlite:///{self.workdir / 'server.db'}",
+             "--backend-store-uri", self.backend_store_uri,
              "--default-artifact-root", str(self.workdir / "artifacts"), "--workers", "1"],
             cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout_s
@@ -158,5 +159,30 @@ class MlflowServer:
 def mlflow_server(tmp_path):
     server = MlflowServer(tmp_path)
     server.start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One real PostgreSQL server for the session (private port and data directory); each test
+    that needs a store takes a fresh database from it (:meth:`PostgresServer.new_database`)."""
+    from tests.helpers.postgres import PostgresServer, missing_reason
+
+    reason = missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    server = PostgresServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mlflow_server_pg(tmp_path, postgres):
+    """A real ``mlflow server`` whose backend store is a fresh database on the real PostgreSQL
+    server: MLflow's own advice for many concurrent writers."""
+    server = MlflowServer(tmp_path, backend_store_uri=postgres.new_database())
+    server.start(timeout_s=180.0)  # the first start creates MLflow's tables
     yield server
     server.kill()

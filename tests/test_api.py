@@ -117,6 +117,20 @@ def test_two_processes_write_one_sweep_server(energy_home, flat_trace, mlflow_se
     check_shared_sweep(mlflow_server.uri, 6)
 
 
+@pytest.mark.server
+@pytest.mark.slow
+def test_two_processes_write_one_sweep_server_on_postgresql(energy_home, flat_trace, mlflow_server_pg, tmp_path):
+    """The same two writers against an ``mlflow server`` backed by a real PostgreSQL server."""
+    env = script_env(energy_home, flat_trace, mlflow_server_pg.uri)
+    procs = [run_script(tmp_path, env, tag, "3") for tag in ("a", "b")]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    parent, children = check_shared_sweep(mlflow_server_pg.uri, 6)
+    assert sorted(int(c.data.tags["energy.run_index"]) for c in children) == list(range(1, 7))
+    assert "postgresql" in mlflow_server_pg.backend_store_uri
+
+
 def test_api_errors_are_clear_and_log_nothing(energy_home, flat_trace, sqlite_uri, monkeypatch):
     monkeypatch.setenv("IPYTHON_ENERGY_SENSORS", f"replay:{flat_trace}")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri)
