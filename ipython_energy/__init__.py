@@ -31,7 +31,7 @@ try:
 except ImportError:  # a source checkout that was never built
     __version__ = "0.0.0+unknown"
 
-__all__ = ["sweep", "run", "stage", "flush", "tracker", "load_ipython_extension", "__version__"]
+__all__ = ["sweep", "run", "stage", "flush", "compare", "tracker", "load_ipython_extension", "__version__"]
 
 
 def tracker():
@@ -77,6 +77,19 @@ def flush(timeout_s: float = 30.0) -> bool:
 
     tracker = current()
     return True if tracker is None else tracker.flush(timeout_s)
+
+
+def compare(a, b, *, tracking_uri: str | None = None, experiment: str | None = None):
+    """Compare the energy of ``b`` with ``a`` (runs, groups of repeats or sweeps: MLflow run ids,
+    names, or the handles :func:`run` and :func:`sweep` return).
+
+    Returns a :class:`~ipython_energy.compare.Comparison`: ``ratio`` (b over a, per run or per
+    unit of work), ``ratio_ci95``, ``comparable``, ``reasons``, ``verdict`` (one sentence), and
+    ``log()`` to record it in MLflow.  Call :func:`flush` first for runs that just ended.
+    """
+    from .compare import compare as _compare
+
+    return _compare(a, b, tracking_uri=tracking_uri, experiment=experiment)
 
 
 def load_ipython_extension(ip) -> None:

@@ -81,6 +81,9 @@ def provenance_tags(m: Measurement, *, idle_source: str, unit: str | None = None
         tags["energy.gpu_model"] = ",".join(models)
     if drivers:
         tags["energy.gpu_driver"] = ",".join(drivers)
+    limits = sorted({p.details["power_limit_w"] for p in gpus if p.details.get("power_limit_w")})
+    if limits:
+        tags["energy.gpu_power_limit_w"] = ",".join(limits)
     estimates = "; ".join(
         f"{name}: {p.details.get('model', p.sensor)}"
         + "".join(f", {k}={v}" for k, v in sorted(p.details.items()) if k != "model")

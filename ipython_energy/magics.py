@@ -242,6 +242,7 @@ class EnergyMagics(Magics, EnergySettings):
             %energy autolog on|off                    measure every cell as a cell of the active run
             %energy chart [NAME]                      the sweep's chart, inline
             %energy flush [--timeout 30]              wait until MLflow has every measurement
+            %energy compare A B [--log]               b against a: ratio, 95 % CI, comparability
         """
         try:
             words = shlex.split(line)
@@ -253,7 +254,7 @@ class EnergyMagics(Magics, EnergySettings):
         handler = getattr(self, f"_cmd_{command}", None)
         if handler is None:
             raise UsageError(f"%energy: unknown command {command!r}; use one of: sweep, run, end, autolog, "
-                             "chart, flush (or %energy alone for the status)")
+                             "chart, flush, compare (or %energy alone for the status)")
         return handler(rest)
 
     @staticmethod
@@ -353,6 +354,26 @@ class EnergyMagics(Magics, EnergySettings):
         from .runs import sweep_data
 
         return sweep_chart(sweep_data(sweep))
+
+    def _cmd_compare(self, words: list[str]):
+        parser = self._parser("compare")
+        parser.add_argument("a", help="run id, or name of a group, sweep or run")
+        parser.add_argument("b")
+        parser.add_argument("--log", action="store_true", help="record the comparison as an MLflow run")
+        args = parser.parse_args(words)
+        tracker = self.tracker
+        if not tracker.flush(30):
+            print("ipython-energy: some measurements are still on their way to MLflow; "
+                  "the comparison uses what MLflow has now", file=sys.stderr)
+        from .compare import compare
+
+        try:
+            result = compare(args.a, args.b, tracking_uri=tracker.tracking_uri, experiment=tracker.config.experiment)
+        except (LookupError, ValueError, TypeError) as exc:
+            raise UsageError(f"%energy compare: {exc}") from None
+        if args.log:
+            print(f"ipython-energy: comparison logged as MLflow run {result.log(tracker.tracking_uri, tracker.config.experiment)}")
+        return result
 
     def _status(self) -> None:
         tracker = self.tracker
