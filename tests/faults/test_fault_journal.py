@@ -27,7 +27,7 @@ import ipython_energy
 from faultkit import mlflow_runs, outage_warnings, split_sweep, wait_until
 from ipython_energy.events import Metrics, RunEnd, RunStart, SweepEnd, SweepStart
 from ipython_energy.spool import Spool
-from tests.faults.test_fault_backend import _is_root, replay_env, small_fs  # noqa: F401  (fixture)
+from tests.faults.test_fault_backend import SmallFs, _is_root, replay_env
 
 DEAD_URI = "http://127.0.0.1:9"  # the discard port: connection refused at once
 
@@ -166,7 +166,7 @@ def test_journal_for_an_unreachable_mlflow_is_shown_delivered_once_or_discarded(
     ip.run_line_magic("energy", "spool discard gone-too")
     out = capfd.readouterr().out
     moved = energy_home / "spool" / "discarded" / "gone-too.jsonl"
-    assert f"set aside the journal of session gone-too" in out and str(moved) in out, out
+    assert "set aside the journal of session gone-too" in out and str(moved) in out, out
     assert moved.exists() and not (energy_home / "spool" / "gone-too.jsonl").exists()
     assert len(moved.read_text().splitlines()) == 5  # kept whole
 
@@ -185,6 +185,21 @@ def test_bad_spool_command_is_a_usage_error(open_shell, flat_trace, sqlite_uri, 
 
 
 # ---- a full disk while MLflow is down ---------------------------------------------------------------------
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """``small_fs(name, size)``: a small tmpfs mounted for the test (root only), as in test_fault_backend."""
+    mounted = []
+
+    def make(name: str, size: str = "16m") -> SmallFs:
+        fs = SmallFs(tmp_path / name, size)
+        mounted.append(fs)
+        return fs
+
+    yield make
+    for fs in mounted:
+        fs.unmount()
+
 
 WRITER_SCRIPT = textwrap.dedent("""
     import sys, time
