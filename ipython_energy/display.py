@@ -47,8 +47,16 @@ def load_report(tracker: Tracker) -> str:
     return f"ipython-energy: sensors: {found} · every {tracker.meter.interval_s:g} s · {where}{more}"
 
 
-def status_text(tracker: Tracker) -> str:
-    """``%energy`` alone: sensors and power now, idle baseline, session, run, sweep, MLflow."""
+def journal_lines(journals) -> list[str]:
+    """One line per earlier session's journal: what it holds and what becomes of it (``(Journal, state)`` pairs)."""
+    return [f"session {j.session}: {j.describe()} — {state}" for j, state in journals]
+
+
+def status_text(tracker: Tracker, journals=()) -> str:
+    """``%energy`` alone: sensors and power now, idle baseline, session, run, sweep, MLflow.
+
+    ``journals``: earlier sessions' journals still in the spool, as ``(Journal, state)`` pairs.
+    """
     lines = ["ipython-energy status"]
     power = tracker.meter.power_now()
     for d in tracker.meter.domains:
@@ -74,6 +82,9 @@ def status_text(tracker: Tracker) -> str:
         if st is not None:
             state = "ok" if st.backend_ok else f"NOT ANSWERING ({st.last_error})"
             lines.append(f"  writer: {state}; {st.pending} event(s) waiting")
+    if journals:
+        lines.append(f"  earlier sessions' journals ({len(journals)}; %energy spool deliver|discard SESSION|all):")
+        lines.extend(f"    {line}" for line in journal_lines(journals))
     else:
         lines.append("  MLflow: logging off")
     return "\n".join(lines)

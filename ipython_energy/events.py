@@ -19,7 +19,7 @@ field; it is the spool's line format, so it stays readable by later versions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, ClassVar, Mapping, NamedTuple, Union
 
 from . import layout
@@ -135,9 +135,83 @@ StartEvent = Union[SweepStart, RunStart]
 _BY_TYPE: dict[str, type] = {cls.type: cls for cls in (SweepStart, RunStart, Metrics, RunEnd, SweepEnd)}
 
 
+class InvalidEvent(ValueError):
+    """A journal line that is no event: unknown type, a missing or ill-typed field, a non-numeric metric value."""
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _str_map(value: Any) -> bool:
+    """Params and tags: names to strings (numbers pass too: MLflow stores them as strings)."""
+    return isinstance(value, Mapping) and all(isinstance(k, str) and isinstance(v, (str, int, float))
+                                              for k, v in value.items())
+
+
+#: The check of each field annotation the events use.  A field whose annotation is not here (one a
+#: later version adds) is taken as it is.
+_CHECKS: dict[str, tuple[Any, str]] = {
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "int": (_whole, "a whole number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "str | None": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "int | None": (lambda v: v is None or _whole(v), "a whole number or null"),
+    "float | None": (lambda v: v is None or _number(v), "a number or null"),
+    "Mapping[str, str]": (_str_map, "an object of names to strings"),
+}
+
+
+def _check_rows(rows: Any) -> tuple[Row, ...]:
+    if not isinstance(rows, (list, tuple)):
+        raise InvalidEvent(f"'metrics' must be a list of [key, value, step, timestamp_ms], not {rows!r:.80}")
+    for i, row in enumerate(rows):
+        if not isinstance(row, (list, tuple)) or len(row) != 4:
+            raise InvalidEvent(f"metrics[{i}] must be [key, value, step, timestamp_ms], not {row!r:.80}")
+        key, value, step, t = row
+        if not isinstance(key, str) or not key:
+            raise InvalidEvent(f"metrics[{i}]: the key must be a name, not {key!r:.80}")
+        if not _number(value):
+            raise InvalidEvent(f"metrics[{i}] {key!r}: the value must be a number, not {value!r:.80}")
+        if not _whole(step) or not _whole(t):
+            raise InvalidEvent(f"metrics[{i}] {key!r}: step and timestamp must be whole numbers, "
+                               f"not {step!r:.40} and {t!r:.40}")
+    return _rows(rows)
+
+
 def from_wire(data: Mapping[str, Any]) -> Event:
-    """The event a spool line holds (KeyError/TypeError/ValueError for a line that is not one)."""
-    return _BY_TYPE[data["type"]]._from_wire(data)
+    """The event a spool line holds; :class:`InvalidEvent` for a line that is not one.
+
+    Each field is checked against its annotation (a string is not a number, a metric value must
+    be a number); keys no event field uses are ignored (a later version may add optional ones).
+    """
+    if not isinstance(data, Mapping):
+        raise InvalidEvent(f"a journal line must be a JSON object, not {type(data).__name__}")
+    if "type" not in data:
+        raise InvalidEvent("no 'type' field")
+    cls = _BY_TYPE.get(data["type"]) if isinstance(data["type"], str) else None
+    if cls is None:
+        raise InvalidEvent(f"unknown event type {data['type']!r:.80} (known: {', '.join(_BY_TYPE)})")
+    for f in fields(cls):
+        key = "metrics" if f.name == "rows" else f.name
+        if key not in data:
+            if f.default is MISSING and f.default_factory is MISSING:
+                raise InvalidEvent(f"{cls.type}: no {key!r} field")
+            continue
+        if f.name == "rows":
+            _check_rows(data[key])
+            continue
+        check = _CHECKS.get(f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""))
+        if check is not None and not check[0](data[key]):
+            raise InvalidEvent(f"{cls.type}: {key!r} must be {check[1]}, not {data[key]!r:.80}")
+    try:
+        return cls._from_wire(data)
+    except (TypeError, ValueError) as exc:  # a field a later check above does not know
+        raise InvalidEvent(f"{cls.type}: {exc}") from None
 
 
 # ---------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_arguments
 
 from .config import SETTING_NAMES, ConfigError, EnergySettings, suggest, unknown_variables
-from .display import LiveReadout, load_report, status_text, summary_line
+from .display import LiveReadout, journal_lines, load_report, status_text, summary_line
 from .runtime import current, get_tracker, new_tracker, set_tracker
 from .runs import BudgetExceeded, Run
 from .tracking import Tracker
@@ -227,6 +227,15 @@ class EnergyMagics(Magics, EnergySettings):
         warning = tracker.backend_warning()
         if warning:
             print(warning, file=sys.stderr)
+        self._print_notices(tracker)
+
+    @staticmethod
+    def _print_notices(tracker: Tracker) -> None:
+        """Notes the writer's threads made (old journals: skipped lines, losses, a URI not answering), each once."""
+        writer = getattr(tracker, "_writer", None)  # asking must not start a writer
+        if writer is not None:
+            for text in writer.take_notices():
+                print(text, file=sys.stderr)
 
     # ---- %energy ----------------------------------------------------------------------------
     @line_magic("energy")
@@ -243,6 +252,9 @@ class EnergyMagics(Magics, EnergySettings):
             %energy chart [NAME]                      the sweep's chart, inline
             %energy flush [--timeout 30]              wait until MLflow has every measurement
             %energy compare A B [--log]               b against a: ratio, 95 % CI, comparability
+            %energy spool                             earlier sessions' journals not yet in MLflow
+            %energy spool deliver SESSION|all         write them to this session's MLflow instead
+            %energy spool discard SESSION|all         set them aside in spool/discarded/
         """
         try:
             words = shlex.split(line)
@@ -254,7 +266,7 @@ class EnergyMagics(Magics, EnergySettings):
         handler = getattr(self, f"_cmd_{command}", None)
         if handler is None:
             raise UsageError(f"%energy: unknown command {command!r}; use one of: sweep, run, end, autolog, "
-                             "chart, flush, compare (or %energy alone for the status)")
+                             "chart, flush, compare, spool (or %energy alone for the status)")
         return handler(rest)
 
     @staticmethod
@@ -333,9 +345,134 @@ class EnergyMagics(Magics, EnergySettings):
         p.add_argument("--timeout", type=str, default="30")
         a = p.parse_args(words)
         timeout = _parse_count(a.timeout, "--timeout")
-        ok = self.tracker.flush(timeout)
-        print("ipython-energy: MLflow has every measurement" if ok else
-              f"ipython-energy: not everything reached MLflow within {timeout:g} s; it stays in the spool")
+        tracker = self.tracker
+        ok = tracker.flush(timeout)
+        writer = getattr(tracker, "_writer", None)
+        old = [(j, state) for j, state in self._journals(tracker) if j.events or j.lost]
+        if ok:
+            text = ("ipython-energy: MLflow has every measurement" if not old else
+                    "ipython-energy: MLflow has every measurement of this session")
+        else:
+            st = writer.status() if writer is not None else None
+            held = writer.held_in_memory if writer is not None else 0
+            text = (f"ipython-energy: not everything reached MLflow within {timeout:g} s: "
+                    f"{st.pending if st else 0} event(s) of this session are still pending")
+            text += (f", {held} of them held in memory only (the spool cannot be written)" if held
+                     else "; they stay in the spool")
+        if old:
+            text += (f"; {sum(j.events for j, _ in old)} event(s) of {len(old)} earlier session(s) still wait "
+                     "(%energy spool deliver|discard SESSION|all):\n" + "\n".join(f"  {line}" for line in journal_lines(old)))
+        print(text)
+        self._print_notices(tracker)
+
+    # ---- %energy spool ----------------------------------------------------------------------
+    @staticmethod
+    def _spool_place(tracker: Tracker):
+        """(the spool folder, this session's id, the writer or None)."""
+        from .paths import home
+
+        writer = tracker.writer if tracker.config.log else getattr(tracker, "_writer", None)
+        spool = writer.spool if writer is not None else None
+        if spool is not None:
+            return spool.directory, spool.session, writer
+        return home() / "spool", tracker.session, writer
+
+    def _journals(self, tracker: Tracker) -> list:
+        """Earlier sessions' journals no live kernel holds, as ``(Journal, state)`` pairs."""
+        from .recovery import journals
+
+        directory, own, writer = self._spool_place(tracker)
+        out = []
+        for journal, held in journals(directory, own):
+            replaying = writer is not None and writer.replaying == journal.session
+            if held and not replaying:
+                continue  # another live kernel's: it writes it itself
+            out.append((journal, _journal_state(writer, journal.session, replaying)))
+        return out
+
+    def _cmd_spool(self, words: list[str]):
+        usage = "%energy spool takes nothing, 'deliver SESSION|all' or 'discard SESSION|all'"
+        if not words:
+            return self._spool_list()
+        if len(words) != 2 or words[0] not in ("deliver", "discard"):
+            raise UsageError(usage)
+        from . import recovery
+
+        action, name = words
+        tracker = self.tracker
+        directory, own, writer = self._spool_place(tracker)
+        if name == own:
+            raise UsageError(f"%energy spool {action}: {name} is this session's own journal; "
+                             "it is written by this session's writer (%energy flush)")
+        if action == "deliver" and (not tracker.config.log or writer is None):
+            raise UsageError("%energy spool deliver: logging to MLflow is off in this session")
+        if name == "all":
+            sessions = [j.session for j, _state in self._journals(tracker)]
+            if not sessions:
+                print(f"ipython-energy: no earlier session's journal in {directory}")
+                return
+        else:
+            known = [j.session for j, _held in recovery.journals(directory, own)]
+            if name not in known:
+                raise UsageError(f"%energy spool {action}: no journal of session {name!r} in {directory} "
+                                 f"(known: {', '.join(known) or 'none'}; %energy spool lists them)")
+            sessions = [name]
+        done = []
+        for session in sessions:
+            try:
+                if action == "discard":
+                    journal, path = recovery.discard(directory, session)
+                    if writer is not None:
+                        writer.old_waiting.pop(session, None)
+                    print(f"ipython-energy: set aside the journal of session {session} ({journal.describe()}) "
+                          f"in {path}; it is not replayed (move it back into {directory} to replay it)")
+                else:
+                    journal = recovery.retarget(directory, session, tracker.tracking_uri, tracker.config.experiment)
+                    writer.old_waiting.pop(session, None)
+                    done.append(journal)
+            except recovery.Busy:
+                print(f"ipython-energy: the journal of session {session} is held by a running kernel; left as it is",
+                      file=sys.stderr)
+        if done:
+            writer.recover_now(60.0)
+            for journal in done:
+                if journal.path.exists():
+                    uri, why = writer.old_waiting.get(journal.session, (tracker.tracking_uri, "not replayed yet"))
+                    print(f"ipython-energy: the journal of session {journal.session} now goes to MLflow at "
+                          f"{tracker.tracking_uri}, experiment {tracker.config.experiment!r}; not written yet "
+                          f"({why}); it is tried again every {writer.recovery_every_s:g} s", file=sys.stderr)
+                else:
+                    print(f"ipython-energy: delivered the journal of session {journal.session} to MLflow at "
+                          f"{tracker.tracking_uri}, experiment {tracker.config.experiment!r}: {journal.events} "
+                          f"event(s), {journal.runs} run(s), {_energy(journal.energy_j)}")
+        self._print_notices(tracker)
+
+    def _spool_list(self) -> None:
+        tracker = self.tracker
+        directory, own, writer = self._spool_place(tracker)
+        lines = [f"ipython-energy spool: {directory}"]
+        if writer is not None:
+            st = writer.status()
+            held = writer.held_in_memory
+            lines.append(f"  this session {own}: {st.pending} event(s) not yet in MLflow"
+                         + (f", {held} held in memory only" if held else ""))
+        from .recovery import journals
+
+        others = journals(directory, own)
+        for journal, held in others:
+            replaying = writer is not None and writer.replaying == journal.session
+            state = _journal_state(writer, journal.session, replaying) if replaying or not held \
+                else "in use by a running kernel"
+            lines.extend(f"  {line}" for line in journal_lines([(journal, state)]))
+        if not others:
+            lines.append("  no earlier session's journal")
+        for folder, what in (("rejected", "events MLflow refused, lines replay could not read"),
+                             ("discarded", "journals set aside with %energy spool discard")):
+            files = sorted((directory / folder).glob("*.jsonl")) if (directory / folder).is_dir() else []
+            if files:
+                lines.append(f"  {directory / folder}: {len(files)} file(s) ({what})")
+        print("\n".join(lines))
+        self._print_notices(tracker)
 
     def _cmd_chart(self, words: list[str]):
         if len(words) > 1:
@@ -377,7 +514,9 @@ class EnergyMagics(Magics, EnergySettings):
 
     def _status(self) -> None:
         tracker = self.tracker
-        print(status_text(tracker))
+        journals = self._journals(tracker) if getattr(tracker, "_writer", None) is not None else []
+        print(status_text(tracker, journals=[(j, state) for j, state in journals if j.events or j.lost]))
+        self._print_notices(tracker)
 
     # ---- autolog ----------------------------------------------------------------------------
     def set_autolog(self, on: bool) -> None:
@@ -421,6 +560,23 @@ class EnergyMagics(Magics, EnergySettings):
         if not tracker.config.quiet:
             print(m.summary(), file=sys.stdout)
         self._warn_backend(tracker)
+
+
+def _energy(joules: float) -> str:
+    from .measurement import format_energy
+
+    return format_energy(joules)
+
+
+def _journal_state(writer, session: str, replaying: bool) -> str:
+    """What becomes of an earlier session's journal, in words."""
+    if replaying:
+        return "being replayed now"
+    waiting = writer.old_waiting.get(session) if writer is not None else None
+    if waiting is not None:
+        uri, why = waiting
+        return f"waiting: MLflow at {uri} is not answering ({why})"
+    return "replayed by the next recovery pass (every 30 s)"
 
 
 def load(ip) -> EnergyMagics:

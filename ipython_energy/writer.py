@@ -32,13 +32,15 @@ class Pending:
     """An event on its way to MLflow, with its retry state beside it.
 
     ``seq``: its line in the spool (0: held in memory only); ``in_doubt``: an earlier attempt
-    failed after it may have reached the server; ``rejections``: how often MLflow refused it.
+    failed after it may have reached the server; ``rejections``: how often MLflow refused it;
+    ``applied``: MLflow has it (an event held in memory only then need not be journalled).
     """
 
     seq: int
     event: Event
     in_doubt: bool = False
     rejections: int = 0
+    applied: bool = False
 
 
 @dataclass
@@ -83,6 +85,22 @@ class Writer:
         self.recovery_every_s = 30.0
         self.slow_after_s = 5.0
         self.rejected: list[tuple[Event, str]] = []
+        # Events the spool could not take (a full disk), oldest first: journalled, in order, as soon
+        # as it takes them again; until then their count is kept in the spool's ``.held`` file.
+        self._held: deque[Pending] = deque()
+        self._held_lock = threading.Lock()
+        self._held_recorded: tuple[int, int, float] = (0, 0, 0.0)
+        #: Notes for the user made on the writer's threads (old journals' skipped lines, losses,
+        #: journals waiting for another MLflow): each once; printed after a cell or by ``%energy``.
+        self.notices: deque[str] = deque(maxlen=100)
+        self._noticed: set = set()
+        #: Dead sessions' journals whose MLflow did not answer on the last recovery pass:
+        #: session -> (tracking URI, error).  Never part of this session's backend state.
+        self.old_waiting: dict[str, tuple[str, str]] = {}
+        self.replaying: str | None = None  # the dead session whose journal a recovery pass holds now
+        self._recovery_wanted = threading.Event()
+        self._passes_started = 0
+        self._passes_done = 0
 
     # ---- producer side (the user's thread) -----------------------------------------------
     def submit(self, event: Union[Event, Draft]) -> None:
@@ -154,6 +172,37 @@ class Writer:
             spool_error=self.spool_error,
         )
 
+    def notice(self, key, text: str) -> None:
+        """Queue ``text`` for the user once per ``key`` in this process (any thread)."""
+        if key not in self._noticed:
+            self._noticed.add(key)
+            self.notices.append(text)
+
+    def take_notices(self) -> list[str]:
+        """The notes not shown yet, oldest first; each is handed out once."""
+        out = []
+        while True:
+            try:
+                out.append(self.notices.popleft())
+            except IndexError:
+                return out
+
+    def recover_now(self, timeout_s: float) -> bool:
+        """Run a recovery pass (dead sessions' journals) that starts after this call; wait for it to end."""
+        self.start()
+        with self._idle:
+            target = self._passes_started + 1
+        self._recovery_wanted.set()
+        self._wake.set()
+        deadline = time.monotonic() + timeout_s
+        with self._idle:
+            while self._passes_done < target:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(min(left, 0.2))
+        return True
+
     def close(self, timeout_s: float = 5.0) -> bool:
         """Flush for up to ``timeout_s``, stop the thread, and retire the journal if all is in MLflow."""
         done = self.flush(timeout_s)
@@ -172,28 +221,40 @@ class Writer:
     _busy = False
 
     def _recover(self) -> None:
+        with self._idle:
+            self._passes_started += 1
         if self._adopt and self._spool is not None:
             self._busy = True
             try:
                 recovery.adopt_orphans(self, self._spool)
             except Exception as exc:  # noqa: BLE001 - recovery must never kill the writer
-                log.warning("ipython-energy: could not replay an old spool: %r", exc)
+                log.debug("ipython-energy: could not replay an old spool", exc_info=True)
+                self.notice(("recovery", repr(exc)), f"ipython-energy: could not replay an old journal in "
+                            f"{self._spool.directory}: {exc!r}; the journals are kept")
         self._last_recovery = time.monotonic()
+        with self._idle:
+            self._passes_done += 1
+            self._idle.notify_all()
 
     def _loop(self) -> None:
         self._recover()
         backoff = 0.25
         while not self._stop.is_set():
-            if time.monotonic() - self._last_recovery > self.recovery_every_s and not self._pending:
+            if (self._recovery_wanted.is_set() or time.monotonic() - self._last_recovery > self.recovery_every_s) \
+                    and not self._pending:
                 # A kernel still shutting down when this one loaded held its journal then.
+                self._recovery_wanted.clear()
                 self._recover()
             self._busy = True
             if self._pending:
                 item = self._pending[0]
                 if self.apply(item):
                     self._pending.popleft()
+                    item.applied = True
                     if self._spool is not None and item.seq > 0 and self.spool_error is None:
                         self._spool.ack(item.seq)
+                    elif item.seq == 0 and self._held:
+                        self._record_held()  # one event fewer that only memory holds
                     backoff = 0.25
                     continue
                 item.in_doubt = True
@@ -221,25 +282,85 @@ class Writer:
             self._journal_inbox()
 
     def _journal_inbox(self) -> None:
-        """Spool every submitted event, in order, then hand it to the MLflow thread (journal thread only)."""
+        """Spool every submitted event, in order, then hand it to the MLflow thread (journal thread only).
+
+        An event the spool cannot take (a full disk) is held in memory only (``seq`` 0) and
+        counted in the spool's ``.held`` file.  Later events queue behind it: nothing is journalled
+        before every held event is, so sequence numbers follow the events' order and an
+        acknowledgement (MLflow has everything up to ``seq``) stays true.  Called at least every
+        second, so held events are journalled as soon as the disk takes them again.
+        """
+        held_before = len(self._held)
+        if self._held:
+            self._journal_held()
         while self._inbox:
             event = _finished(self._inbox[0])  # left in the inbox until it is pending: flush() never sees neither
-            seq = 0
+            item = Pending(0, event)
             if self._spool is not None:
-                try:
-                    seq = self._spool.append(event.to_wire())
-                    self.spool_error = None
-                except SpoolError as exc:
-                    # Reported to the user once, after a cell (Tracker.backend_warning).
-                    log.debug("ipython-energy: %s; keeping measurements in memory", exc)
-                    self.spool_error = str(exc)
-            self._pending.append(Pending(seq, event))
+                if not self._held:
+                    try:
+                        item.seq = self._spool.append(event.to_wire())
+                        self.spool_error = None
+                    except SpoolError as exc:
+                        # Reported to the user once, after a cell (Tracker.backend_warning).
+                        log.debug("ipython-energy: %s; keeping measurements in memory", exc)
+                        self.spool_error = str(exc)
+                if item.seq == 0:
+                    self._held.append(item)
+            self._pending.append(item)
             self._inbox.popleft()
             self._wake.set()
+        if self._held or held_before:
+            self._record_held()
+
+    def _journal_held(self) -> None:
+        """Journal the events held in memory only, oldest first, until the spool refuses one."""
+        wrote = False
+        while self._held:
+            item = self._held[0]
+            if not item.applied:  # MLflow has the applied ones: nothing to keep
+                try:
+                    item.seq = self._spool.append(item.event.to_wire())
+                except SpoolError as exc:
+                    self.spool_error = str(exc)
+                    return
+                wrote = True
+            self._held.popleft()
+        if wrote:  # the spool takes events again (dropping applied ones says nothing about the disk)
+            self.spool_error = None
+
+    def _record_held(self) -> None:
+        """Write how many events (runs, joules in run ends) only memory holds to the spool's ``.held`` file."""
+        if self._spool is None:
+            return
+        with self._held_lock:
+            held = [p for p in list(self._held) if not p.applied and p.seq == 0]
+            runs = {p.event.uid for p in held if isinstance(p.event, (RunStart, RunEnd))}
+            energy = sum(p.event.energy_j() or 0.0 for p in held if isinstance(p.event, RunEnd))
+            record = (len(held), len(runs), float(energy))
+            if record != self._held_recorded and self._spool.record_held(*record):
+                self._held_recorded = record
 
     def remember(self, event: StartEvent) -> None:
         """Know where ``event``'s run lives (its URI and experiment) before any later event of it."""
         self._context[event.uid] = event
+
+    @property
+    def spool(self) -> Spool | None:
+        """This session's journal (None: no durable spool could be made)."""
+        return self._spool
+
+    @property
+    def held_in_memory(self) -> int:
+        """Events the spool could not take (a full disk) that MLflow does not have yet either."""
+        return sum(1 for p in list(self._held) if not p.applied and p.seq == 0)
+
+    def knows(self, uid: str) -> bool:
+        """Whether a start event of ``uid`` was seen (so that MLflow can be told where it goes)."""
+        return uid in self._context
+
+    def context_of(self, uid: str) -> StartEvent | None:
+        return self._context.get(uid)
 
     def apply(self, item: Pending) -> bool:
         """Apply one event to MLflow (True), or leave it for a retry (False); never raises."""

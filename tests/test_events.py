@@ -5,8 +5,8 @@ import json
 import pytest
 
 from ipython_energy import layout
-from ipython_energy.events import (CellMetricsDraft, Metrics, RunEnd, RunEndDraft, RunStart, SweepEnd, SweepStart,
-                                   from_wire)
+from ipython_energy.events import (CellMetricsDraft, InvalidEvent, Metrics, RunEnd, RunEndDraft, RunStart, SweepEnd,
+                                   SweepStart, from_wire)
 from ipython_energy.measurement import DomainProvenance, Measurement
 
 EVENTS = [
@@ -44,11 +44,33 @@ def test_journal_lines_of_the_previous_version_are_read():
     assert events[3].energy_j() == 9.0 and events[3].delete is False
 
 
-@pytest.mark.parametrize("line", [{"typf": "metrics", "uid": "r"}, {"type": "nonsense", "uid": "r"},
-                                  {"type": "run_end", "uid": "r"}])
-def test_a_line_that_is_no_event_is_refused(line):
-    with pytest.raises((KeyError, TypeError)):
+@pytest.mark.parametrize("line, says", [
+    ({"typf": "metrics", "uid": "r"}, "no 'type' field"),
+    ({"type": "nonsense", "uid": "r"}, "unknown event type 'nonsense'"),
+    ({"type": "run_end", "uid": "r"}, "run_end: no 'status' field"),
+    (["metrics"], "must be a JSON object"),
+    ({"type": "metrics", "uid": 7}, "'uid' must be a string"),
+    ({"type": "metrics", "uid": "r", "metrics": [["energy_j", "12.5", 0, 1]]}, "the value must be a number"),
+    ({"type": "metrics", "uid": "r", "metrics": [["energy_j", True, 0, 1]]}, "the value must be a number"),
+    ({"type": "metrics", "uid": "r", "metrics": [["energy_j", 1.0, 0]]}, "must be [key, value, step, timestamp_ms]"),
+    ({"type": "metrics", "uid": "r", "metrics": [["energy_j", 1.0, "0", 1]]}, "whole numbers"),
+    ({"type": "metrics", "uid": "r", "metrics": "energy_j=1"}, "must be a list"),
+    ({"type": "run_end", "uid": "r", "status": "FINISHED", "t_ms": "5"}, "'t_ms' must be a whole number"),
+    ({"type": "run_end", "uid": "r", "status": "FINISHED", "t_ms": 5, "delete": "no"}, "'delete' must be true or false"),
+    ({"type": "sweep_start", "uid": "s", "name": "g", "t_ms": 1, "tracking_uri": "x", "experiment": "e",
+      "budget_j": "5kJ"}, "'budget_j' must be a number or null"),
+    ({"type": "run_start", "uid": "r", "name": "a", "t_ms": 1, "tracking_uri": "x", "experiment": "e",
+      "params": {"lr": [1]}}, "'params' must be an object"),
+])
+def test_a_line_that_is_no_event_is_refused_with_what_is_wrong(line, says):
+    with pytest.raises(InvalidEvent) as err:
         from_wire(line)
+    assert says in str(err.value)
+
+
+def test_a_key_no_event_field_uses_is_ignored():
+    """A later version may add an optional field; this one reads the rest of the line."""
+    assert from_wire({"type": "metrics", "uid": "r", "metrics": [], "pad": "x"}) == Metrics("r")
 
 
 def _measurement() -> Measurement:
