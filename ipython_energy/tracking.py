@@ -20,7 +20,7 @@ from .config import Config
 from .measurement import Measurement, format_energy
 from .store import ChartRenderer
 from .runs import BudgetExceeded, CellScope, Run, Stage, Sweep
-from .validate import check_name, check_params
+from .validate import check_name, check_params, quote
 
 
 def _now_ms() -> int:
@@ -105,11 +105,11 @@ class Tracker:
         name = check_name(name, "sweep")
         if planned is not None:
             if isinstance(planned, bool) or not isinstance(planned, int) or planned <= 0 or planned > 10_000_000:
-                raise ValueError(f"planned must be a positive whole number of runs, not {planned!r}")
+                raise ValueError(f"planned must be a positive whole number of runs, not {quote(planned)}")
         if budget_j is not None:
             if isinstance(budget_j, bool) or not isinstance(budget_j, (int, float)) \
                     or not math.isfinite(budget_j) or budget_j <= 0:
-                raise ValueError(f"budget_j must be a positive finite number of joules, not {budget_j!r}")
+                raise ValueError(f"budget_j must be a positive finite number of joules, not {quote(budget_j)}")
             budget_j = float(budget_j)
         with self._lock:
             current = self.sweeps.get(name)
@@ -200,7 +200,7 @@ class Tracker:
         """
         active = self.run if self.run is not None and self.run.measurement is None else None
         if params and active is not None and (run_name is None or run_name == active.name):
-            raise ValueError(f"--param sets the parameters of a new run, but run {active.name!r} is already "
+            raise ValueError(f"--param sets the parameters of a new run, but run {quote(active.name)} is already "
                              f"running; end it with %energy end, or give --run NEWNAME")
         params = check_params(params)
         sweep = self.start_sweep(sweep_name, log=log) if sweep_name else None
