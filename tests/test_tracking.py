@@ -17,7 +17,7 @@ import pytest
 
 import ipython_energy
 from ipython_energy.runtime import set_tracker
-from tests.faults.faultkit import flat_replay, make_tracker
+from tests.faults.faultkit import figure, flat_replay, make_tracker
 from tests.helpers.mlflow_readback import assert_sweep_total_exact, history, runs, split_sweep
 
 
@@ -126,7 +126,7 @@ RUNS = 2000
 WARM = 500
 
 
-def test_the_tracker_keeps_no_per_run_records(energy_home, sqlite_uri):
+def test_the_tracker_keeps_no_per_run_records(energy_home, sqlite_uri, capfd):
     """Issue 13, item 8: a kernel grew ~0.5 KiB per logged run, for good (each finished Run, with its
     Measurement and window, stayed in its sweep's list: 2.7 KB per run with logging off).  Now a
     finished run leaves its sweep its energy and status (9 bytes), and the last CHART_DETAIL_RUNS
@@ -161,6 +161,7 @@ def test_the_tracker_keeps_no_per_run_records(energy_home, sqlite_uri):
         t.close()
     grown = sum(d.size_diff for d in after.compare_to(before, "filename"))
     per_run = grown / (RUNS - WARM)
+    figure(capfd, f"tracker memory kept per run over {RUNS - WARM} runs: {per_run:.1f} bytes")
     assert per_run < 32, f"{per_run:.0f} bytes kept per run: " + "; ".join(
         str(d) for d in after.compare_to(before, "lineno")[:5])
     from ipython_energy.runs import CHART_DETAIL_RUNS
