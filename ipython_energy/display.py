@@ -32,7 +32,7 @@ def summary_line(m: Measurement, run: Run, tracker: Tracker) -> str:
             extra.append(f"{format_energy(run.measurement.energy_j / n)}/{unit}")
     if run.sweep is not None:
         extra.append(run.sweep.describe())
-    if not tracker.config.log:
+    if not run.logged:  # --no-log, logging off, or nested in a run that is not logged
         extra.append("not logged")
     line = m.summary()
     return line + ("" if not extra else " · " + " · ".join(extra))

@@ -1,7 +1,7 @@
 """What the tracker tells the writer: typed, frozen event records, and their wire form for the spool.
 
-Five events make up everything that reaches MLflow: :class:`SweepStart`, :class:`RunStart`,
-:class:`Metrics`, :class:`RunEnd` and :class:`SweepEnd`.  Each is keyed by the ``uid`` the
+Six events make up everything that reaches MLflow: :class:`SweepStart`, :class:`RunStart`,
+:class:`Metrics`, :class:`RunEnd`, :class:`SweepEnd`, and :class:`SweepUpdate` (a sweep's plan changed).  Each is keyed by the ``uid`` the
 tracker gave its run or sweep (stored in MLflow as the tag ``energy.uid``), so that any
 process can apply it again and find the run it belongs to.
 
@@ -83,12 +83,26 @@ class SweepStart(_Start):
 
 @dataclass(frozen=True)
 class RunStart(_Start):
-    """A run starts (a child of ``sweep_uid`` when that is set)."""
+    """A run starts: a child of ``sweep_uid`` when that is set, or of the run ``parent_uid`` (a run nested
+    in another, counted in that one only; absent from journals written before nesting existed)."""
 
     type: ClassVar[str] = "run_start"
     sweep_uid: str | None = None
     params: Mapping[str, str] = field(default_factory=dict)
     tags: Mapping[str, str] = field(default_factory=dict)
+    parent_uid: str | None = None
+
+
+@dataclass(frozen=True)
+class SweepUpdate(_Event):
+    """A running sweep's plan changed (``%energy sweep s --planned 6`` after ``--planned 3``): its
+    ``planned`` and ``budget_j`` as they are now (None: not set).  Applying it twice is harmless."""
+
+    type: ClassVar[str] = "sweep_update"
+    uid: str
+    t_ms: int
+    planned: int | None = None
+    budget_j: float | None = None
 
 
 @dataclass(frozen=True)
@@ -129,10 +143,11 @@ class SweepEnd(_End):
     type: ClassVar[str] = "sweep_end"
 
 
-Event = Union[SweepStart, RunStart, Metrics, RunEnd, SweepEnd]
+Event = Union[SweepStart, RunStart, Metrics, RunEnd, SweepEnd, SweepUpdate]
 StartEvent = Union[SweepStart, RunStart]
 
-_BY_TYPE: dict[str, type] = {cls.type: cls for cls in (SweepStart, RunStart, Metrics, RunEnd, SweepEnd)}
+_BY_TYPE: dict[str, type] = {cls.type: cls for cls in (SweepStart, RunStart, Metrics, RunEnd, SweepEnd,
+                                                      SweepUpdate)}
 
 
 class InvalidEvent(ValueError):

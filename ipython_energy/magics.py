@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import ast
 import logging
+import re
 import shlex
 import sys
 import time
@@ -19,8 +21,8 @@ from .display import LiveReadout, journal_lines, load_report, status_text, summa
 from .runtime import current, get_tracker, new_tracker, set_tracker
 from .runs import BudgetExceeded, Run
 from .tracking import Tracker
-from .validate import (check_name, check_param_key, check_positive, check_units, parse_energy,
-                       status_for)
+from .validate import (QUOTE_LIMIT, check_name, check_param_key, check_positive, check_units, parse_energy,
+                       quote, status_for)
 
 log = logging.getLogger("ipython_energy")
 
@@ -29,15 +31,15 @@ def _parse_params(items: list[str]) -> dict[str, str]:
     params: dict[str, str] = {}
     for item in items:
         if "=" not in item:
-            raise UsageError(f"--param takes KEY=VALUE, got {item!r} (for example --param lr=0.01)")
+            raise UsageError(f"--param takes KEY=VALUE, got {quote(item)} (for example --param lr=0.01)")
         key, value = item.split("=", 1)
         key = key.strip()
         try:
             check_param_key(key)
         except ValueError as exc:
-            raise UsageError(f"--param {item!r}: {exc}") from None
+            raise UsageError(f"--param {quote(item)}: {exc}") from None
         if key in params:
-            raise UsageError(f"--param {key!r} is given twice ({params[key]!r} and {value!r})")
+            raise UsageError(f"--param {quote(key)} is given twice ({quote(params[key])} and {quote(value)})")
         params[key] = value
     return params
 
@@ -47,11 +49,51 @@ def _parse_count(text: str, flag: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise UsageError(f"{flag} takes a number, not {text!r}") from None
+        raise UsageError(f"{flag} takes a number, not {quote(text)}") from None
     try:
         return check_positive(value, flag)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+class _Once(argparse.Action):
+    """An option that takes one value and may be given once: ``--run a --run b`` is an error, where
+    argparse would silently keep ``b``."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        seen = namespace.__dict__.setdefault("_given_once", {})
+        if self.dest in seen:
+            raise argparse.ArgumentError(self, f"given twice ({quote(seen[self.dest])} and {quote(values)}); "
+                                               "give it once")
+        seen[self.dest] = values
+        setattr(namespace, self.dest, values)
+
+
+_NEGATIVE = re.compile(r"^-\.?[0-9]")
+
+
+def _parse_words(parser: MagicArgumentParser, words: list[str]) -> argparse.Namespace:
+    """``parser.parse_args(words)``, with two fixes to argparse's reading of a magic's line.
+
+    A value that starts like a negative number goes with its option (``--budget -5kJ`` is
+    ``--budget=-5kJ``, which the option's check then refuses as not positive; argparse took
+    ``-5kJ`` for an option and said "expected one argument").  And an error quotes at most
+    :data:`~ipython_energy.validate.QUOTE_LIMIT` characters of any word it echoes.
+    """
+    takes_value = {s for a in parser._actions if a.option_strings and a.nargs is None for s in a.option_strings}
+    glued: list[str] = []
+    for word in words:
+        if glued and glued[-1] in takes_value and _NEGATIVE.match(word):
+            glued[-1] = f"{glued[-1]}={word}"
+        else:
+            glued.append(word)
+    try:
+        return parser.parse_args(glued)
+    except UsageError as exc:
+        message = str(exc)
+        for word in sorted({w for w in glued if len(w) > QUOTE_LIMIT}, key=len, reverse=True):
+            message = message.replace(word, quote(word))
+        raise UsageError(message) from None
 
 
 class CellArgs(NamedTuple):
@@ -117,13 +159,13 @@ class EnergyMagics(Magics, EnergySettings):
 
     # ---- %%energy ---------------------------------------------------------------------------
     @magic_arguments()
-    @argument("-o", "--output", metavar="NAME", help="Store the Measurement in the user namespace as NAME.")
-    @argument("--run", metavar="NAME", help="Measure the cell as (part of) run NAME; a new run ends with the cell.")
-    @argument("--sweep", metavar="NAME", help="The run belongs to sweep NAME (started or joined; stays active).")
+    @argument("-o", "--output", metavar="NAME", action=_Once, help="Store the Measurement in the user namespace as NAME.")
+    @argument("--run", metavar="NAME", action=_Once, help="Measure the cell as (part of) run NAME; a new run ends with the cell.")
+    @argument("--sweep", metavar="NAME", action=_Once, help="The run belongs to sweep NAME (started or joined; stays active).")
     @argument("--param", metavar="KEY=VALUE", action="append", default=[],
               help="A parameter of the run, logged as an MLflow param. Repeatable.")
-    @argument("--units", metavar="N", help="Units of work done by the cell, for joules per unit.")
-    @argument("--unit", metavar="WORD", help="What --units counts (samples, tokens, images…); default samples.")
+    @argument("--units", metavar="N", action=_Once, help="Units of work done by the cell, for joules per unit.")
+    @argument("--unit", metavar="WORD", action=_Once, help="What --units counts (samples, tokens, images…); default samples.")
     @argument("--quiet", action="store_true", help="Print no summary line.")
     @argument("--no-log", action="store_true", help="Measure and print, but log nothing to MLflow.")
     @argument("--live", action="store_true",
@@ -184,17 +226,17 @@ class EnergyMagics(Magics, EnergySettings):
             words = shlex.split(line)
         except ValueError as exc:
             raise UsageError(f"%%energy: {exc}") from None
-        a = self.energy.parser.parse_args(words)
+        a = _parse_words(self.energy.parser, words)
         if a.output is not None and not a.output.isidentifier():
-            raise UsageError(f"-o takes a Python name, not {a.output!r}")
+            raise UsageError(f"-o takes a Python name, not {quote(a.output)}")
         params = _parse_params(a.param)
         run_name = _name(a.run, "run")
         sweep_name = _name(a.sweep, "sweep")
         units: tuple[float, str] | None = None
         if a.units is not None:
             n = _parse_count(a.units, "--units")
-            try:
-                units = check_units(n, a.unit or "samples")
+            try:  # an empty --unit '' is an error (check_units), not the default
+                units = check_units(n, "samples" if a.unit is None else a.unit)
             except ValueError as exc:
                 raise UsageError(str(exc)) from None
         elif a.unit is not None:
@@ -265,7 +307,7 @@ class EnergyMagics(Magics, EnergySettings):
         command, rest = words[0], words[1:]
         handler = getattr(self, f"_cmd_{command}", None)
         if handler is None:
-            raise UsageError(f"%energy: unknown command {command!r}; use one of: sweep, run, end, autolog, "
+            raise UsageError(f"%energy: unknown command {quote(command)}; use one of: sweep, run, end, autolog, "
                              "chart, flush, compare, spool (or %energy alone for the status)")
         return handler(rest)
 
@@ -276,16 +318,16 @@ class EnergyMagics(Magics, EnergySettings):
     def _cmd_sweep(self, words: list[str]):
         p = self._parser("sweep")
         p.add_argument("name")
-        p.add_argument("--planned", type=str)
-        p.add_argument("--budget", type=str)
+        p.add_argument("--planned", type=str, action=_Once)
+        p.add_argument("--budget", type=str, action=_Once)
         p.add_argument("--stop-at-budget", action="store_true")
-        a = p.parse_args(words)
+        a = _parse_words(p, words)
         planned = None
         if a.planned is not None:
             try:
                 planned = int(a.planned)
             except ValueError:
-                raise UsageError(f"--planned takes a whole number of runs, not {a.planned!r}") from None
+                raise UsageError(f"--planned takes a whole number of runs, not {quote(a.planned)}") from None
         budget = None
         if a.budget is not None:
             try:
@@ -305,7 +347,7 @@ class EnergyMagics(Magics, EnergySettings):
         p = self._parser("run")
         p.add_argument("name")
         p.add_argument("--param", action="append", default=[])
-        a = p.parse_args(words)
+        a = _parse_words(p, words)
         params = _parse_params(a.param)
         try:
             run = self.tracker.start_run(_name(a.name, "run"), params, activate=True)
@@ -342,8 +384,8 @@ class EnergyMagics(Magics, EnergySettings):
 
     def _cmd_flush(self, words: list[str]):
         p = self._parser("flush")
-        p.add_argument("--timeout", type=str, default="30")
-        a = p.parse_args(words)
+        p.add_argument("--timeout", type=str, default="30", action=_Once)
+        a = _parse_words(p, words)
         timeout = _parse_count(a.timeout, "--timeout")
         tracker = self.tracker
         ok = tracker.flush(timeout)
@@ -481,7 +523,7 @@ class EnergyMagics(Magics, EnergySettings):
         if words:
             sweep = tracker.sweeps.get(words[0])
             if sweep is None:
-                raise UsageError(f"%energy chart: no sweep named {words[0]!r} in this session "
+                raise UsageError(f"%energy chart: no sweep named {quote(words[0])} in this session "
                                  f"(known: {', '.join(tracker.sweeps) or 'none'})")
         else:
             sweep = tracker.sweep or (list(tracker.sweeps.values())[-1] if tracker.sweeps else None)

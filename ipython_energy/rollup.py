@@ -65,6 +65,23 @@ def budget_state(total_j: float, budget_j: float | None) -> str | None:
     return "over" if over_budget(total_j, float(budget_j)) else "ok"
 
 
+def add_exactly(partials: list[float], x: float) -> None:
+    """Add ``x`` to the running sum held as ``partials`` (Shewchuk's non-overlapping partials, as
+    ``math.fsum`` keeps them): ``math.fsum(partials)`` is then exactly ``math.fsum`` of every value
+    added, in any order, while ``partials`` stays a few floats long."""
+    i = 0
+    for y in partials:
+        if abs(x) < abs(y):
+            x, y = y, x
+        hi = x + y
+        lo = y - (hi - x)
+        if lo:
+            partials[i] = lo
+            i += 1
+        x = hi
+    partials[i:] = [x]
+
+
 class SweepTotals(NamedTuple):
     """The roll-up of a sweep's ended runs (the parent run's ``sweep_*`` metrics)."""
 

@@ -18,7 +18,7 @@ import time
 from typing import Any, Callable, Mapping
 
 from . import layout, rollup
-from .events import Event, Metrics, RunEnd, RunStart, StartEvent, SweepEnd, SweepStart
+from .events import Event, Metrics, RunEnd, RunStart, StartEvent, SweepEnd, SweepStart, SweepUpdate
 
 log = logging.getLogger("ipython_energy")
 
@@ -134,16 +134,19 @@ class _SweepState:
     or finished without energy).  ``points`` is how many ``sweep_energy_j`` points the parent
     had after this writer's last look or write: when MLflow has another number, another writer
     (a second kernel, a worker process) touched the sweep and the children are listed again.
-    ``logged`` holds the ``(step, value)`` of those points at the last look.
+    ``logged`` holds the ``(step, value)`` of those points at the last look.  ``plan`` is the
+    sweep's ``(planned, budget_j)`` as the parent's tags had it at the last listing, or as this
+    writer last set it (:meth:`MlflowStore.update_plan`).
     """
 
-    __slots__ = ("children", "points", "logged", "last_index")
+    __slots__ = ("children", "points", "logged", "last_index", "plan")
 
     def __init__(self) -> None:
         self.children: dict[str, float | None] = {}
         self.points = 0
         self.logged: set[tuple[int, float]] = set()
         self.last_index = 0  # the highest energy.run_index seen: a deleted child keeps its number
+        self.plan: tuple[int | None, float | None] | None = None
 
     def saw(self, run) -> None:
         try:
@@ -276,6 +279,10 @@ class MlflowStore:
         else:
             tags.update(event.tags)
             tags.update({"energy.uid": uid, "energy.kind": "run"})
+            if event.parent_uid:
+                # A run nested in another (its energy is in that one's): the enclosing run's child,
+                # never the sweep's, so the sweep's totals count it once, in the enclosing run.
+                tags["mlflow.parentRunId"] = self.run_id(event.parent_uid)
         if isinstance(event, RunStart) and event.sweep_uid:
             # Counting the sweep's children and creating this one is one step for every writer
             # on this host: two runs of one sweep never get the same energy.run_index.
@@ -404,6 +411,8 @@ class MlflowStore:
                 state.children[r.info.run_id] = r.data.metrics["energy_j"] if done else None
                 state.saw(r)
             state.points = points
+            tags = self.client.get_run(parent_run_id).data.tags
+            state.plan = (rollup.whole(tags.get("energy.planned")), rollup.number(tags.get("energy.budget_j")))
             self._sweeps[parent_run_id] = state
         elif running:
             page = self.client.search_runs(
@@ -439,6 +448,8 @@ class MlflowStore:
                     self.update_sweep(sweep_uid, context, in_doubt, ended=event)
         elif isinstance(event, SweepEnd):
             self.end_sweep(event)
+        elif isinstance(event, SweepUpdate):
+            self.update_plan(event)
         else:
             raise TypeError(f"not an event: {event!r}")
 
@@ -488,9 +499,12 @@ class MlflowStore:
                 state.children[run_id] = float(energy)
             elif run_id not in state.children:
                 state.children[run_id] = None
-        start = context.get(sweep_uid)
-        planned = start.planned if isinstance(start, SweepStart) else None
-        budget = start.budget_j if isinstance(start, SweepStart) else None
+        if state.plan is not None:  # the parent's tags: the latest plan, whoever set it
+            planned, budget = state.plan
+        else:
+            start = context.get(sweep_uid)
+            planned = start.planned if isinstance(start, SweepStart) else None
+            budget = start.budget_j if isinstance(start, SweepStart) else None
         rolled = rollup.totals(state.finished(), planned, budget)
         n, total = rolled.runs, rolled.energy_j
         if n == 0:
@@ -508,6 +522,40 @@ class MlflowStore:
             self.client.log_batch(parent, metrics=metrics, tags=tags)
             if metrics:
                 state.points += 1
+
+    def update_plan(self, event: SweepUpdate) -> None:
+        """A sweep's new ``planned`` / ``budget_j``: the parent's tags, ``sweep_budget_j``, and the
+        forecast and budget state recomputed from the finished children.
+
+        Safe to repeat: what the parent already shows (a tag's value, a metric's latest value) is
+        not written again.  New points carry the time they are written, so that they are the latest
+        at their step even when the last run's recount was written after the change was made.
+        """
+        from mlflow.entities import RunTag
+
+        parent = self.run_id(event.uid)
+        with self.sweep_lock(event.uid):
+            state = self._sweep_state(parent)
+            state.plan = (event.planned, event.budget_j)
+            rolled = rollup.totals(state.finished(), event.planned, event.budget_j)
+            run = self.client.get_run(parent)
+            have_tags, have = run.data.tags, run.data.metrics
+            want = {}
+            if event.planned is not None:
+                want["energy.planned"] = str(event.planned)
+            if event.budget_j is not None:
+                want["energy.budget_j"] = repr(float(event.budget_j))
+                want["energy.budget_state"] = rolled.budget_state
+            tags = [RunTag(k, v) for k, v in want.items() if have_tags.get(k) != v]
+            now = int(time.time() * 1000)
+            rows = []
+            if event.budget_j is not None and have.get("sweep_budget_j") != float(event.budget_j):
+                rows.append(("sweep_budget_j", float(event.budget_j), 0, now))
+            if rolled.forecast_energy_j is not None and have.get("sweep_forecast_energy_j") != rolled.forecast_energy_j:
+                rows.append(("sweep_forecast_energy_j", rolled.forecast_energy_j, rolled.runs, now))
+            metrics = self._metrics(rows, parent, False)
+            if metrics or tags:
+                self.client.log_batch(parent, metrics=metrics, tags=tags)
 
     def end_sweep(self, event: SweepEnd) -> None:
         """This member leaves the sweep; the last member to leave closes the parent.

@@ -20,7 +20,7 @@ from .config import Config
 from .measurement import Measurement, format_energy
 from .store import ChartRenderer
 from .runs import BudgetExceeded, CellScope, Run, Stage, Sweep
-from .validate import check_name, check_params
+from .validate import check_name, check_params, quote
 
 
 def _now_ms() -> int:
@@ -102,32 +102,49 @@ class Tracker:
     # ---- sweeps ------------------------------------------------------------------------------
     def start_sweep(self, name: str, *, planned: int | None = None, budget_j: float | None = None,
                     stop_at_budget: bool = False, log: bool | None = None) -> Sweep:
+        """Start sweep ``name``, or make the running one of that name active again, with any new
+        ``planned`` / ``budget_j`` (a change MLflow is told of: :meth:`_log_sweep`)."""
         name = check_name(name, "sweep")
         if planned is not None:
             if isinstance(planned, bool) or not isinstance(planned, int) or planned <= 0 or planned > 10_000_000:
-                raise ValueError(f"planned must be a positive whole number of runs, not {planned!r}")
+                raise ValueError(f"planned must be a positive whole number of runs, not {quote(planned)}")
         if budget_j is not None:
             if isinstance(budget_j, bool) or not isinstance(budget_j, (int, float)) \
                     or not math.isfinite(budget_j) or budget_j <= 0:
-                raise ValueError(f"budget_j must be a positive finite number of joules, not {budget_j!r}")
+                raise ValueError(f"budget_j must be a positive finite number of joules, not {quote(budget_j)}")
             budget_j = float(budget_j)
         with self._lock:
-            current = self.sweeps.get(name)
-            if current is not None and not current.ended:
+            sweep = self.sweeps.get(name)
+            if sweep is not None and not sweep.ended:
                 if planned is not None:
-                    current.planned = planned
+                    sweep.planned = planned
                 if budget_j is not None:
-                    current.budget_j = budget_j
-                current.stop_at_budget = current.stop_at_budget or stop_at_budget
-                self.sweep = current
-                return current
-            sweep = Sweep(self, name, self._new_uid(), planned, budget_j, stop_at_budget)
-            self.sweeps[name] = sweep
+                    sweep.budget_j = budget_j
+                sweep.stop_at_budget = sweep.stop_at_budget or stop_at_budget
+            else:
+                sweep = Sweep(self, name, self._new_uid(), planned, budget_j, stop_at_budget, start_ms=_now_ms())
+                self.sweeps[name] = sweep
             self.sweep = sweep
-        if self.config.log if log is None else log:
-            self._submit(events.SweepStart(sweep.uid, name, _now_ms(), self.tracking_uri, self.config.experiment,
-                                           session=self.session, planned=planned, budget_j=budget_j))
+            self._log_sweep(sweep, self.config.log if log is None else log)
         return sweep
+
+    def _log_sweep(self, sweep: Sweep, start: bool) -> None:
+        """Tell MLflow what it does not know yet of ``sweep`` (the tracker's lock is held).
+
+        A sweep first started without logging (``%%energy --sweep q --no-log``) reaches MLflow when
+        ``start`` is set (a logged start, or its first logged run needs its parent run), with its
+        start time and its plan as they are now.  Once MLflow has it, a change of ``planned`` or
+        ``budget_j`` is sent as a :class:`~ipython_energy.events.SweepUpdate`, whatever ``start`` says.
+        """
+        if not sweep.logged:
+            if start:
+                sweep.logged, sweep.logged_plan = True, sweep.plan
+                self._submit(events.SweepStart(sweep.uid, sweep.name, sweep.start_ms, self.tracking_uri,
+                                               self.config.experiment, session=self.session,
+                                               planned=sweep.planned, budget_j=sweep.budget_j))
+        elif sweep.logged_plan != sweep.plan:
+            sweep.logged_plan = sweep.plan
+            self._submit(events.SweepUpdate(sweep.uid, _now_ms(), planned=sweep.planned, budget_j=sweep.budget_j))
 
     def end_sweep(self, sweep: Sweep | None = None, status: str = "FINISHED") -> Sweep | None:
         with self._lock:
@@ -139,7 +156,7 @@ class Tracker:
             sweep.ended = True
             if self.sweep is sweep:
                 self.sweep = None
-        if self.config.log:
+        if sweep.logged:  # a sweep none of whose runs was logged never reached MLflow
             self._submit(events.SweepEnd(sweep.uid, status, _now_ms()))
         return sweep
 
@@ -147,6 +164,15 @@ class Tracker:
     def start_run(self, name: str | None = None, params: Mapping[str, Any] | None = None, *,
                   sweep: Sweep | None = None, activate: bool = False, implicit: bool = False,
                   log: bool | None = None, cell: bool = False, label: str | None = None) -> Run:
+        """Start a run (in ``sweep``, else the active sweep).
+
+        A run opened while another run is open in this process is *nested* in the innermost one
+        (docs/metrics.md, "Nested runs"): its energy is already in the enclosing run's, so it is a
+        child of that run in MLflow, not of the sweep, and the sweep's totals leave it out.  It is
+        logged only when the enclosing run is.  ``activate`` ends the active run first (runs
+        started one after another are siblings), and a real run opened inside a cell that was
+        going to be its own run takes that run's place (``discarded``) rather than nesting in it.
+        """
         params = check_params(params)
         if name is not None:
             name = check_name(name, "run")
@@ -164,25 +190,31 @@ class Tracker:
                 for run in self.open_runs:
                     if run.implicit and not run.discarded:
                         run.discarded = True
+            if activate and self.run is not None and self.run.measurement is None:
+                self.end_run(self.run)
+            parent = next((r for r in reversed(self.open_runs) if not r.discarded), None)
             self.run_counter += 1
             if name is None:
                 name = ", ".join(f"{k}={v}" for k, v in params.items()) or f"run {self.run_counter}"
             window = self.meter.begin(label or name, cell=cell)
-            run = Run(self, name, self._new_uid(), params, sweep, window, implicit=implicit)
-            run.logged = self.config.log if log is None else log
+            run = Run(self, name, self._new_uid(), params, sweep, window, implicit=implicit, parent=parent)
+            run.logged = (self.config.log if log is None else log) and (parent is None or parent.logged)
             self.open_runs.append(run)
-            if sweep is not None:
-                sweep.runs.append(run)
             if activate:
-                if self.run is not None and self.run.measurement is None:
-                    self.end_run(self.run)
                 self.run = run
-        if run.logged:
-            # Start temperatures, like every other provenance tag, come with the run's end.
-            tags = {"energy.session": self.session, "energy.interval_s": f"{self.meter.interval_s:g}"}
-            self._submit(events.RunStart(run.uid, name, _now_ms(), self.tracking_uri, self.config.experiment,
-                                         sweep_uid=sweep.uid if sweep is not None else None,
-                                         params=params, tags=tags))
+            if run.logged:
+                # Start temperatures, like every other provenance tag, come with the run's end.
+                tags = {"energy.session": self.session, "energy.interval_s": f"{self.meter.interval_s:g}"}
+                if parent is not None:
+                    tags["energy.parent_run"] = parent.name
+                    if sweep is not None:
+                        tags["energy.sweep"] = sweep.name
+                elif sweep is not None:
+                    self._log_sweep(sweep, True)  # its parent run, if MLflow does not have it yet
+                self._submit(events.RunStart(
+                    run.uid, name, _now_ms(), self.tracking_uri, self.config.experiment,
+                    sweep_uid=sweep.uid if sweep is not None and parent is None else None,
+                    params=params, tags=tags, parent_uid=None if parent is None else parent.uid))
         return run
 
     def end_run(self, run: Run | None = None, status: str = "FINISHED") -> Measurement | None:
@@ -200,7 +232,7 @@ class Tracker:
         """
         active = self.run if self.run is not None and self.run.measurement is None else None
         if params and active is not None and (run_name is None or run_name == active.name):
-            raise ValueError(f"--param sets the parameters of a new run, but run {active.name!r} is already "
+            raise ValueError(f"--param sets the parameters of a new run, but run {quote(active.name)} is already "
                              f"running; end it with %energy end, or give --run NEWNAME")
         params = check_params(params)
         sweep = self.start_sweep(sweep_name, log=log) if sweep_name else None
@@ -244,10 +276,8 @@ class Tracker:
                 self.open_runs.remove(run)
             if self.run is run:
                 self.run = None
-            if run.sweep is not None and not run.discarded:
-                run.sweep.total_j += run.measurement.energy_j
-            elif run.sweep is not None and run in run.sweep.runs:
-                run.sweep.runs.remove(run)
+            if run.sweep is not None and run.parent is None and not run.discarded:
+                run.sweep.finished(run)  # the sweep keeps its figures, not the run
         m = run.measurement
         if not run.logged:
             return m, False
@@ -318,7 +348,8 @@ class Tracker:
             "active_run": None if run is None else {"name": run.name, "uid": run.uid, "energy_j": run.energy_j},
             "active_sweep": None if self.sweep is None else {
                 "name": self.sweep.name, "uid": self.sweep.uid, "total_j": self.sweep.total_j,
-                "runs": self.sweep.finished_runs},
+                "runs": self.sweep.finished_runs, "unlogged_j": self.sweep.unlogged_j,
+                "unlogged_runs": self.sweep.unlogged_runs},
         }
 
     def write_live_file(self) -> None:

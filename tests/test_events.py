@@ -6,7 +6,7 @@ import pytest
 
 from ipython_energy import layout
 from ipython_energy.events import (CellMetricsDraft, InvalidEvent, Metrics, RunEnd, RunEndDraft, RunStart, SweepEnd,
-                                   SweepStart, from_wire)
+                                   SweepStart, SweepUpdate, from_wire)
 from ipython_energy.measurement import DomainProvenance, Measurement
 
 EVENTS = [
@@ -17,6 +17,8 @@ EVENTS = [
     RunEnd("r1", "FAILED", 1_003, (("energy_j", 2.5, 0, 1_003),), {"energy.methods": "cpu=estimated"}),
     RunEnd("r2", "KILLED", 1_004, tags={"energy.superseded": "true"}, delete=True),
     SweepEnd("s1", "FINISHED", 1_005),
+    RunStart("r3", "inner", 1_006, "sqlite:///x.db", "exp", parent_uid="r1", tags={"energy.parent_run": "lr=0.1"}),
+    SweepUpdate("s1", 1_007, planned=24, budget_j=1e5),
 ]
 
 
@@ -42,6 +44,7 @@ def test_journal_lines_of_the_previous_version_are_read():
     assert [type(e) for e in events] == [SweepStart, RunStart, Metrics, RunEnd, SweepEnd]
     assert events[2].rows == (("live_energy_j", 50.0, 2, 7),)
     assert events[3].energy_j() == 9.0 and events[3].delete is False
+    assert events[1].parent_uid is None  # a run of an old journal is never nested
 
 
 @pytest.mark.parametrize("line, says", [

@@ -19,7 +19,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.testing.globalipapp import start_ipython
 
 import ipython_energy
-from ipython_energy.measurement import Measurement
+from ipython_energy.measurement import Measurement, format_energy
 from tests.helpers.mlflow_readback import history, runs as logged_runs
 
 
@@ -140,8 +140,8 @@ BAD_LINE_ARGS = [
     ("sweep s --planned -1", "positive whole number"),
     ("sweep s --planned 2.5", "whole number"),
     ("sweep s --budget '5 parsecs'", "unknown energy unit"),
-    ("sweep s --budget -5kJ", "expected one argument"),
-    ("sweep s --budget=-5kJ", "not an energy"),
+    ("sweep s --budget -5kJ", "must be a positive"),
+    ("sweep s --budget=-5kJ", "must be a positive"),
     ("sweep s --budget 0", "positive"),
     ("sweep s --budget nan", "not an energy"),
     ("sweep s --stop-at-budget", "needs --budget"),
@@ -207,11 +207,132 @@ def test_sweep_total_equals_sum_of_children_exactly(ip, sqlite_uri, capsys):
 
 def test_budget_warns_and_can_stop_further_runs(ip, capsys):
     ip.run_line_magic("energy", "sweep tight --budget 10J --stop-at-budget")
-    assert ip.run_cell("%%energy --no-log\nimport time\ntime.sleep(0.2)").success  # ~24 J > 10 J
+    assert ip.run_cell("%%energy\nimport time\ntime.sleep(0.2)").success  # ~24 J > 10 J
     assert "OVER BUDGET" in capsys.readouterr().out
     with pytest.raises(UsageError, match="budget"):
-        ip.run_cell_magic("energy", "--no-log", "ran_again = True")
+        ip.run_cell_magic("energy", "", "ran_again = True")
     assert "ran_again" not in ip.user_ns
+
+
+# ---- what a sweep counts (issue 13, item 7; docs/metrics.md, "What a sweep counts") -----------------
+
+SLEEP = "import time\ntime.sleep(0.1)"
+
+
+def sweep_and_children(uri):
+    assert ipython_energy.flush(120)
+    client, found = logged_runs(uri)
+    (parent,) = [r for r in found if r.data.tags["energy.kind"] == "sweep"]
+    children = [r for r in found if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    return client, parent, children, found
+
+
+def test_a_sweep_started_without_logging_logs_its_later_runs(ip, sqlite_uri, capsys, caplog):
+    """Item 7a: the logged run of a sweep first started by a --no-log cell was refused ("MLflow refused
+    a run_start event (LookupError …)"): the sweep's parent run had never been created."""
+    assert ip.run_cell(f"%%energy --sweep q --no-log -o unlogged\n{SLEEP}").success
+    ip.run_line_magic("energy", "sweep q --planned 4 --budget 1kJ")  # a logged start: MLflow is told now
+    assert ip.run_cell(f"%%energy --sweep q -o logged\n{SLEEP}").success
+    out = capsys.readouterr().out
+    unlogged, logged = ip.user_ns["unlogged"].energy_j, ip.user_ns["logged"].energy_j
+    assert "sweep 'q': " in out and "over 1 run(s) + " in out and "in 1 unlogged run(s)" in out
+    ip.run_line_magic("energy", "end")
+    client, parent, children, found = sweep_and_children(sqlite_uri)
+    assert ipython_energy.tracker().writer.rejected == []
+    assert not [r for r in caplog.records if "refused" in r.getMessage()]
+    (child,) = children
+    assert len(found) == 2
+    assert child.data.metrics["energy_j"] == logged
+    assert parent.data.metrics["sweep_energy_j"] == logged and parent.data.metrics["sweep_runs"] == 1
+    assert parent.data.tags["energy.planned"] == "4" and float(parent.data.tags["energy.budget_j"]) == 1000.0
+    assert parent.info.status == "FINISHED"
+    assert unlogged > 0
+
+
+def test_a_sweep_whose_runs_are_all_unlogged_never_reaches_mlflow(ip, sqlite_uri, caplog):
+    """Item 7a: ending such a sweep sent a sweep_end for a parent run MLflow never had (refused)."""
+    assert ip.run_cell(f"%%energy --sweep quiet --no-log --quiet\n{SLEEP}").success
+    ip.run_line_magic("energy", "end")
+    assert ipython_energy.flush(60)
+    assert ipython_energy.tracker().writer_status() is None or ipython_energy.tracker().writer.rejected == []
+    assert logged_runs(sqlite_uri)[1] == []
+
+
+def test_a_run_opened_inside_the_active_run_is_counted_once(ip, sqlite_uri, capsys):
+    """Item 7b: ``with ipython_energy.run(...)`` inside a cell of the active run was a second child of
+    the sweep, its energy summed twice."""
+    ip.run_line_magic("energy", "sweep nest")
+    ip.run_line_magic("energy", "run outer")
+    body = "import time, ipython_energy\ntime.sleep(0.1)\nwith ipython_energy.run('inner'):\n    time.sleep(0.2)"
+    assert ip.run_cell(f"%%energy\n{body}").success
+    ip.run_line_magic("energy", "end run")
+    out = capsys.readouterr().out
+    sweep = ipython_energy.tracker().sweeps["nest"]
+    assert "sweep 'nest': " in out and "over 1 run(s)" in out and sweep.finished_runs == 1
+    ip.run_line_magic("energy", "end")
+    client, parent, children, found = sweep_and_children(sqlite_uri)
+    by_name = {r.info.run_name: r for r in found}
+    assert [c.info.run_name for c in children] == ["outer"]
+    inner = by_name["inner"]
+    assert inner.data.tags["mlflow.parentRunId"] == by_name["outer"].info.run_id
+    assert inner.data.tags["energy.sweep"] == "nest" and inner.data.tags["energy.parent_run"] == "outer"
+    outer_j = by_name["outer"].data.metrics["energy_j"]
+    assert inner.data.metrics["energy_j"] < outer_j
+    assert parent.data.metrics["sweep_energy_j"] == outer_j == sweep.total_j
+
+
+def test_a_sweeps_new_plan_and_budget_reach_mlflow(ip, sqlite_uri, capsys):
+    """Item 7c: ``%energy sweep s --planned 6`` after ``--planned 3`` changed the forecast in the
+    session only; MLflow kept the old plan, budget and budget state."""
+    ip.run_line_magic("energy", "sweep grid --planned 3 --budget 10J")
+    for _ in range(2):
+        assert ip.run_cell(f"%%energy --quiet\n{SLEEP}").success  # ~12 J each at 120 W: over 10 J
+    sweep = ipython_energy.tracker().sweep
+    assert sweep.over_budget
+    capsys.readouterr()
+    ip.run_line_magic("energy", "sweep grid --planned 6 --budget 1kJ")
+    out = capsys.readouterr().out
+    assert f"forecast {format_energy(sweep.total_j / 2 * 6)} for 6" in out and "budget 1 kJ" in out
+    client, parent, children, _ = sweep_and_children(sqlite_uri)
+    tags, metrics = parent.data.tags, parent.data.metrics
+    assert tags["energy.planned"] == "6" and float(tags["energy.budget_j"]) == 1000.0
+    assert tags["energy.budget_state"] == "ok"
+    assert metrics["sweep_budget_j"] == 1000.0
+    assert metrics["sweep_forecast_energy_j"] == sweep.forecast_j == sweep.total_j / 2 * 6
+    # The runs after the change are forecast with the new plan too.
+    assert ip.run_cell(f"%%energy --quiet\n{SLEEP}").success
+    ip.run_line_magic("energy", "end")
+    client, parent, children, _ = sweep_and_children(sqlite_uri)
+    assert len(children) == 3
+    assert parent.data.metrics["sweep_forecast_energy_j"] == sweep.forecast_j == sweep.total_j / 3 * 6
+    assert parent.data.metrics["sweep_energy_j"] == sweep.total_j
+
+
+def test_unlogged_cells_stay_out_of_the_sweeps_total(ip, sqlite_uri, capsys):
+    """Item 7d: --no-log cells in an active sweep were counted in the total the user was shown
+    (84 J over 4 runs shown, 40 J over 2 in MLflow).  Now they are shown apart."""
+    ip.run_line_magic("energy", "sweep mixed")
+    measured = []
+    for i, flags in enumerate(["", "--no-log", "", "--no-log"]):
+        assert ip.run_cell(f"%%energy {flags} -o m{i}\n{SLEEP}").success
+        measured.append(ip.user_ns[f"m{i}"].energy_j)
+    last = [line for line in capsys.readouterr().out.splitlines() if line.startswith("⚡")][-1]
+    sweep = ipython_energy.tracker().sweep
+    logged, unlogged = math.fsum(measured[0::2]), math.fsum(measured[1::2])
+    assert sweep.total_j == logged and sweep.finished_runs == 2
+    assert sweep.unlogged_j == unlogged and sweep.unlogged_runs == 2
+    assert f"sweep 'mixed': {format_energy(logged)} over 2 run(s) + {format_energy(unlogged)} in 2 unlogged run(s)" \
+        in last
+    assert "not logged" in last  # the last cell itself was not logged
+    ip.run_line_magic("energy", "")
+    assert "over 2 run(s) + " in capsys.readouterr().out
+    live = ipython_energy.tracker().live_state()["active_sweep"]
+    assert (live["total_j"], live["runs"], live["unlogged_runs"]) == (logged, 2, 2)
+    ip.run_line_magic("energy", "end")
+    client, parent, children, _ = sweep_and_children(sqlite_uri)
+    assert len(children) == 2
+    assert parent.data.metrics["sweep_energy_j"] == logged and parent.data.metrics["sweep_runs"] == 2
+    assert sorted(c.data.metrics["energy_j"] for c in children) == sorted(measured[0::2])
 
 
 def test_explicit_run_collects_cells_with_execution_count_steps(ip, sqlite_uri):

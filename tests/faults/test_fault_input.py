@@ -160,7 +160,7 @@ HUGE_OR_BAD = [
     ("line", "sweep s --budget 1e400J", "positive, finite"),
     ("line", "sweep s --budget inf", "not an energy"),
     ("line", "sweep s --budget ''", "not an energy"),
-    ("line", "sweep s --budget 5kJ --budget 6kJ --planned x", "whole number"),
+    ("line", "sweep s --budget 5kJ --budget 6kJ --planned x", "given twice"),
     ("line", f"run '{'x' * 251}'", "too long"),
     ("line", "run r --param =1", "must not be empty"),
     ("line", "run r --param a=1 --param a=1", "twice"),
@@ -181,6 +181,143 @@ def test_huge_and_malformed_values_raise_usage_error_and_log_nothing(ip, sqlite_
         wrong += refused(ip, sqlite_uri, [(kind, args)], re.escape(message))
     assert wrong == []
     nothing_logged(sqlite_uri)
+
+
+LONG = "k" * 1_000  # IPython's own $-expansion of a magic's line is quadratic: 10,000 costs ~2 s a line
+LONG_VALUES = [
+    ("cell", f"--param '{'k' * 10_000}=1'"),  # the reported case
+    ("cell", f"--param '{LONG}'"),
+    ("cell", f"--param 'a;{LONG}=1'"),
+    ("cell", f"--param a=1 --param a={LONG}"),
+    ("cell", f"--units {LONG}"),
+    ("cell", f"--units 1 --unit 'a;{LONG}'"),
+    ("cell", f"-o 1{LONG}"),
+    ("cell", f"--run a --run {LONG}"),
+    ("cell", f"--bogus{LONG}"),
+    ("cell", f"stray {LONG}"),
+    ("line", f"sweep s --planned {LONG}"),
+    ("line", f"sweep s --budget {LONG}"),
+    ("line", f"sweep s --budget 5{LONG}"),
+    ("line", f"sweep s stray{LONG}"),
+    ("line", f"flush --timeout {LONG}"),
+    ("line", f"chart {LONG}"),
+    ("line", LONG),
+    ("line", f"run r --param '{LONG}=1'"),
+    ("line", f"run r --param 'a/../{LONG}=1'"),
+]
+
+
+def test_a_huge_bad_value_is_quoted_short(ip, sqlite_uri):
+    """Issue 13, item 8: a 10,000-character param key was echoed in a 10,068-character error.  Every
+    message quotes at most ~80 characters of a value (validate.quote) and says how long it was.
+    (Values of 1,000 characters but the first: each would be echoed whole, as that one was.)"""
+    wrong = []
+    for kind, args in LONG_VALUES:
+        ip.user_ns.pop("ran", None)
+        try:
+            if kind == "cell":
+                ip.run_cell_magic("energy", args, "ran = True")
+            else:
+                ip.run_line_magic("energy", args)
+        except UsageError as exc:
+            message = str(exc)
+            if len(message) > 300 or "k" * 81 in message:
+                wrong.append(f"{kind} {args[:30]!r}…: a {len(message)}-character message")
+        else:
+            wrong.append(f"{kind} {args[:30]!r}…: accepted")
+        if "ran" in ip.user_ns:
+            wrong.append(f"{kind} {args[:30]!r}…: the cell ran")
+            tracker = ipython_energy.tracker()
+            if tracker.run is not None:
+                tracker.end_run(tracker.run)
+    api = [lambda: ipython_energy.run("r", params={"a;" + LONG: 1}),
+           lambda: ipython_energy.sweep("s", planned=LONG),
+           lambda: ipython_energy.sweep("s", budget_j=LONG)]
+    for call in api:
+        with pytest.raises(ValueError) as caught:
+            call()
+        message = str(caught.value)
+        assert len(message) <= 300 and "k" * 81 not in message and "characters" in message, message[:300]
+    assert wrong == []
+    nothing_logged(sqlite_uri)
+
+
+REPEATED = [
+    ("cell", "--run a --run b"),
+    ("cell", "--sweep a --sweep b"),
+    ("cell", "--units 1 --units 2"),
+    ("cell", "--units 1 --unit a --unit b"),
+    ("cell", "--units 1 --unit a --unit ''"),
+    ("cell", "-o a -o b"),
+    ("cell", "-o a --output b"),
+    ("line", "sweep s --planned 3 --planned 4"),
+    ("line", "sweep s --budget 1kJ --budget 2kJ"),
+    ("line", "flush --timeout 1 --timeout 2"),
+]
+
+
+def test_a_single_value_option_given_twice_is_refused(ip, sqlite_uri):
+    """Issue 13, item 8: ``--run a --run b`` silently took ``b`` (argparse keeps the last value).  Any
+    option that takes one value, given twice, is a UsageError; nothing runs, nothing changes."""
+    assert refused(ip, sqlite_uri, REPEATED, "given twice") == []
+    nothing_logged(sqlite_uri)
+    ip.run_line_magic("energy", "sweep kept --planned 3 --budget 1kJ")
+    for line in ("sweep kept --planned 4 --planned 5", "sweep kept --budget 2kJ --budget 3kJ"):
+        with pytest.raises(UsageError, match="given twice"):
+            ip.run_line_magic("energy", line)
+    sweep = ipython_energy.tracker().sweep
+    assert (sweep.name, sweep.planned, sweep.budget_j) == ("kept", 3, 1000.0)
+    ip.run_line_magic("energy", "end")
+    assert ipython_energy.flush(60)
+    (parent,), _ = split_sweep(runs(sqlite_uri)[1])
+    assert parent.data.tags["energy.planned"] == "3" and float(parent.data.tags["energy.budget_j"]) == 1000.0
+
+
+def test_an_empty_unit_is_refused_not_taken_for_samples(ip, sqlite_uri):
+    """Issue 13, item 8: ``--units 3 --unit ''`` silently logged ``units_samples``."""
+    assert refused(ip, sqlite_uri, [("cell", "--units 3 --unit ''"), ("cell", "--units 3 --unit '  '")],
+                   "unit name must not be empty") == []
+    nothing_logged(sqlite_uri)
+
+
+NEGATIVE = [
+    ("line", "sweep s --budget -5kJ", "must be a positive"),
+    ("line", "sweep s --budget -0.5Wh", "must be a positive"),
+    ("line", "sweep s --budget -.5", "must be a positive"),
+    ("cell", "--units -3e2", "positive"),
+    ("line", "flush --timeout -1e3", "positive"),
+]
+
+
+def test_a_negative_value_is_read_and_refused_as_negative(ip, sqlite_uri):
+    """Issue 13, item 8: ``--budget -5kJ`` said "expected one argument" (argparse took ``-5kJ`` for an
+    option); the value is now read, and refused because it is not positive."""
+    wrong = []
+    for kind, args, message in NEGATIVE:
+        wrong += refused(ip, sqlite_uri, [(kind, args)], re.escape(message))
+    assert wrong == []
+    nothing_logged(sqlite_uri)
+
+
+BIDI = ["abc\u202egnp.exe", "lre\u202ax", "rle\u202bx", "pdf\u202cx", "lro\u202dx", "lri\u2066x",
+        "rli\u2067x", "fsi\u2068x", "pdi\u2069x", "lrm\u200ex", "rlm\u200fx", "alm\u061cx"]
+
+
+def test_names_with_bidirectional_controls_are_rejected(ip, sqlite_uri):
+    """Issue 13, item 8: U+202E (right-to-left override) was accepted in names, which then display in
+    another order than they are stored.  Sweep, run, stage, unit names and param keys refuse the
+    bidirectional controls."""
+    assert refused(ip, sqlite_uri, control_cases(BIDI), "bidirectional control characters") == []
+    assert refused(ip, sqlite_uri, [("cell", "--units 1 --unit 'tok\u202ens'")], "bidirectional") == []
+    for call in (lambda: ipython_energy.run("abc\u202egnp.exe"), lambda: ipython_energy.sweep("s\u2067x"),
+                 lambda: ipython_energy.stage("st\u200fx"), lambda: ipython_energy.run(params={"k\u061c": 1})):
+        with pytest.raises(ValueError, match="bidirectional control characters"):
+            call()
+    nothing_logged(sqlite_uri)
+    # Text with right-to-left letters (no controls) is still a name.
+    assert ip.run_cell("%%energy --quiet --run 'שלום-عالم'\npass").success
+    assert ipython_energy.flush(60)
+    assert [r.info.run_name for r in runs(sqlite_uri)[1]] == ["שלום-عالم"]
 
 
 def test_bad_param_value_with_a_new_sweep_logs_nothing(ip, sqlite_uri):
