@@ -83,11 +83,11 @@ def compare(a, b, *, tracking_uri: str | None = None, experiment: str | None = N
     """Compare the energy of ``b`` with ``a`` (runs, groups of repeats or sweeps: MLflow run ids,
     names, or the handles :func:`run` and :func:`sweep` return).
 
-    Returns a :class:`~ipython_energy.compare.Comparison`: ``ratio`` (b over a, per run or per
+    Returns a :class:`~ipython_energy.comparison.Comparison`: ``ratio`` (b over a, per run or per
     unit of work), ``ratio_ci95``, ``comparable``, ``reasons``, ``verdict`` (one sentence), and
     ``log()`` to record it in MLflow.  Call :func:`flush` first for runs that just ended.
     """
-    from .compare import compare as _compare
+    from .comparison import compare as _compare
 
     return _compare(a, b, tracking_uri=tracking_uri, experiment=experiment)
 

@@ -544,7 +544,7 @@ class EnergyMagics(Magics, EnergySettings):
         if not tracker.flush(30):
             print("ipython-energy: some measurements are still on their way to MLflow; "
                   "the comparison uses what MLflow has now", file=sys.stderr)
-        from .compare import compare
+        from .comparison import compare
 
         try:
             result = compare(args.a, args.b, tracking_uri=tracker.tracking_uri, experiment=tracker.config.experiment)

@@ -16,7 +16,7 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ipython_energy import compare as cmp
+from ipython_energy import comparison as cmp
 from ipython_energy.config import from_env
 from ipython_energy.meter import Meter
 from ipython_energy.runtime import new_tracker
@@ -142,6 +142,14 @@ def test_different_gpu_models_are_not_comparable_and_one_run_a_side_has_no_inter
     assert "no interval can be given" in result.verdict
     with pytest.raises(LookupError, match="no run, group or sweep named 'nowhere'"):
         cmp.compare("h100", "nowhere", tracking_uri=sqlite_uri, experiment=EXPERIMENT)
+
+
+def test_the_public_function_survives_the_import_of_its_module():
+    """``energy.compare`` stays the function once the module behind it is imported."""
+    import ipython_energy
+    import ipython_energy.comparison  # noqa: F401
+
+    assert callable(ipython_energy.compare) and ipython_energy.compare.__module__ == "ipython_energy"
 
 
 def test_compare_magic_answers_in_a_real_shell(energy_home, sqlite_uri, flat_trace, monkeypatch, capsys):
