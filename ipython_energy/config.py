@@ -127,6 +127,17 @@ class EnergySettings(Configurable):
         0.0, 10000.0, "CPU estimate: package TDP in watts; when set, the model scales TDP by this process's "
                       "CPU share.")
 
+    mlflow_timeout_s = Number(
+        120.0, min=1.0, max=3600.0,
+        help="Longest wait in seconds for one answer of a tracking server before it counts as not answering. "
+             "Each request's wait starts at ten times the server's recent answer time (at least 2 s) and "
+             "doubles after each one left unanswered, up to this; meanwhile MLflow counts as slow.").tag(config=True)
+    mlflow_slow_s = Number(
+        1.0, min=0.01, max=3600.0,
+        help="MLflow counts as slow (in `%energy` and in one warning) while its recent answers take longer than "
+             "this many seconds (the median of the last five), or a write has waited five times as long; it is "
+             "still written to.").tag(config=True)
+
     def __init__(self, environ: Mapping[str, str] | None = None, **kwargs: Any):
         """``environ``: where the ``@default`` methods look (``os.environ`` when None).
 
@@ -202,6 +213,14 @@ class EnergySettings(Configurable):
     @default("cpu_tdp_w")
     def _cpu_tdp_w_default(self):
         return self._from_env("cpu_tdp_w")
+
+    @default("mlflow_timeout_s")
+    def _mlflow_timeout_s_default(self):
+        return self._from_env("mlflow_timeout_s")
+
+    @default("mlflow_slow_s")
+    def _mlflow_slow_s_default(self):
+        return self._from_env("mlflow_slow_s")
 
     # ---- reading --------------------------------------------------------------------------------
     def values(self) -> dict[str, Any]:

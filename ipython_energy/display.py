@@ -80,7 +80,12 @@ def status_text(tracker: Tracker, journals=()) -> str:
         lines.append(f"  MLflow: {tracker.tracking_uri}, experiment {tracker.config.experiment!r}")
         st = tracker.writer_status()
         if st is not None:
-            state = "ok" if st.backend_ok else f"NOT ANSWERING ({st.last_error})"
+            if not st.backend_ok:
+                state = f"NOT ANSWERING at {st.backend_uri or tracker.tracking_uri} ({st.last_error})"
+            elif st.slow:
+                state = f"slow ({st.slow_detail})"
+            else:
+                state = "ok"
             lines.append(f"  writer: {state}; {st.pending} event(s) waiting")
     if journals:
         lines.append(f"  earlier sessions' journals ({len(journals)}; %energy spool deliver|discard SESSION|all):")

@@ -13,8 +13,12 @@ are muted (the writer reports an outage once, itself).
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import logging
+import statistics
 import time
+from collections import deque
 from typing import Any, Callable, Mapping
 
 from . import layout, rollup
@@ -52,6 +56,188 @@ def mlflow_client_class():
     from mlflow.tracking import MlflowClient
 
     return MlflowClient
+
+
+class Pace:
+    """How quickly the writer's tracking server answers: each request's timeout, and whether it is slow.
+
+    One per writer, shared by its stores.  A request's timeout starts at ten times the server's
+    recent answer time (the median of the last five answers, at least :attr:`FIRST_TIMEOUT_S`)
+    and doubles after each request that got no answer in time, up to ``timeout_s``: a server
+    that answers in 2 s is waited for, and a request that timed out is tried again with a
+    longer wait before the server counts as not answering (:meth:`gave_up`).
+    """
+
+    FIRST_TIMEOUT_S = 2.0
+    HEADROOM = 10.0
+
+    def __init__(self, timeout_s: float = 120.0, slow_s: float = 1.0):
+        self.max_timeout_s = float(timeout_s)
+        self.slow_s = float(slow_s)
+        self._recent: deque[float] = deque(maxlen=5)
+        self.timeouts = 0  # requests in a row that got no answer in time
+        self.expired_s: float | None = None  # the wait the last request ran out of; None: it had an answer or failed
+        self.requests = 0
+        self.last_good = float("-inf")  # monotonic time of the last answer that was not a 5xx/429
+
+    def latency_s(self) -> float | None:
+        """The median time of the last five answers (None before the first)."""
+        return statistics.median(self._recent) if self._recent else None
+
+    def timeout_s(self) -> float:
+        latency = self.latency_s()
+        base = self.FIRST_TIMEOUT_S if latency is None else max(self.FIRST_TIMEOUT_S, self.HEADROOM * latency)
+        return min(self.max_timeout_s, base * 2 ** min(self.timeouts, 20))
+
+    def gave_up(self) -> bool:
+        """The last request got no answer within the longest wait: the server is not answering."""
+        return self.expired_s is not None and self.expired_s >= self.max_timeout_s
+
+    def slow(self) -> bool:
+        latency = self.latency_s()
+        return (latency is not None and latency > self.slow_s) or self.timeouts > 0
+
+    def send(self, call: Callable[[float], Any], tries: int = 1):
+        """``call(timeout_s)`` up to ``tries`` times while it fails or answers 5xx/429; its last answer.
+
+        ``tries`` > 1 only for requests that change nothing when repeated (reads, tags, params,
+        status): a request that creates something is sent once, and the writer, which knows what
+        it sent, looks for it before sending it again (the event is then in doubt).
+        """
+        for attempt in range(tries):
+            timeout = self.timeout_s()
+            start = time.monotonic()
+            self.requests += 1
+            try:
+                answer = call(timeout)
+            except Exception as exc:  # noqa: BLE001 - classified, then raised on the last try
+                if is_timeout(exc):
+                    self.timeouts += 1
+                    self.expired_s = timeout
+                else:
+                    self.expired_s = None
+                if attempt + 1 >= tries:
+                    raise
+            else:
+                self._recent.append(time.monotonic() - start)
+                self.timeouts = 0
+                self.expired_s = None
+                status = getattr(answer, "status_code", 200)
+                if not (status >= 500 or status == 429):
+                    self.last_good = time.monotonic()
+                if attempt + 1 >= tries or not (status >= 500 or status == 429):
+                    return answer
+            time.sleep(0.1 * 2 ** attempt)
+        raise AssertionError("unreachable")
+
+
+def is_timeout(exc: BaseException) -> bool:
+    """No answer in time (as opposed to a refused or dropped connection), anywhere in ``exc``'s causes."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, TimeoutError) or "Timeout" in type(exc).__name__:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def is_http(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+#: Requests sent once only: repeating one after a lost answer would create a second run,
+#: experiment or metric point.  (A log_batch without metrics only sets params and tags: the same
+#: values again change nothing.)
+_CREATING = frozenset({"CreateRun", "CreateExperiment", "LogMetric", "LogModel", "LogInputs", "LogOutputs"})
+_RETRIES = 4
+
+
+def _sent_once(api, body) -> bool:
+    name = getattr(api, "__name__", "")
+    if name == "LogBatch":
+        return bool((body or {}).get("metrics"))
+    return name in _CREATING
+
+
+@functools.lru_cache(maxsize=None)
+def _writer_classes():
+    """The writer's own REST store and tracking client classes (made once, MLflow imported lazily).
+
+    ``WriterRestStore`` sends each request once, through ``http_request(max_retries=0)`` with the
+    :class:`Pace`'s timeout, where MLflow's ``call_endpoint`` would let urllib3 resend a POST
+    up to seven times after the server had committed it (a second run with the same uid).
+    ``QuietTrackingClient`` uses that store and never prints ``View run``/``View experiment``
+    (``TrackingServiceClient._log_url``, which also costs a get_run per ended run).  Both are
+    attached to one client object; MLflow's registry, its cached stores and every other client
+    in the process are left as they are.
+    """
+    mlflow_client_class()  # the package first (see there)
+    from mlflow.store.tracking.rest_store import RestStore
+    from mlflow.tracking._tracking_service.client import TrackingServiceClient
+    from mlflow.utils.proto_json_utils import parse_dict
+    from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+    class WriterRestStore(RestStore):
+        def __init__(self, get_host_creds, pace: Pace):
+            super().__init__(get_host_creds)
+            self.pace = pace
+
+        def _call_endpoint(self, api, json_body=None, endpoint=None, retry_timeout_seconds=None,
+                           response_proto=None):
+            # As RestStore._call_endpoint and rest_utils.call_endpoint, with our retries and timeout.
+            method_to_info = self._V3_METHOD_TO_INFO if api in self._V3_APIS else self._METHOD_TO_INFO
+            check = getattr(self, "_validate_workspace_support_if_specified", None)
+            if check is not None:
+                check()
+            if endpoint:
+                _, method = method_to_info[api]
+            else:
+                endpoint, method = method_to_info[api]
+            body = json.loads(json_body) if json_body is not None else None
+            kwargs = {"params": body} if method == "GET" else {"json": body}
+            host_creds = self.get_host_creds()
+            response = self.pace.send(
+                lambda timeout: http_request(host_creds, endpoint, method, max_retries=0, retry_codes=(),
+                                             timeout=timeout, **kwargs),
+                tries=1 if _sent_once(api, body) else _RETRIES)
+            response = verify_rest_response(response, endpoint)
+            response_proto = response_proto or api.Response()
+            if response.status_code == 204:
+                return response_proto
+            parse_dict(js_dict=json.loads(response.text), message=response_proto)
+            return response_proto
+
+    class QuietTrackingClient(TrackingServiceClient):
+        def __init__(self, tracking_uri, store=None):
+            self._own_store = store
+            super().__init__(tracking_uri)
+
+        @property
+        def store(self):
+            return self._own_store if self._own_store is not None else TrackingServiceClient.store.fget(self)
+
+        def _log_url(self, run_id):
+            return None
+
+    return WriterRestStore, QuietTrackingClient
+
+
+def writer_client(tracking_uri: str, pace: Pace | None = None):
+    """An ``MlflowClient`` for the writer's thread: no retries of its own, timeouts from ``pace``, no prints.
+
+    The user's ``mlflow.*`` calls and ``MlflowClient`` objects (other stores, other threads)
+    keep MLflow's behaviour: only this object's tracking client is replaced.
+    """
+    from mlflow.tracking._tracking_service.utils import get_default_host_creds
+
+    rest_store, tracking_client = _writer_classes()
+    client = mlflow_client_class()(tracking_uri=tracking_uri)
+    store = None
+    if is_http(tracking_uri):
+        store = rest_store(functools.partial(get_default_host_creds, tracking_uri), pace or Pace())
+    client._tracking_client = tracking_client(client.tracking_uri, store)
+    return client
 
 
 REJECTION_CODES = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS",
@@ -161,8 +347,9 @@ class _SweepState:
 class MlflowStore:
     """MLflow operations for one (tracking URI, experiment), imported lazily in the writer thread."""
 
-    def __init__(self, tracking_uri: str, experiment: str, render_chart: ChartRenderer | None = None):
-        client_class = mlflow_client_class()  # the slow import happens here, off the cell's path
+    def __init__(self, tracking_uri: str, experiment: str, render_chart: ChartRenderer | None = None,
+                 pace: Pace | None = None):
+        mlflow_client_class()  # the slow import happens here, off the cell's path
 
         # MLflow announces creating a new sqlite store's tables at INFO; from this thread that
         # text would land in whatever cell is running.
@@ -175,7 +362,7 @@ class MlflowStore:
         # Two kernels that create a new sqlite store at once race in MLflow's schema migration;
         # the first touch of a store is serialised across this host's processes.
         with host_lock(f"store|{tracking_uri}"):
-            self.client = client_class(tracking_uri=tracking_uri)
+            self.client = writer_client(tracking_uri, pace)
             self.client.search_experiments(max_results=1)
         self._experiment_id: str | None = None
         self.run_ids: dict[str, str] = {}
@@ -212,9 +399,19 @@ class MlflowStore:
         return self._experiment_id
 
     def _find_by_uid(self, uid: str) -> str | None:
+        run = self._find_run_by_uid(uid)
+        return run.info.run_id if run is not None else None
+
+    def _find_run_by_uid(self, uid: str):
         runs = self.client.search_runs([self.experiment_id], filter_string=f"tags.`energy.uid` = '{uid}'",
                                        max_results=1)
-        return runs[0].info.run_id if runs else None
+        return runs[0] if runs else None
+
+    def forget(self, uid: str) -> None:
+        """Drop what this store keeps of ``uid`` (a run or sweep no later event refers to)."""
+        run_id = self.run_ids.pop(uid, None)
+        if run_id is not None:
+            self._sweeps.pop(run_id, None)
 
     def run_id(self, uid: str) -> str:
         """The MLflow run of ``uid``: found by its ``energy.uid`` tag, or, for a sweep this process
@@ -262,9 +459,16 @@ class MlflowStore:
 
     def _create(self, event: StartEvent, context: Mapping[str, StartEvent], in_doubt: bool) -> str:
         uid = event.uid
-        existing = self._find_by_uid(uid) if in_doubt else None
-        if existing is not None:
-            # Created before the failure, but its params may not have been logged yet.
+        found = self._find_run_by_uid(uid) if in_doubt else None
+        if found is not None:
+            # Created before the failure (its answer lost), but its params may not have been
+            # logged yet, and this writer has not counted it among its sweep's children.
+            existing = found.info.run_id
+            parent = found.data.tags.get("mlflow.parentRunId")
+            state = self._sweeps.get(parent) if parent else None
+            if state is not None:
+                state.children.setdefault(existing, None)
+                state.saw(found)
             self._log_start_data(existing, event, in_doubt=True)
             return existing
         tags = dict(self.host_tags)

@@ -60,7 +60,7 @@ class Tracker:
         self.sweeps: dict[str, Sweep] = {}
         self.run_counter = 0
         self._uids = 0
-        self._warned_outage: str | bool = False  # False, or what the last warning was about
+        self._reported: dict[str, str] = {"spool": "ok", "mlflow": "ok"}  # each condition as last reported
         self._stop_live = threading.Event()
         self._live_thread: threading.Thread | None = None
         self._registered = False
@@ -81,7 +81,8 @@ class Tracker:
             except SpoolError as exc:
                 self.notes.append(f"no durable spool ({exc}); measurements are kept in memory until MLflow has them")
                 spool = None
-            self._writer = Writer(spool, render_chart=self._render_chart)
+            self._writer = Writer(spool, render_chart=self._render_chart, timeout_s=self.config.mlflow_timeout_s,
+                                  slow_s=self.config.mlflow_slow_s)
         return self._writer
 
     def writer_status(self):
@@ -374,27 +375,42 @@ class Tracker:
         return self._writer.flush(timeout_s)
 
     def backend_warning(self) -> str | None:
-        """One warning per outage of the MLflow backend (or the spool); None otherwise."""
-        if self._writer is None or (not self._warned_outage and self._writer.healthy()):
+        """A line for each condition that began or ended since the last call; None when none did.
+
+        Two conditions, reported independently, each once when it begins and once when it ends:
+        the local spool cannot be written, and MLflow's state (``ok``, ``slow``, ``not answering``:
+        :class:`~ipython_energy.writer.WriterStatus`).  A line names the URI that failed.
+        """
+        reported = self._reported
+        if self._writer is None or (reported["spool"] == reported["mlflow"] == "ok" and self._writer.healthy()):
             return None
         status = self._writer.status()
-        if status.backend_ok and status.spool_ok:
-            if self._warned_outage:
-                what, self._warned_outage = self._warned_outage, False
-                if what == "spool":
-                    return "ipython-energy: the local spool can be written again."
-                return "ipython-energy: MLflow is answering again; spooled measurements are being written."
-            return None
-        if self._warned_outage:
-            return None
-        if not status.spool_ok:
-            self._warned_outage = "spool"
-            return (f"ipython-energy: cannot write the local spool ({status.spool_error}); measurements are "
-                    "held in memory until MLflow takes them. Your cells are not affected.")
-        self._warned_outage = "backend"
-        return (f"ipython-energy: MLflow at {self.tracking_uri} is not answering ({status.last_error}); "
-                "measurements are kept in the local spool and will be written when it answers. "
-                "Your cells are not affected.")
+        lines = []
+        spool = "ok" if status.spool_ok else "failing"
+        if spool != reported["spool"]:
+            reported["spool"] = spool
+            lines.append("ipython-energy: the local spool can be written again." if spool == "ok" else
+                         f"ipython-energy: cannot write the local spool ({status.spool_error}); measurements are "
+                         "held in memory until MLflow takes them. Your cells are not affected.")
+        mlflow = status.state
+        before, reported["mlflow"] = reported["mlflow"], mlflow
+        uri = status.backend_uri or self.tracking_uri
+        if mlflow == before:
+            pass
+        elif mlflow == "not answering":
+            kept = "kept in the local spool" if status.spool_ok else "held in memory"
+            lines.append(f"ipython-energy: MLflow at {uri} is not answering ({status.last_error}); measurements are "
+                         f"{kept} and will be written when it answers. Your cells are not affected.")
+        elif before == "not answering":
+            slowly = f", slowly ({status.slow_detail})" if mlflow == "slow" else ""
+            lines.append(f"ipython-energy: MLflow is answering again at {uri}{slowly}; spooled measurements are "
+                         "being written.")
+        elif mlflow == "slow":
+            lines.append(f"ipython-energy: MLflow at {uri} is slow ({status.slow_detail}); measurements are written "
+                         "in the background as it answers. Your cells are not affected.")
+        else:
+            lines.append(f"ipython-energy: MLflow at {uri} is answering promptly again.")
+        return "\n".join(lines) or None
 
     def close(self, timeout_s: float = 5.0) -> None:
         """End open runs and sweeps (as KILLED for runs the user never closed), flush, stop threads."""

@@ -12,6 +12,7 @@ which talks to MLflow); the journals of dead sessions are replayed by :mod:`ipyt
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -20,9 +21,11 @@ from dataclasses import dataclass
 from typing import Union
 
 from . import recovery
-from .events import CellMetricsDraft, Draft, Event, Metrics, RunEnd, RunEndDraft, RunStart, StartEvent, SweepStart
+from .events import (CellMetricsDraft, Draft, Event, Metrics, RunEnd, RunEndDraft, RunStart, StartEvent, SweepEnd,
+                     SweepStart)
 from .spool import Spool, SpoolError
-from .store import JOURNAL_THREAD_NAME, THREAD_NAME, ChartRenderer, MlflowStore, describe_error, is_rejection
+from .store import (JOURNAL_THREAD_NAME, THREAD_NAME, ChartRenderer, MlflowStore, Pace, describe_error, is_http,
+                    is_rejection)
 
 log = logging.getLogger("ipython_energy")
 
@@ -45,6 +48,14 @@ class Pending:
 
 @dataclass
 class WriterStatus:
+    """What the writer can say of MLflow and the spool (``%energy``, the warnings after cells).
+
+    MLflow is in one of three states (:attr:`state`): ``ok``; ``slow`` (it answers, or an answer
+    is still awaited within the longest wait, but slower than ``mlflow_slow_s``; it is written
+    to); ``not answering`` (``backend_ok`` False: refused or dropped connections, errors, or no
+    answer within ``mlflow_timeout_s``, for at least :attr:`Writer.report_after_s`).
+    """
+
     backend_ok: bool
     pending: int
     spooled: int
@@ -52,13 +63,30 @@ class WriterStatus:
     outage_since: float | None
     spool_ok: bool
     spool_error: str | None
+    slow: bool = False
+    slow_detail: str | None = None  # "2.0 s per request", "no answer for 7 s"
+    backend_uri: str | None = None  # the tracking URI that failed or is slow (the last one written to)
+
+    @property
+    def state(self) -> str:
+        if not self.backend_ok:
+            return "not answering"
+        return "slow" if self.slow else "ok"
 
 
 class Writer:
     """Journals events (one background thread) and applies them to MLflow (another)."""
 
+    #: A failure is reported (``backend_ok`` False) once MLflow has given no good answer for this
+    #: long since (twice its answer time, if longer): a request that failed once while the
+    #: server goes on answering is retried, and is no outage.
+    report_after_s = 2.0
+    #: Ended runs and sweeps whose entries are kept (a late event of one still finds it).
+    keep_ended = 64
+
     def __init__(self, spool: Spool | None, *, adopt_orphans: bool = True,
-                 render_chart: ChartRenderer | None = None, retry_max_s: float = 5.0):
+                 render_chart: ChartRenderer | None = None, retry_max_s: float = 5.0,
+                 timeout_s: float = 120.0, slow_s: float = 1.0):
         self._spool = spool
         self._adopt = adopt_orphans
         self._render_chart = render_chart
@@ -74,7 +102,10 @@ class Writer:
         self._lock = threading.Lock()
         self._retry_max_s = retry_max_s
         self._context: dict[str, StartEvent] = {}  # uid -> its start event (uri, experiment, sweep)
-        self.backend_ok = True
+        self._ended: deque[str] = deque()  # uids whose RunEnd/SweepEnd was applied, oldest first
+        self.pace = Pace(timeout_s, slow_s)  # how fast MLflow answers; each request's timeout
+        self._failed_at: float | None = None  # monotonic time of the first failure since the last success
+        self.backend_uri: str | None = None
         self.last_error: str | None = None
         self.outage_since: float | None = None
         self.spool_error: str | None = None
@@ -83,7 +114,6 @@ class Writer:
         self._last_ok = float("-inf")
         self._last_recovery = float("-inf")
         self.recovery_every_s = 30.0
-        self.slow_after_s = 5.0
         self.rejected: list[tuple[Event, str]] = []
         # Events the spool could not take (a full disk), oldest first: journalled, in order, as soon
         # as it takes them again; until then their count is kept in the spool's ``.held`` file.
@@ -152,24 +182,46 @@ class Writer:
         return True
 
     def healthy(self) -> bool:
-        """True when MLflow and the spool are fine: the per-cell check, cheaper than :meth:`status`."""
+        """True when MLflow answers promptly and the spool is fine: the per-cell check, cheaper than :meth:`status`."""
+        return self._reported_ok() and self.spool_error is None and self._slow_detail() is None
+
+    def _reported_ok(self) -> bool:
+        """Not reported as down: no failure, or the server has answered well within the last
+        ``report_after_s`` (twice its answer time when slower) since: the retry is under way."""
+        failed = self._failed_at
+        if failed is None:
+            return True
+        quiet_since = max(failed, self.pace.last_good)
+        return time.monotonic() - quiet_since < max(self.report_after_s, 2 * (self.pace.latency_s() or 0.0))
+
+    def _slow_detail(self) -> str | None:
+        """Why MLflow counts as slow, or None: its recent answers, an answer awaited, a request timed out."""
+        pace = self.pace
         since = self._applying_since
-        return (self.backend_ok and self.spool_error is None
-                and (since is None or time.monotonic() - since <= self.slow_after_s))
+        waited = None if since is None else time.monotonic() - since
+        if waited is not None and waited > 5 * pace.slow_s:
+            return f"no answer for {waited:.0f} s"
+        latency = pace.latency_s()
+        if latency is not None and latency > pace.slow_s:
+            return f"{latency:.1f} s per request"
+        if pace.timeouts:
+            return f"no answer within {pace.expired_s or pace.FIRST_TIMEOUT_S:g} s; waiting up to {pace.timeout_s():g} s"
+        return None
 
     def status(self) -> WriterStatus:
-        since = self._applying_since
-        slow = since is not None and time.monotonic() - since > self.slow_after_s
-        if slow and self.last_error is None:
-            self.last_error = f"no answer for {time.monotonic() - since:.0f} s"
+        ok = self._reported_ok()
+        slow = self._slow_detail() if ok else None
         return WriterStatus(
-            backend_ok=self.backend_ok and not slow,
+            backend_ok=ok,
             pending=len(self._inbox) + len(self._pending),
             spooled=len(self._pending),
             last_error=self.last_error,
-            outage_since=self.outage_since,
+            outage_since=None if ok else self.outage_since,
             spool_ok=self.spool_error is None,
             spool_error=self.spool_error,
+            slow=slow is not None,
+            slow_detail=slow,
+            backend_uri=self.backend_uri,
         )
 
     def notice(self, key, text: str) -> None:
@@ -367,8 +419,10 @@ class Writer:
         event = item.event
         self._applying_since = time.monotonic()
         try:
-            if not self.backend_ok or time.monotonic() - self._last_ok > 5.0:
-                self._probe(event)
+            start = event if isinstance(event, (SweepStart, RunStart)) else self._context.get(event.uid)
+            if start is not None:
+                self.backend_uri = start.tracking_uri
+            self._probe(start)
             if isinstance(event, (SweepStart, RunStart)):
                 self._context[event.uid] = event
             self._store_for(event.uid).apply(event, self._context, item.in_doubt)
@@ -382,20 +436,47 @@ class Writer:
                     self._set_aside(event, exc)
                     return True
                 return False
-            if self.backend_ok:
-                self.outage_since = time.time()
-            self.backend_ok = False
             self.last_error = describe_error(exc)
+            if self.pace.timeouts and not self.pace.gave_up():
+                # No answer yet within a wait shorter than the longest: slow, not down.  The
+                # retry waits longer (Pace.timeout_s doubles).
+                self.last_error = f"no answer within {self.pace.expired_s:g} s"
+            elif self._failed_at is None:
+                self._failed_at = time.monotonic()
+                self.outage_since = time.time()
             log.debug("ipython-energy: MLflow write failed", exc_info=True)
             return False
         finally:
             self._applying_since = None
-        self.backend_ok = True
+        self._failed_at = None
         self._last_ok = time.monotonic()
         self.outage_since = None
         self.last_error = None
         self.applied += 1
+        if isinstance(event, (RunEnd, SweepEnd)):
+            self._retire(event.uid)
         return True
+
+    @property
+    def backend_ok(self) -> bool:
+        """False while MLflow is reported as not answering (see :attr:`report_after_s`)."""
+        return self._reported_ok()
+
+    def _retire(self, uid: str) -> None:
+        """Forget ended runs and sweeps, :attr:`keep_ended` ends later: memory stays flat over a session.
+
+        Events are applied in order and none of a run follows its end, so one that ended this
+        long ago has no pending event left; a late one (a live flush racing the end) finds the
+        run while it is among the last ``keep_ended``.
+        """
+        self._ended.append(uid)
+        while len(self._ended) > self.keep_ended:
+            old = self._ended.popleft()
+            start = self._context.pop(old, None)
+            if start is not None:
+                store = self._stores.get((start.tracking_uri, start.experiment))
+                if store is not None:
+                    store.forget(old)
 
     def _set_aside(self, event: Event, exc: Exception) -> None:
         reason = f"{type(exc).__name__}: {exc}"[:500]
@@ -409,15 +490,18 @@ class Writer:
             except OSError:
                 pass
 
-    def _probe(self, event: Event) -> None:
-        """During an outage, check the backend cheaply before MLflow's long retries.
+    def _probe(self, start: StartEvent | None) -> None:
+        """Before writing after a failure, check the backend cheaply.
 
-        An HTTP tracking server is asked for /health (2 s); a sqlite store that does not exist
-        yet must have a writable directory (MLflow would retry creating it for many seconds).
+        A tracking server is asked for /health, with the :class:`Pace`'s timeout (it grows while
+        the server is slow: a server that takes 2 s is waited for, not taken for down); a sqlite
+        store that does not exist yet must have a writable directory (MLflow would retry
+        creating it for many seconds).
         """
-        start = event if isinstance(event, (SweepStart, RunStart)) else self._context.get(event.uid)
         uri = start.tracking_uri if start is not None else ""
         if uri.startswith("sqlite:///"):
+            if self._failed_at is None and time.monotonic() - self._last_ok <= 5.0:
+                return
             import os
 
             path = uri[len("sqlite:///"):]
@@ -425,12 +509,10 @@ class Writer:
             if path and not path.startswith(":memory:") and not os.path.exists(path) \
                     and not os.access(folder, os.W_OK):
                 raise PermissionError(f"cannot create {path}: {folder} is not writable")
-        if uri.startswith(("http://", "https://")):
-            import urllib.request
-
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=2.0) as response:
-                if response.status != 200:
-                    raise ConnectionError(f"{uri} answered {response.status} to /health")
+        if is_http(uri) and self._failed_at is not None:
+            answer = self.pace.send(functools.partial(_health, uri.rstrip("/") + "/health"), tries=3)
+            if answer.status_code != 200:
+                raise ConnectionError(f"{uri} answered {answer.status_code} to /health")
 
     def stores(self) -> list[MlflowStore]:
         """The MLflow stores this writer has written to, one per (tracking URI, experiment)."""
@@ -443,7 +525,7 @@ class Writer:
         key = (start.tracking_uri, start.experiment)
         store = self._stores.get(key)
         if store is None:
-            store = self._stores[key] = MlflowStore(*key, render_chart=self._render_chart)
+            store = self._stores[key] = MlflowStore(*key, render_chart=self._render_chart, pace=self.pace)
         return store
 
 
@@ -461,3 +543,24 @@ def _finished(event: Union[Event, Draft]) -> Event:
         if isinstance(event, RunEndDraft):
             return RunEnd(event.uid, event.status, event.t_ms, tags={"energy.build_error": repr(exc)[:500]})
         return Metrics(event.uid)
+
+
+@dataclass
+class _Answer:
+    status_code: int
+
+
+def _health(url: str, timeout_s: float) -> _Answer:
+    """GET ``url`` (a tracking server's /health); its HTTP status, or the exception of no answer."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return _Answer(response.status)
+    except urllib.error.HTTPError as exc:
+        return _Answer(exc.code)
+    except urllib.error.URLError as exc:
+        if isinstance(exc.reason, BaseException):
+            raise exc.reason from exc  # a timeout stays a timeout (Pace tells slow from down by it)
+        raise
