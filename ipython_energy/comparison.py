@@ -21,7 +21,7 @@ import html
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import Any, Iterable, NamedTuple
 
 from . import stats
 

@@ -261,7 +261,7 @@ def _apply_old(writer: "Writer", item: "Pending", probed: set[str]) -> str | Non
     uri = start.tracking_uri if start is not None else ""
     try:
         if uri not in probed:  # once per pass and MLflow, before MLflow's own long retries
-            writer._probe(event)
+            writer._probe(start)
             probed.add(uri)
         if isinstance(event, (SweepStart, RunStart)):
             writer.remember(event)
