@@ -37,8 +37,12 @@ SESSION_PARTS = ("in_runs", "other_cells", "idle")
 #: A session edge still extrapolated after this many seconds is counted as it is (a domain that
 #: never reads would otherwise keep every later edge waiting).
 SESSION_SETTLE_S = 30.0
-#: Session edges appended between two attempts to fold settled stretches (besides each session()).
-FOLD_EVERY = 32
+#: Unfolded session edges kept before a window edge folds them itself (session() folds them
+#: otherwise: the tracker's live thread, every second).
+FOLD_AT = 4096
+#: Cell marks (:meth:`Meter.cell_began`/``cell_ended``) queued before a hook turns them into edges
+#: itself (the next window edge or session() does otherwise).
+CELL_MARKS_QUEUED = 4096
 
 
 class Window:
@@ -152,16 +156,18 @@ class Meter:
         self._open: set[Window] = set()
         # The session's three parts.  The state is a function of two counts: windows open (any
         # run, measured cell or stage: "in runs") and cells executing (IPython's pre/post_run_cell,
-        # :meth:`cell_began`/:meth:`cell_ended`).  Each change of state appends its edge to
-        # ``_chain``; a pair of settled edges is folded into ``_part_j``/``_part_s``.  The parts
-        # are differences of cumulative energy along one chain of edges, so they add up to the
-        # total exactly, and overlapping windows (threads, a run over several cells) count once.
+        # :meth:`cell_began`/:meth:`cell_ended`, which only queue the time in ``_cell_marks``; the
+        # queue is applied, in time order, at the next window edge or session()).  Each change of
+        # state appends its edge to ``_chain``; a pair of settled edges is folded into
+        # ``_part_j``/``_part_s``.  The parts are differences of cumulative energy along one chain
+        # of edges, so they add up to the total exactly, and overlapping windows (threads, a run
+        # over several cells) count once.
+        self._cell_marks: deque[tuple[float, int]] = deque()
         self._executing = 0
         self._state = IDLE
         self._chain: deque[tuple[Snapshot, int]] = deque()
         self._part_j = [0.0, 0.0, 0.0]
         self._part_s = [0.0, 0.0, 0.0]
-        self._unfolded = 0
         self._start_edge: Snapshot | None = None
         self._started = False
         self._start_lock = threading.Lock()
@@ -178,6 +184,7 @@ class Meter:
                 self.sampler.edge_read()
                 with self._lock:
                     self._start_edge = self._make_edge(t)
+                    self._apply_cell_marks(t)  # counts only: no edge before the start
                     self._state = self._state_now()
                     self._chain.append((self._start_edge, self._state))
             self._started = True
@@ -250,6 +257,7 @@ class Meter:
         state = self.sampler.states()
         with self._lock:
             edge = self._make_edge(t)
+            self._apply_cell_marks(t)  # the cells' marks before this edge, with the windows as they were
             self._fold_peaks()
             w = Window(self, label, cell, edge, started_at, state)
             self._open.add(w)
@@ -274,21 +282,23 @@ class Meter:
         return out
 
     def cell_began(self) -> None:
-        """A cell started executing (IPython's ``pre_run_cell``).  O(1): a count, and an edge (a mark
-        of the series, no sensor read) only when the session's state changes."""
-        with self._lock:
-            self._executing += 1
-            if self._executing == 1 and not self._open and self._chain:
-                self._session_edge(self._make_edge(self.clock()))
+        """A cell started executing (IPython's ``pre_run_cell``).  O(1) and lock-free: the time is
+        queued; the edge (a mark of the series at that time, no sensor read) is taken later, off the
+        cell's path, by the next window edge or :meth:`session`."""
+        self._cell_marks.append((self.clock(), 1))
+        if len(self._cell_marks) > CELL_MARKS_QUEUED:
+            self._apply_cell_marks_now()
 
     def cell_ended(self) -> None:
         """A cell finished (IPython's ``post_run_cell``); an unmatched call is ignored."""
+        self._cell_marks.append((self.clock(), -1))
+        if len(self._cell_marks) > CELL_MARKS_QUEUED:
+            self._apply_cell_marks_now()
+
+    def _apply_cell_marks_now(self) -> None:
         with self._lock:
-            if self._executing <= 0:
-                return
-            self._executing -= 1
-            if self._executing == 0 and not self._open and self._chain:
-                self._session_edge(self._make_edge(self.clock()))
+            self.sampler.sync()
+            self._apply_cell_marks(self.clock())
 
     def session(self) -> dict:
         """The session's energy since :meth:`start`, in three parts that add up to the total.
@@ -309,6 +319,7 @@ class Meter:
         now = self.clock()
         with self._lock:
             edge = self._make_edge(now)
+            self._apply_cell_marks(now)
             self._fold(now)
             part_j, part_s = list(self._part_j), list(self._part_s)
             chain = self._chain
@@ -332,6 +343,20 @@ class Meter:
     def _state_now(self) -> int:
         return IN_RUNS if self._open else OTHER_CELLS if self._executing else IDLE
 
+    def _apply_cell_marks(self, upto: float) -> None:
+        """Apply the queued cell marks taken up to ``upto``, in order, each change of state with an
+        edge at the mark's time (never before the last edge).  Caller holds the store lock, after
+        :meth:`Sampler.sync`."""
+        marks = self._cell_marks
+        while marks and marks[0][0] <= upto:
+            t, step = marks.popleft()
+            executing = self._executing + step
+            if executing < 0:  # a post_run_cell without its pre_run_cell (the cell that loaded us)
+                continue
+            self._executing = executing
+            if self._chain and (executing == 0 or executing == 1) and not self._open:
+                self._session_edge(Snapshot(max(t, self._chain[-1][0].t), self._series))
+
     def _session_edge(self, edge: Snapshot) -> None:
         """The windows open or the cells executing changed: start a new stretch of the session at
         ``edge`` if its state changed.  Caller holds the store lock."""
@@ -342,10 +367,7 @@ class Meter:
             return
         self._state = state
         self._chain.append((edge, state))
-        # Folding refines marks: done every FOLD_EVERY edges (and by session()), not on each cell.
-        self._unfolded += 1
-        if self._unfolded >= FOLD_EVERY:
-            self._unfolded = 0
+        if len(self._chain) > FOLD_AT:  # session() folds otherwise, off the cells' path
             self._fold(edge.t)
 
     def _fold(self, now: float) -> None:
@@ -440,6 +462,7 @@ class Meter:
         self.sampler.edge_read()
         with self._lock:
             end = self._make_edge(t)
+            self._apply_cell_marks(t)
             self._fold_peaks()
             w._end_t = t
             m = self._measure(w, end, running=False)
