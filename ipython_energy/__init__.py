@@ -31,7 +31,7 @@ try:
 except ImportError:  # a source checkout that was never built
     __version__ = "0.0.0+unknown"
 
-__all__ = ["sweep", "run", "stage", "flush", "compare", "tracker", "load_ipython_extension", "__version__"]
+__all__ = ["sweep", "run", "stage", "flush", "session", "compare", "tracker", "load_ipython_extension", "__version__"]
 
 
 def tracker():
@@ -79,6 +79,21 @@ def flush(timeout_s: float = 30.0) -> bool:
     return True if tracker is None else tracker.flush(timeout_s)
 
 
+def session() -> dict[str, float]:
+    """This process's energy since measuring started (``%load_ext``, or the first use of this package
+    in a script), in three parts that add up to ``total_j``:
+
+    * ``in_runs_j``: inside runs and measured cells (the union of their windows, each moment once);
+    * ``other_cells_j``: other executing cells (IPython's ``pre_run_cell``..``post_run_cell``),
+      outside every window; 0 outside IPython;
+    * ``idle_j``: the rest (the kernel waiting for input; in a script, the time outside runs).
+
+    Also ``duration_s`` and each part's time: ``in_runs_s``, ``other_cells_s``, ``idle_s``.
+    A plain dict of floats (joules, seconds).
+    """
+    return tracker().meter.session()
+
+
 def compare(a, b, *, tracking_uri: str | None = None, experiment: str | None = None):
     """Compare the energy of ``b`` with ``a`` (runs, groups of repeats or sweeps: MLflow run ids,
     names, or the handles :func:`run` and :func:`sweep` return).
@@ -106,6 +121,7 @@ def unload_ipython_extension(ip) -> None:
     magics = ip.magics_manager.registry.get("EnergyMagics")
     if magics is not None:
         magics.set_autolog(False)
+        magics.set_session_hooks(False)
     tracker = current()
     if tracker is not None:
         tracker.close()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import html
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Mapping
 
 from .measurement import Measurement, format_energy
 
@@ -70,9 +70,7 @@ def status_text(tracker: Tracker, journals=()) -> str:
         lines.append(f"  note: {note}")
     idle = tracker.meter.idle_power_w
     lines.append(f"  idle baseline: {'unknown yet' if idle is None else f'{idle:.1f} W'} ({tracker.meter.idle_source})")
-    s = tracker.meter.session()
-    lines.append(f"  this session: {format_energy(s.get('total_j', 0.0))} in {s.get('duration_s', 0.0):.0f} s — "
-                 f"cells {format_energy(s.get('cells_j', 0.0))}, between cells {format_energy(s.get('between_cells_j', 0.0))}")
+    lines.append(f"  {session_line(tracker.meter.session())}")
     lines.append(f"  run: {tracker.run.name!r} ({format_energy(tracker.run.energy_j)} so far)" if tracker.run
                  else "  run: none")
     lines.append(f"  {tracker.sweep.describe()}" if tracker.sweep else "  sweep: none")
@@ -93,6 +91,19 @@ def status_text(tracker: Tracker, journals=()) -> str:
     else:
         lines.append("  MLflow: logging off")
     return "\n".join(lines)
+
+
+def session_line(s: Mapping[str, float]) -> str:
+    """The session in three parts that add up (``Meter.session``), as ``%energy`` status shows it."""
+    def part(label: str, key: str) -> str:
+        return f"{label} {format_energy(s.get(f'{key}_j', 0.0))} ({_seconds(s.get(f'{key}_s', 0.0))})"
+
+    return (f"this session: {format_energy(s.get('total_j', 0.0))} in {_seconds(s.get('duration_s', 0.0))} — "
+            f"{part('in runs', 'in_runs')} · {part('other cells', 'other_cells')} · {part('idle', 'idle')}")
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.1f} s" if value < 10 else f"{value:.0f} s"
 
 
 class LiveReadout:

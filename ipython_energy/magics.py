@@ -132,6 +132,7 @@ class EnergyMagics(Magics, EnergySettings):
         self._autolog_window = None
         self._autolog_run: Run | None = None
         self._autolog_on = False
+        self._session_hooks = False
         self.config_warnings: list[str] = []
         #: ``%%energy`` line -> its parse.  Only lines that parsed cleanly are kept, so a bad line
         #: is parsed (and rejected with the same UsageError) every time.
@@ -580,6 +581,29 @@ class EnergyMagics(Magics, EnergySettings):
         head = raw.lstrip()
         return head.startswith("%%energy") or head.startswith("%energy")
 
+    # ---- the session's "other cells" ------------------------------------------------------------
+    def set_session_hooks(self, on: bool) -> None:
+        """Count executing cells for the session's parts (``Meter.cell_began``/``cell_ended``).
+        Registered at load, whatever autolog says; O(1) per cell."""
+        events = self.shell.events
+        if on and not self._session_hooks:
+            events.register("pre_run_cell", self._session_pre_cell)
+            events.register("post_run_cell", self._session_post_cell)
+        elif not on and self._session_hooks:
+            events.unregister("pre_run_cell", self._session_pre_cell)
+            events.unregister("post_run_cell", self._session_post_cell)
+        self._session_hooks = on
+
+    def _session_pre_cell(self, info) -> None:
+        tracker = current()
+        if tracker is not None:
+            tracker.meter.cell_began()
+
+    def _session_post_cell(self, result) -> None:
+        tracker = current()
+        if tracker is not None:
+            tracker.meter.cell_ended()
+
     def _pre_run_cell(self, info) -> None:
         self._autolog_window = None
         if self._measured_elsewhere(info.raw_cell or ""):
@@ -639,6 +663,7 @@ def load(ip) -> EnergyMagics:
     ip.register_magics(magics)
     tracker = get_tracker()
     tracker.start_background()
+    magics.set_session_hooks(True)
     if config.autolog:
         magics.set_autolog(True)
     print(load_report(tracker))

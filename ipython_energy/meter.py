@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from typing import Callable
 
 from .measurement import DomainProvenance, Gap, Measurement
@@ -30,6 +31,18 @@ from .edges import Snapshot
 IDLE_MEASURE_S = 2.0
 #: Most gaps listed per domain in one Measurement (all of them count towards coverage).
 MAX_GAPS_LISTED = 50
+#: The three parts of the session (see :meth:`Meter.session`), in the order of ``Meter._part_j``.
+IN_RUNS, OTHER_CELLS, IDLE = 0, 1, 2
+SESSION_PARTS = ("in_runs", "other_cells", "idle")
+#: A session edge still extrapolated after this many seconds is counted as it is (a domain that
+#: never reads would otherwise keep every later edge waiting).
+SESSION_SETTLE_S = 30.0
+#: Unfolded session edges kept before a window edge folds them itself (session() folds them
+#: otherwise: the tracker's live thread, every second).
+FOLD_AT = 4096
+#: Cell marks (:meth:`Meter.cell_began`/``cell_ended``) queued before a hook turns them into edges
+#: itself (the next window edge or session() does otherwise).
+CELL_MARKS_QUEUED = 4096
 
 
 class Window:
@@ -141,9 +154,20 @@ class Meter:
         if idle_power_w is None:
             self._tally.quiet_target_s = idle_measure_s
         self._open: set[Window] = set()
-        self._open_cells = 0
-        self._union_begin: Snapshot | None = None
-        self._cells_j = 0.0
+        # The session's three parts.  The state is a function of two counts: windows open (any
+        # run, measured cell or stage: "in runs") and cells executing (IPython's pre/post_run_cell,
+        # :meth:`cell_began`/:meth:`cell_ended`, which only queue the time in ``_cell_marks``; the
+        # queue is applied, in time order, at the next window edge or session()).  Each change of
+        # state appends its edge to ``_chain``; a pair of settled edges is folded into
+        # ``_part_j``/``_part_s``.  The parts are differences of cumulative energy along one chain
+        # of edges, so they add up to the total exactly, and overlapping windows (threads, a run
+        # over several cells) count once.
+        self._cell_marks: deque[tuple[float, int]] = deque()
+        self._executing = 0
+        self._state = IDLE
+        self._chain: deque[tuple[Snapshot, int]] = deque()
+        self._part_j = [0.0, 0.0, 0.0]
+        self._part_s = [0.0, 0.0, 0.0]
         self._start_edge: Snapshot | None = None
         self._started = False
         self._start_lock = threading.Lock()
@@ -160,6 +184,9 @@ class Meter:
                 self.sampler.edge_read()
                 with self._lock:
                     self._start_edge = self._make_edge(t)
+                    self._apply_cell_marks(t)  # counts only: no edge before the start
+                    self._state = self._state_now()
+                    self._chain.append((self._start_edge, self._state))
             self._started = True
 
     def stop(self, timeout_s: float = 1.0) -> None:
@@ -230,6 +257,7 @@ class Meter:
         state = self.sampler.states()
         with self._lock:
             edge = self._make_edge(t)
+            self._apply_cell_marks(t)  # the cells' marks before this edge, with the windows as they were
             self._fold_peaks()
             w = Window(self, label, cell, edge, started_at, state)
             self._open.add(w)
@@ -238,10 +266,8 @@ class Meter:
             if edge.pending:
                 tally.pending.append(edge)
             tally.interrupt()
-            if cell:
-                self._open_cells += 1
-                if self._open_cells == 1:
-                    self._union_begin = edge
+            if len(self._open) == 1:
+                self._session_edge(edge)
         return w
 
     def power_now(self) -> dict[str, float]:
@@ -255,24 +281,58 @@ class Meter:
                     out[name] = p
         return out
 
+    def cell_began(self) -> None:
+        """A cell started executing (IPython's ``pre_run_cell``).  O(1) and lock-free: the time is
+        queued; the edge (a mark of the series at that time, no sensor read) is taken later, off the
+        cell's path, by the next window edge or :meth:`session`."""
+        self._cell_marks.append((self.clock(), 1))
+        if len(self._cell_marks) > CELL_MARKS_QUEUED:
+            self._apply_cell_marks_now()
+
+    def cell_ended(self) -> None:
+        """A cell finished (IPython's ``post_run_cell``); an unmatched call is ignored."""
+        self._cell_marks.append((self.clock(), -1))
+        if len(self._cell_marks) > CELL_MARKS_QUEUED:
+            self._apply_cell_marks_now()
+
+    def _apply_cell_marks_now(self) -> None:
+        with self._lock:
+            self.sampler.sync()
+            self._apply_cell_marks(self.clock())
+
     def session(self) -> dict:
-        """Energy since :meth:`start`: total, inside cell windows (their union) and between cells."""
+        """The session's energy since :meth:`start`, in three parts that add up to the total.
+
+        * ``in_runs``: inside the union of all windows (runs, measured cells, stages; a time
+          covered by several windows counts once);
+        * ``other_cells``: cells executing (:meth:`cell_began` .. :meth:`cell_ended`) outside
+          every window;
+        * ``idle``: the rest (the kernel waiting for input; in a script, the time outside runs).
+
+        Keys: ``duration_s``, ``total_j`` and, for each part, ``<part>_j`` and ``<part>_s``.
+        """
+        out = {"duration_s": 0.0, "total_j": 0.0}
         if self._start_edge is None:
-            return {"duration_s": 0.0, "total_j": 0.0, "cells_j": 0.0, "between_cells_j": 0.0}
+            for part in SESSION_PARTS:
+                out[f"{part}_j"] = out[f"{part}_s"] = 0.0
+            return out
         now = self.clock()
         with self._lock:
             edge = self._make_edge(now)
-            total = self._total_between(self._start_edge, edge)
-            cells = self._cells_j
-            if self._open_cells > 0 and self._union_begin is not None:
-                cells += self._total_between(self._union_begin, edge)
-        cells = min(cells, total) if total > 0 else cells
-        return {
-            "duration_s": now - self._start_edge.t,
-            "total_j": total,
-            "cells_j": cells,
-            "between_cells_j": max(0.0, total - cells),
-        }
+            self._apply_cell_marks(now)
+            self._fold(now)
+            part_j, part_s = list(self._part_j), list(self._part_s)
+            chain = self._chain
+            series = self._series
+            for (a, state), (b, _) in zip(chain, list(chain)[1:] + [(edge, None)]):
+                part_j[state] += self._delta(a, b, series)
+                part_s[state] += b.t - a.t
+        out["duration_s"] = now - self._start_edge.t
+        out["total_j"] = sum(part_j)
+        for i, part in enumerate(SESSION_PARTS):
+            out[f"{part}_j"] = part_j[i]
+            out[f"{part}_s"] = part_s[i]
+        return out
 
     # -- internals --------------------------------------------------------------------------
     def _make_edge(self, t: float) -> Snapshot:
@@ -280,10 +340,68 @@ class Meter:
         self.sampler.sync()
         return Snapshot(t, self._series)
 
-    def _total_between(self, b: Snapshot, e: Snapshot) -> float:
-        series = self._series
-        b.refine(series)
-        return sum(series[name].energy_between(b.marks[name], e.marks[name])[0] for name in series)
+    def _state_now(self) -> int:
+        return IN_RUNS if self._open else OTHER_CELLS if self._executing else IDLE
+
+    def _apply_cell_marks(self, upto: float) -> None:
+        """Apply the queued cell marks taken up to ``upto``, in order, each change of state with an
+        edge at the mark's time (never before the last edge).  Caller holds the store lock, after
+        :meth:`Sampler.sync`."""
+        marks = self._cell_marks
+        while marks and marks[0][0] <= upto:
+            t, step = marks.popleft()
+            executing = self._executing + step
+            if executing < 0:  # a post_run_cell without its pre_run_cell (the cell that loaded us)
+                continue
+            self._executing = executing
+            if self._chain and (executing == 0 or executing == 1) and not self._open:
+                self._session_edge(Snapshot(max(t, self._chain[-1][0].t), self._series))
+
+    def _session_edge(self, edge: Snapshot) -> None:
+        """The windows open or the cells executing changed: start a new stretch of the session at
+        ``edge`` if its state changed.  Caller holds the store lock."""
+        if not self._chain:  # not started yet: start() takes the first edge
+            return
+        state = self._state_now()
+        if state == self._state:
+            return
+        self._state = state
+        self._chain.append((edge, state))
+        if len(self._chain) > FOLD_AT:  # session() folds otherwise, off the cells' path
+            self._fold(edge.t)
+
+    def _fold(self, now: float) -> None:
+        """Add each stretch whose two edges are settled (refined, or older than
+        :data:`SESSION_SETTLE_S`) to its part.  Caller holds the store lock."""
+        chain, series = self._chain, self._series
+        while len(chain) >= 2:
+            a, state = chain[0]
+            b = chain[1][0]
+            if a.pending:
+                a.refine(series)
+            if b.pending:
+                b.refine(series)
+            if (a.pending or b.pending) and now - b.t < SESSION_SETTLE_S:
+                break
+            self._part_j[state] += self._delta(a, b, series)
+            self._part_s[state] += b.t - a.t
+            chain.popleft()
+
+    @staticmethod
+    def _delta(a: Snapshot, b: Snapshot, series) -> float:
+        """Cumulative energy from ``a`` to ``b``, all domains: plain differences, so that stretches
+        laid end to end add up (a domain first read after ``a`` counts from its first point)."""
+        total = 0.0
+        for name, mb in b.marks.items():
+            eb = mb.energy_j
+            if eb is None:
+                continue
+            ea = a.marks[name].energy_j
+            if ea is None:
+                points = series[name].points
+                ea = points[0][1] if points else eb
+            total += eb - ea
+        return total
 
     def _measure(self, w: Window, end: Snapshot, running: bool) -> Measurement:
         """Build the Measurement for ``w`` up to ``end``.  Caller holds the lock."""
@@ -344,6 +462,7 @@ class Meter:
         self.sampler.edge_read()
         with self._lock:
             end = self._make_edge(t)
+            self._apply_cell_marks(t)
             self._fold_peaks()
             w._end_t = t
             m = self._measure(w, end, running=False)
@@ -355,11 +474,8 @@ class Meter:
             except ValueError:
                 pass
             tally.interrupt()
-            if w.cell:
-                self._open_cells -= 1
-                if self._open_cells == 0 and self._union_begin is not None:
-                    self._cells_j += self._total_between(self._union_begin, end)
-                    self._union_begin = None
+            if not self._open:
+                self._session_edge(end)
         return m
 
     def _snapshot(self, w: Window) -> Measurement:

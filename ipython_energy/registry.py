@@ -22,8 +22,13 @@ from .rollup import number, whole
 
 KERNELS = "kernels"
 LIVE = "live"
+#: The session's three parts (:meth:`ipython_energy.meter.Meter.session`), each as ``<part>_j``, ``<part>_s``.
+SESSION_PARTS = ("in_runs", "other_cells", "idle")
 #: The numbers of a live file the sidebar shows (anything else unreadable in them becomes None).
-_LIVE_FIGURES = ("power_w", "total_j", "cells_j", "between_cells_j", "duration_s")
+#: ``cells_j`` and ``between_cells_j`` are what kernels of the previous version wrote (and what
+#: this one still writes for sidebars of that version): ``in_runs_j`` and the rest.
+_LIVE_FIGURES = ("power_w", "total_j", "cells_j", "between_cells_j", "duration_s",
+                 *(f"{part}_{unit}" for part in SESSION_PARTS for unit in ("j", "s")))
 
 
 class KernelRecord(NamedTuple):
@@ -44,6 +49,16 @@ class KernelRecord(NamedTuple):
 def register_kernel(record: KernelRecord, home: Path | None = None) -> None:
     """Write ``record`` (raises OSError when IPYTHON_ENERGY_HOME cannot be written)."""
     paths.write_json_atomic(paths.private_dir(KERNELS, base=home) / f"{record.session}.json", record._asdict())
+
+
+def session_figures(session: Mapping[str, float]) -> dict[str, float]:
+    """The session's figures as the live file carries them: :meth:`Meter.session`'s keys, plus the
+    two a sidebar of the previous version reads (``cells_j`` = ``in_runs_j``; ``between_cells_j`` =
+    ``other_cells_j`` + ``idle_j``)."""
+    out = dict(session)
+    out["cells_j"] = session.get("in_runs_j", 0.0)
+    out["between_cells_j"] = session.get("other_cells_j", 0.0) + session.get("idle_j", 0.0)
+    return out
 
 
 def write_live(session: str, state: Mapping[str, Any], home: Path | None = None) -> None:
@@ -97,8 +112,9 @@ def live_sessions(home: Path | None = None, now: float | None = None,
     """This user's live kernels, newest first, as plain validated dicts.
 
     Each entry: ``session``, ``power_w``, ``total_j`` (the session's energy),
-    ``cells_j`` and ``between_cells_j`` (the split into measured cells and idle time between
-    cells), ``duration_s``, ``estimated``, ``methods``, ``experiment``, ``active_run`` /
+    ``in_runs_j``, ``other_cells_j`` and ``idle_j`` (its three parts; ``_s``: their durations;
+    None in files of kernels of the previous version, which wrote only ``cells_j`` and
+    ``between_cells_j``: the sidebar then shows those two), ``duration_s``, ``estimated``, ``methods``, ``experiment``, ``active_run`` /
     ``active_sweep``, ``updated_at`` and ``age_s``.  Files of dead kernels (pid gone) are left
     out; a live kernel whose file is older than ``stale_after_s`` is marked ``stale``.
     """

@@ -345,7 +345,7 @@ class Tracker:
             "methods": {d.name: d.method for d in self.meter.domains},
             "estimated": any(d.estimated for d in self.meter.domains),
             "tracking_uri": self.tracking_uri, "experiment": self.config.experiment,
-            **{k: session[k] for k in ("duration_s", "total_j", "cells_j", "between_cells_j") if k in session},
+            **registry.session_figures(session),
             "active_run": None if run is None else {"name": run.name, "uid": run.uid, "energy_j": run.energy_j},
             "active_sweep": None if self.sweep is None else {
                 "name": self.sweep.name, "uid": self.sweep.uid, "total_j": self.sweep.total_j,

@@ -40,3 +40,20 @@ export function formatPercent(fraction: number): string {
   const pct = Math.round(fraction * 100);
   return pct >= 0 ? `+${pct}%` : `−${-pct}%`;
 }
+
+/** Seconds as a duration: `8.5 s`, `42 s`, `12 min`, `3.5 h`. */
+export function formatSeconds(seconds: number | null | undefined): string {
+  if (missing(seconds)) {
+    return NO_VALUE;
+  }
+  if (seconds < 10) {
+    return `${seconds.toFixed(1)} s`;
+  }
+  if (seconds < 600) {
+    return `${Math.round(seconds)} s`;
+  }
+  if (seconds < 36000) {
+    return `${Math.round(seconds / 60)} min`;
+  }
+  return `${(seconds / 3600).toFixed(1)} h`;
+}

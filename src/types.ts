@@ -99,6 +99,14 @@ export interface ISession {
   session: string;
   power_w: number | null;
   total_j: number | null;
+  /** The session's three parts (they add up to total_j); null from a kernel of the previous version. */
+  in_runs_j?: number | null;
+  other_cells_j?: number | null;
+  idle_j?: number | null;
+  in_runs_s?: number | null;
+  other_cells_s?: number | null;
+  idle_s?: number | null;
+  /** What a kernel of the previous version wrote: measured cells, and the rest. */
   cells_j: number | null;
   between_cells_j: number | null;
   duration_s: number | null;

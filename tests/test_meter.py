@@ -19,7 +19,7 @@ import time
 import pytest
 
 from ipython_energy.measurement import Measurement
-from ipython_energy.meter import Meter
+from ipython_energy.meter import CELL_MARKS_QUEUED, Meter
 from ipython_energy.sensors.base import DomainInfo, DomainReading, SensorBase
 from ipython_energy.sensors.replay import ReplaySensor, ReplayTrace
 from tests.helpers.waiting import wait_until
@@ -353,32 +353,130 @@ def test_idle_configured_pue_and_carbon_pass_through(driven):
     assert (m.idle_source, m.idle_power_w) == ("configured", 40.0)  # never replaced by a measurement
 
 
-def test_session_accounts_between_cells(driven):
+def parts(s: dict) -> tuple[float, float, float]:
+    return s["in_runs_j"], s["other_cells_j"], s["idle_j"]
+
+
+def test_session_splits_runs_other_cells_and_idle(driven):
+    """Three parts, each power × its time, summing to the total: windows (cells and runs, a stage
+    inside one changes nothing), executing cells outside any window, and the rest."""
     clock = Clock()
     d = driven([flat({"gpu0": 100.0}, clock=clock)], clock)
     m = d.meter
     t_start = m.started_s
     cells = []
     for _ in range(2):
-        d.run(0.2)
+        d.run(0.2)  # idle
         w = m.begin("cell", cell=True)
-        inner = m.begin("stage")  # not a cell: does not change the union
+        inner = m.begin("stage")  # inside the cell: does not change the union
         d.run(0.2)
         inner.end()
         cells.append(w.end())
-    d.run(0.2)
+    d.run(0.2)  # idle
+    m.cell_began()  # an unmeasured cell with a Python-API run inside
+    d.run(0.3)
+    run = m.begin("run")
+    d.run(0.4)
+    run.end()
+    d.run(0.1)
+    m.cell_ended()
+    d.run(0.2)  # idle
     s = m.session()
-    assert s["duration_s"] == pytest.approx(clock() - t_start) and s["duration_s"] == pytest.approx(1.0)
-    assert s["total_j"] == pytest.approx(100.0, rel=1e-9)
-    assert s["cells_j"] == pytest.approx(sum(c.energy_j for c in cells), rel=1e-9)
-    assert s["cells_j"] == pytest.approx(40.0, rel=1e-9)
-    assert s["between_cells_j"] == pytest.approx(60.0, rel=1e-9)
-    # an open cell counts up to now
+    assert s["duration_s"] == pytest.approx(clock() - t_start) and s["duration_s"] == pytest.approx(2.0)
+    assert s["total_j"] == pytest.approx(200.0, rel=1e-9)
+    assert parts(s) == pytest.approx((80.0, 40.0, 80.0), rel=1e-9)
+    assert (s["in_runs_s"], s["other_cells_s"], s["idle_s"]) == pytest.approx((0.8, 0.4, 0.8), rel=1e-9)
+    assert s["in_runs_j"] == pytest.approx(sum(c.energy_j for c in cells) + 40.0, rel=1e-9)
+    assert sum(parts(s)) == pytest.approx(s["total_j"], rel=1e-12)
+    # an open window counts up to now, inside a cell or not
     w = m.begin("open", cell=True)
     d.run(0.1)
     s2 = m.session()
-    assert s2["cells_j"] == pytest.approx(s["cells_j"] + 10.0, rel=1e-9)
+    assert parts(s2) == pytest.approx((90.0, 40.0, 80.0), rel=1e-9)
     w.end()
+    m.cell_began()
+    d.run(0.1)
+    assert parts(m.session()) == pytest.approx((90.0, 50.0, 80.0), rel=1e-9)
+    m.cell_ended()
+    m.cell_ended()  # unmatched: ignored
+    d.run(0.1)
+    assert parts(m.session()) == pytest.approx((90.0, 50.0, 90.0), rel=1e-9)
+
+
+def test_session_union_is_exact_for_overlaps_and_runs_over_cells(driven):
+    """Windows that overlap (threads) count once; a run open over several cells is "in runs" also
+    while the kernel waits between them; a cell inside a run changes nothing."""
+    clock = Clock()
+    d = driven([flat({"gpu0": 50.0, "cpu": 50.0}, clock=clock)], clock)
+    m = d.meter
+    a = m.begin("thread a")
+    d.run(0.3)
+    b = m.begin("thread b")  # overlaps a
+    d.run(0.2)
+    a.end()  # b goes on alone
+    d.run(0.3)
+    b.end()
+    d.run(0.2)  # idle
+    run = m.begin("run over cells")
+    for _ in range(3):
+        m.cell_began()
+        d.run(0.1)
+        m.cell_ended()
+        d.run(0.1)  # waiting for input, the run still open
+    run.end()
+    s = m.session()
+    assert parts(s) == pytest.approx((140.0, 0.0, 20.0), rel=1e-9)
+    assert s["total_j"] == pytest.approx(160.0, rel=1e-9)
+
+
+def test_session_over_a_slow_counter_adds_up_after_refinement(driven):
+    """Edges taken without a read (a cell's hooks) are extrapolated, then refined by later ticks:
+    the parts still add up to the total and land within a tick of power × time."""
+    clock = Clock()
+    d = driven([square("gpu0", 2.0, clock=clock)], clock, interval_s=0.05)
+    m = d.meter
+    d.run(1.0)
+    for _ in range(5):
+        m.cell_began()
+        d.run(0.37)
+        m.cell_ended()
+        d.run(0.41)
+    d.run(1.0)
+    s = m.session()
+    assert sum(parts(s)) == pytest.approx(s["total_j"], rel=1e-12)
+    assert s["other_cells_s"] == pytest.approx(5 * 0.37, rel=1e-9)
+    assert s["other_cells_j"] == pytest.approx(200.0 * 5 * 0.37, rel=0.1)
+    assert len(m._chain) <= 2  # settled stretches were folded
+
+
+def test_session_before_start_and_hooks_are_cheap(driven):
+    clock = Clock()
+    m = Meter([flat({"gpu0": 100.0}, clock=clock)], clock=clock, background=False)
+    s = m.session()  # never started: zeros
+    assert s["total_j"] == 0.0 and parts(s) == (0.0, 0.0, 0.0) and s["idle_s"] == 0.0
+    m.cell_began()  # counted before start: the session starts inside a cell
+    m.start()
+    clock.advance(0.1)
+    m.sampler.tick()
+    m.cell_ended()
+    assert m.session()["other_cells_s"] == pytest.approx(0.1)
+    m.stop()
+    # the hooks only queue their time (the edges are taken by session() or the next window edge,
+    # or by a hook once CELL_MARKS_QUEUED wait)
+    m2 = Meter([flat({"gpu0": 100.0})], background=False)
+    m2.start()
+    n = 5000
+    t0 = time.perf_counter()
+    for _ in range(n):
+        m2.cell_began()
+        m2.cell_ended()
+    per_cell_us = (time.perf_counter() - t0) / n * 1e6
+    assert per_cell_us < 50, per_cell_us
+    assert len(m2._cell_marks) < CELL_MARKS_QUEUED
+    s = m2.session()
+    assert not m2._cell_marks and s["other_cells_s"] > 0
+    assert sum(parts(s)) == pytest.approx(s["total_j"], rel=1e-9)
+    m2.stop()
 
 
 def test_wall_clock_jump_changes_no_energy(driven, monkeypatch):

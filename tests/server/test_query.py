@@ -28,6 +28,22 @@ def test_session_view_reads_live_files_and_drops_dead_kernels(energy_home, tmp_p
     assert s["stale"] is False
 
 
+def test_session_view_carries_the_three_parts_and_old_files_without_them(energy_home):
+    """A kernel of this version writes the three parts and, for old sidebars, cells_j /
+    between_cells_j (registry.session_figures); a file of the previous version has only those two."""
+    from ipython_energy import registry
+
+    parts = {"duration_s": 100.0, "total_j": 1250.0, "in_runs_j": 700.0, "other_cells_j": 300.0, "idle_j": 250.0,
+             "in_runs_s": 56.0, "other_cells_s": 24.0, "idle_s": 20.0}
+    write_live(energy_home, "new", **registry.session_figures(parts))
+    write_live(energy_home, "old", updated_at=1.0)
+    new, old = query.session_view(now=2.0)["sessions"]
+    assert {k: new[k] for k in parts} == parts
+    assert (new["cells_j"], new["between_cells_j"]) == (700.0, 550.0)
+    assert all(old[k] is None for k in parts if k not in ("duration_s", "total_j"))
+    assert (old["cells_j"], old["between_cells_j"]) == (1000.0, 250.0)
+
+
 def test_session_view_marks_stale_files(energy_home):
     import time
 
