@@ -20,6 +20,7 @@ field; it is the spool's line format, so it stays readable by later versions.
 from __future__ import annotations
 
 from dataclasses import MISSING, dataclass, field, fields
+from types import MappingProxyType
 from typing import Any, ClassVar, Mapping, NamedTuple, Union
 
 from . import layout
@@ -138,9 +139,14 @@ class RunEnd(_End):
 
 @dataclass(frozen=True)
 class SweepEnd(_End):
-    """A sweep ends: its chart is saved, and the process that created it closes it."""
+    """This process leaves a sweep: its chart is saved, and the last member closes it.
+
+    ``between_j``: the energy of this process's time in the sweep after its last run (the part
+    of the sweep between runs that no run's end carried).
+    """
 
     type: ClassVar[str] = "sweep_end"
+    between_j: float | None = None
 
 
 Event = Union[SweepStart, RunStart, Metrics, RunEnd, SweepEnd, SweepUpdate]
@@ -246,13 +252,18 @@ class RunEndDraft(NamedTuple):
     stages: Mapping[str, tuple[float, float]]
     idle_source: str
     cell_step: int | None = None
+    #: The run's part of its sweep (runs.SweepLedger): metrics and tags for a run of a sweep.
+    sweep_metrics: Mapping[str, float] = MappingProxyType({})
+    sweep_tags: Mapping[str, str] = MappingProxyType({})
 
     def finish(self) -> RunEnd:
         m = self.measurement
-        rows = layout.rows(layout.run_metrics(m, units=self.units, stages=self.stages), 0, self.t_ms)
+        rows = layout.rows({**layout.run_metrics(m, units=self.units, stages=self.stages), **self.sweep_metrics},
+                           0, self.t_ms)
         if self.cell_step is not None:
             rows += layout.rows(layout.cell_metrics(m), self.cell_step, self.t_ms)
         tags = layout.provenance_tags(m, idle_source=self.idle_source, unit=next(iter(self.units), None))
+        tags.update(self.sweep_tags)
         return RunEnd(self.uid, self.status, self.t_ms, _rows(rows), tags)
 
 

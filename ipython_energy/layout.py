@@ -161,6 +161,11 @@ def run_row(run: Any) -> dict[str, Any]:
         "energy_j": number(metrics.get("energy_j")),
         "live_energy_j": number(metrics.get("live_energy_j")),
         "live_power_w": number(metrics.get("live_power_w")),
+        # its part of the sweep's energy in runs, and the between-runs energy its end carried
+        # (absent in runs written by earlier versions: the roll-up then takes energy_j and 0)
+        "share_j": number(metrics.get("sweep_share_energy_j")),
+        "gap_before_j": number(metrics.get("sweep_gap_before_energy_j")),
+        "shares_devices": tags.get("energy.shares_devices") == "true",
         "duration_s": number(metrics.get("duration_s")),
         "power_mean_w": number(metrics.get("power_mean_w")),
         "start_time_ms": info.start_time,
@@ -188,5 +193,11 @@ def sweep_header(run: Any) -> dict[str, Any]:
         "logged_energy_j": number(metrics.get("sweep_energy_j")),
         "logged_runs": whole(metrics.get("sweep_runs")),
         "logged_mean_energy_per_run_j": number(metrics.get("sweep_mean_energy_per_run_j")),
+        "logged_runs_energy_j": number(metrics.get("sweep_runs_energy_j")),
+        "logged_between_runs_energy_j": number(metrics.get("sweep_between_runs_energy_j")),
+        # members' between-runs energy after their last runs (energy.between_after_j.<uid>)
+        "between_after_j": math.fsum(v for v in (number(value) for key, value in tags.items()
+                                                  if key.startswith("energy.between_after_j.")) if v is not None),
+        "overlapping_runs": whole(tags.get("energy.overlapping_runs")),
         "host": tags.get("energy.host"),
     }

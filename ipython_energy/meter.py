@@ -58,7 +58,14 @@ class Window:
         self.peak_w = edge.power_w
         self._result: Measurement | None = None
         self._end_t: float | None = None
+        #: The snapshot taken when the window ended (None while open): a boundary others may share.
+        self.end_edge: Snapshot | None = None
         self._lock = threading.Lock()
+
+    @property
+    def begin_edge(self) -> Snapshot:
+        """The snapshot taken when the window began."""
+        return self._begin
 
     @property
     def begin_s(self) -> float:
@@ -300,6 +307,29 @@ class Meter:
             self.sampler.sync()
             self._apply_cell_marks(self.clock())
 
+    def mark(self) -> Snapshot:
+        """A snapshot of every domain now, for :meth:`energy_between` (a sweep's boundaries)."""
+        if not self._started:
+            self.start()
+        t = self.clock()
+        self.sampler.edge_read()
+        with self._lock:
+            edge = self._make_edge(t)
+            if edge.pending:
+                self._tally.pending.append(edge)
+        return edge
+
+    def energy_between(self, a: Snapshot, b: Snapshot) -> float:
+        """Energy in joules, all domains, from snapshot ``a`` to ``b`` (window edges or :meth:`mark`).
+
+        Plain differences of the cumulative energy, so that stretches laid end to end add up
+        exactly to the stretch they make.
+        """
+        with self._lock:
+            a.refine(self._series)
+            b.refine(self._series)
+            return self._delta(a, b, self._series)
+
     def session(self) -> dict:
         """The session's energy since :meth:`start`, in three parts that add up to the total.
 
@@ -465,6 +495,7 @@ class Meter:
             self._apply_cell_marks(t)
             self._fold_peaks()
             w._end_t = t
+            w.end_edge = end
             m = self._measure(w, end, running=False)
             self._open.discard(w)
             tally = self._tally

@@ -83,26 +83,38 @@ def add_exactly(partials: list[float], x: float) -> None:
 
 
 class SweepTotals(NamedTuple):
-    """The roll-up of a sweep's ended runs (the parent run's ``sweep_*`` metrics)."""
+    """The roll-up of a sweep's ended runs (the parent run's ``sweep_*`` metrics).
+
+    ``energy_j`` is the sweep's energy: in its runs (``runs_energy_j``, overlapping runs counted
+    once) and between them (``between_runs_energy_j``).  The mean per run, the forecast and the
+    budget count the whole sweep, between-runs time included: that time is part of what each run
+    costs.
+    """
 
     runs: int
     energy_j: float
     mean_energy_per_run_j: float | None
     forecast_energy_j: float | None
     budget_state: str | None
+    runs_energy_j: float = 0.0
+    between_runs_energy_j: float = 0.0
 
 
 def totals(ended_energy_j: Iterable[float], planned: int | None = None,
-           budget_j: float | None = None) -> SweepTotals:
-    """The roll-up of the runs that ended with these energies.
+           budget_j: float | None = None, *, between_j: Iterable[float] = ()) -> SweepTotals:
+    """The roll-up of the runs that ended with these energies (their shares of the sweep's energy
+    in runs), and of the between-runs energy the sweep's members reported.
 
-    The sum is exactly rounded (``math.fsum``), so the total does not depend on the order in
+    The sums are exactly rounded (``math.fsum``), so the total does not depend on the order in
     which writers in several processes learn of the runs.
     """
     done = list(ended_energy_j)
-    total = math.fsum(done)
+    between = list(between_j)
+    runs_j = math.fsum(done)
+    total = math.fsum(done + between)
     n = len(done)
-    return SweepTotals(n, total, mean_per_run(total, n), forecast(total, n, planned), budget_state(total, budget_j))
+    return SweepTotals(n, total, mean_per_run(total, n), forecast(total, n, planned), budget_state(total, budget_j),
+                       runs_j, math.fsum(between))
 
 
 # ---------------------------------------------------------------------------------------
@@ -124,10 +136,12 @@ def build_sweep_data(sweep: Mapping[str, Any], runs: Iterable[Mapping[str, Any]]
     ``params`` / ``provenance`` dicts with the input rows: treat them as read-only) where each run gains
     ``index`` (1-based position in run order), ``energy_j`` (the final energy, or the
     latest ``live_energy_j`` while the run is open, with ``live: true``) and
-    ``cumulative_j`` (the rising total up to and including this run).  ``totals`` holds
-    ``energy_j`` (everything spent so far, live runs included), ``ended_runs`` /
-    ``ended_energy_j`` (runs that ended with an energy, any status: the writer's
-    ``sweep_runs`` / ``sweep_energy_j``), ``mean_energy_per_run_j`` (ended energy / ended
+    ``cumulative_j`` (the rising total up to and including this run: the sweep's energy, so the
+    between-runs time before each run and each run's share of the energy in runs).  ``totals``
+    holds ``energy_j`` (everything spent so far, live runs included), ``ended_runs`` /
+    ``ended_energy_j`` (runs that ended with an energy, any status, and the between-runs energy:
+    the writer's ``sweep_runs`` / ``sweep_energy_j``), ``runs_energy_j`` /
+    ``between_runs_energy_j`` (its two parts), ``overlapping_runs``, ``mean_energy_per_run_j`` (ended energy / ended
     runs), ``forecast_energy_j`` (mean x max(planned, ended runs), only with ``planned``),
     ``budget_j``, ``budget_used`` (fraction) and ``over_budget``, ``estimated`` (any run's
     numbers come from a model rather than a sensor).
@@ -136,6 +150,7 @@ def build_sweep_data(sweep: Mapping[str, Any], runs: Iterable[Mapping[str, Any]]
     out_runs: list[dict[str, Any]] = []
     cumulative = 0.0
     ended: list[float] = []
+    gaps: list[float] = []
     running_n = 0
     estimated = False
     for position, row in enumerate(ordered, start=1):
@@ -144,12 +159,15 @@ def build_sweep_data(sweep: Mapping[str, Any], runs: Iterable[Mapping[str, Any]]
         status = row.get("status", "finished")
         is_live = final is None and status == "running" and live_value is not None
         energy = final if final is not None else live_value
+        share, gap = number(row.get("share_j")), number(row.get("gap_before_j")) or 0.0
         if status == "running":
             running_n += 1
         elif final is not None:
-            ended.append(final)
+            ended.append(final if share is None else share)
+            gaps.append(gap)
+            cumulative += gap  # the sweep's time before this run, since the previous one
         if energy is not None:
-            cumulative += energy
+            cumulative += energy if status == "running" or share is None else share
         prov = row.get("provenance") or {}
         if truthy(prov.get("estimated", "false")):
             estimated = True
@@ -162,12 +180,17 @@ def build_sweep_data(sweep: Mapping[str, Any], runs: Iterable[Mapping[str, Any]]
         })
     planned = whole(sweep.get("planned"))
     budget = number(sweep.get("budget_j"))
-    rolled = totals(ended, planned)
+    after = number(sweep.get("between_after_j")) or 0.0
+    cumulative += after
+    rolled = totals(ended, planned, between_j=gaps + [after])
     return {"sweep": dict(sweep), "runs": out_runs, "totals": {
         "runs": len(out_runs),
         "running_runs": running_n,
         "ended_runs": rolled.runs,
         "ended_energy_j": rolled.energy_j,
+        "runs_energy_j": rolled.runs_energy_j,
+        "between_runs_energy_j": rolled.between_runs_energy_j,
+        "overlapping_runs": whole(sweep.get("overlapping_runs")) or 0,
         "energy_j": cumulative,
         "mean_energy_per_run_j": rolled.mean_energy_per_run_j,
         "planned": planned,

@@ -11,7 +11,7 @@ import math
 from array import array
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple
 
 from . import layout, rollup
 from .measurement import Measurement, format_energy
@@ -35,6 +35,100 @@ CHART_DETAIL_RUNS = 500
 
 _STATUS_CODES = {"FINISHED": 0, "FAILED": 1, "KILLED": 2}
 _STATUS_WORDS = ("finished", "failed", "killed")
+
+
+class SweepLedger:
+    """Where the energy of one process's time in a sweep went: into runs, or between them.
+
+    The sweep's time in this process is cut at every boundary (the sweep's start, each of its
+    runs' starts and ends, the sweep's end) into stretches; each stretch's energy (the meter's
+    cumulative difference between the two snapshots) goes to the runs open over it, shared
+    equally (so that two overlapping runs on the same devices count the machine once), or, with
+    no run open, to *between runs*; with only unlogged runs open, to their separate part.  The
+    stretches lay end to end, so runs + between (+ unlogged) is the energy of the sweep's window.
+
+    Each run's end takes its share and the between-runs energy since the previous report
+    (:meth:`close`); the sweep's end takes what is left (:meth:`leave`).  All under the tracker's lock.
+    """
+
+    __slots__ = ("meter", "edge", "open", "runs_j", "between_j", "unlogged_j", "unsent_between_j", "overlapped")
+
+    def __init__(self, meter, edge) -> None:
+        self.meter = meter
+        self.edge = edge
+        self.open: dict[Run, float] = {}  # open run -> its share so far (unlogged runs too)
+        self.runs_j = 0.0
+        self.between_j = 0.0
+        self.unlogged_j = 0.0
+        self.unsent_between_j = 0.0
+        self.overlapped: set[Run] = set()
+
+    def _advance(self, edge) -> None:
+        energy = self.meter.energy_between(self.edge, edge)
+        self.edge = edge
+        counted = [r for r in self.open if r.counted]
+        if counted:
+            share = energy / len(counted)
+            for run in counted:
+                self.open[run] += share
+            self.runs_j += energy
+        elif self.open:
+            self.unlogged_j += energy
+        else:
+            self.between_j += energy
+            self.unsent_between_j += energy
+
+    def enter(self, run: "Run") -> None:
+        """``run`` (top-level, of this sweep) began at its window's begin snapshot."""
+        self._advance(run.window.begin_edge)
+        if any(r.counted for r in self.open) and run.counted:
+            self.overlapped.update(r for r in self.open if r.counted)
+            self.overlapped.add(run)
+        self.open[run] = 0.0
+
+    def close(self, run: "Run") -> tuple[dict[str, float], dict[str, str]]:
+        """``run`` ended (its window's end snapshot): its metrics and tags as a run of this sweep."""
+        if run not in self.open:
+            return {}, {}
+        self._advance(run.window.end_edge or self.meter.mark())
+        share = self.open.pop(run)
+        shared = run in self.overlapped
+        self.overlapped.discard(run)
+        if not run.counted:
+            return {}, {}
+        if not shared:
+            # Alone over its whole window, its share is its own measurement, exactly.
+            share = run.measurement.energy_j
+        metrics = {"sweep_share_energy_j": share, "sweep_gap_before_energy_j": self.unsent_between_j}
+        self.unsent_between_j = 0.0
+        return metrics, ({"energy.shares_devices": "true"} if shared else {})
+
+    def drop(self, run: "Run") -> None:
+        """``run`` no longer counts as a run (a cell's run a real run took the place of): what it
+        had so far was time between runs."""
+        if run in self.open:
+            self._advance(self.meter.mark())
+            share = self.open.pop(run)
+            self.runs_j -= share
+            self.between_j += share
+            self.unsent_between_j += share
+            self.overlapped.discard(run)
+
+    def leave(self) -> float:
+        """The sweep ends here: the between-runs energy no run's end carried."""
+        self._advance(self.meter.mark())
+        rest, self.unsent_between_j = self.unsent_between_j, 0.0
+        return rest
+
+    def now(self) -> tuple[float, float]:
+        """(runs, between) so far, the open stretch included."""
+        edge = self.meter.mark()
+        energy = self.meter.energy_between(self.edge, edge)
+        if any(r.counted for r in self.open):
+            return self.runs_j + energy, self.between_j
+        if self.open:
+            return self.runs_j, self.between_j
+        return self.runs_j, self.between_j + energy
 
 
 @dataclass
@@ -62,6 +156,7 @@ class Sweep:
     ended: bool = False
     unlogged_j: float = 0.0
     unlogged_runs: int = 0
+    overlapping_runs: int = 0
     start_ms: int = 0
     #: Whether MLflow was told of this sweep (its SweepStart was sent), and with which plan.
     logged: bool = False
@@ -70,6 +165,26 @@ class Sweep:
     statuses: bytearray = field(default_factory=bytearray)
     details: deque = field(default_factory=lambda: deque(maxlen=CHART_DETAIL_RUNS))
     _partials: list = field(default_factory=list, repr=False)
+    #: Where this process's time in the sweep went (None: made without a meter, as in tests of the roll-up).
+    ledger: SweepLedger | None = field(default=None, repr=False)
+
+    @property
+    def runs_energy_j(self) -> float:
+        """This process's energy inside the sweep's runs so far (overlapping runs counted once)."""
+        return self.ledger.now()[0] if self.ledger is not None else self.total_j
+
+    @property
+    def between_runs_energy_j(self) -> float:
+        """This process's energy in the sweep between its runs so far (before, between, after them)."""
+        return self.ledger.now()[1] if self.ledger is not None else 0.0
+
+    @property
+    def energy_j(self) -> float:
+        """The energy of the sweep's window in this process so far: runs + between runs."""
+        if self.ledger is None:
+            return self.total_j
+        runs, between = self.ledger.now()
+        return runs + between
 
     @property
     def finished_runs(self) -> int:
@@ -91,15 +206,21 @@ class Sweep:
     def plan(self) -> tuple[int | None, float | None]:
         return (self.planned, self.budget_j)
 
-    def finished(self, run: "Run") -> None:
-        """Count ``run``, a top-level run of this sweep that just ended (the tracker's lock is held)."""
+    def finished(self, run: "Run", part: Mapping[str, float] | None = None, shared: bool = False) -> None:
+        """Count ``run``, a top-level run of this sweep that just ended (the tracker's lock is held).
+
+        ``part``: the run's ``sweep_share_energy_j`` and ``sweep_gap_before_energy_j``
+        (:meth:`SweepLedger.close`); the total grows by both, as MLflow's ``sweep_energy_j`` does.
+        """
         m = run.measurement
         if not run.counted:
             self.unlogged_j += m.energy_j
             self.unlogged_runs += 1
             return
         self.energies.append(m.energy_j)
-        rollup.add_exactly(self._partials, m.energy_j)
+        self.overlapping_runs += shared
+        for value in (part or {"sweep_share_energy_j": m.energy_j}).values():
+            rollup.add_exactly(self._partials, value)
         self.total_j = math.fsum(self._partials)  # what MLflow's sweep_energy_j sums, exactly
         self.statuses.append(_STATUS_CODES.get(run.status or "", 2))
         self.details.append((len(self.energies), run.uid, run.name, m.energy_j, m.duration_s, run.params, {
@@ -107,8 +228,20 @@ class Sweep:
             "estimated": "true" if m.estimated else "false",
             "coverage": f"{m.coverage:.3f}"}))
 
+    def left(self, between_j: float) -> None:
+        """This process left the sweep; ``between_j`` after its last run joins the total."""
+        rollup.add_exactly(self._partials, between_j)
+        self.total_j = math.fsum(self._partials)
+
     def describe(self) -> str:
         text = f"sweep {self.name!r}: {format_energy(self.total_j)} over {self.finished_runs} run(s)"
+        if self.ledger is not None and self.finished_runs:
+            # As of the last boundary (a run's end, just now for a cell's summary): no sensor read here.
+            text += (f" (in runs {format_energy(self.ledger.runs_j)}, "
+                     f"between runs {format_energy(self.ledger.between_j)})")
+        if self.overlapping_runs:
+            text += (f", {self.overlapping_runs} run(s) overlapped on the same devices "
+                     "(the machine counted once, shared between them)")
         if self.unlogged_runs:
             text += f" + {format_energy(self.unlogged_j)} in {self.unlogged_runs} unlogged run(s)"
         if self.planned and self.forecast_j is not None:
@@ -150,6 +283,11 @@ class Run:
     discarded: bool = False
     #: The run this one was opened inside (still open then): its energy is counted there, not in the sweep.
     parent: "Run | None" = None
+    #: The thread that opened it (``threading.current_thread()``; an id could be reused by a later
+    #: thread): runs nest within one thread only.
+    thread: Any = None
+
+    __hash__ = object.__hash__  # a ledger keys its open runs by identity
 
     @property
     def counted(self) -> bool:

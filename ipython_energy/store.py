@@ -19,7 +19,7 @@ import logging
 import statistics
 import time
 from collections import deque
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, NamedTuple
 
 from . import layout, rollup
 from .events import Event, Metrics, RunEnd, RunStart, StartEvent, SweepEnd, SweepStart, SweepUpdate
@@ -325,10 +325,11 @@ class _SweepState:
     writer last set it (:meth:`MlflowStore.update_plan`).
     """
 
-    __slots__ = ("children", "points", "logged", "last_index", "plan")
+    __slots__ = ("children", "points", "logged", "last_index", "plan", "after")
 
     def __init__(self) -> None:
-        self.children: dict[str, float | None] = {}
+        self.children: dict[str, Child | None] = {}
+        self.after: dict[str, float] = {}  # member uid -> its between-runs energy after its last run
         self.points = 0
         self.logged: set[tuple[int, float]] = set()
         self.last_index = 0  # the highest energy.run_index seen: a deleted child keeps its number
@@ -340,8 +341,39 @@ class _SweepState:
         except ValueError:
             pass
 
-    def finished(self) -> list[float]:
-        return [e for e in self.children.values() if e is not None]
+    def finished(self) -> list["Child"]:
+        return [c for c in self.children.values() if c is not None]
+
+    def totals(self, planned: int | None, budget_j: float | None) -> rollup.SweepTotals:
+        done = self.finished()
+        return rollup.totals([c.share_j for c in done], planned, budget_j,
+                             between_j=[c.gap_j for c in done] + list(self.after.values()))
+
+
+class Child(NamedTuple):
+    """A finished child of a sweep as the roll-up needs it.
+
+    ``share_j``: its part of the sweep's energy in runs (``sweep_share_energy_j``: its energy
+    less what it shared with overlapping runs); ``gap_j``: the between-runs energy its end
+    carried (``sweep_gap_before_energy_j``).  A run written by an earlier version has neither:
+    its share is its ``energy_j`` and its gap 0, as the sum of the runs was then.
+    """
+
+    energy_j: float
+    share_j: float
+    gap_j: float
+    shares_devices: bool
+
+    @classmethod
+    def of(cls, metrics: Mapping[str, float], tags: Mapping[str, str]) -> "Child":
+        energy = float(metrics["energy_j"])
+        return cls(energy, float(metrics.get("sweep_share_energy_j", energy)),
+                   float(metrics.get("sweep_gap_before_energy_j", 0.0)),
+                   tags.get("energy.shares_devices") == "true")
+
+
+#: The parent's tag prefix for a member's between-runs energy after its last run (its SweepEnd).
+AFTER_TAG = "energy.between_after_j."
 
 
 class MlflowStore:
@@ -612,11 +644,13 @@ class MlflowStore:
             state = _SweepState()
             for r in self.children(parent_run_id):
                 done = r.info.status in rollup.ENDED_STATUSES and "energy_j" in r.data.metrics
-                state.children[r.info.run_id] = r.data.metrics["energy_j"] if done else None
+                state.children[r.info.run_id] = Child.of(r.data.metrics, r.data.tags) if done else None
                 state.saw(r)
             state.points = points
             tags = self.client.get_run(parent_run_id).data.tags
             state.plan = (rollup.whole(tags.get("energy.planned")), rollup.number(tags.get("energy.budget_j")))
+            state.after = {k[len(AFTER_TAG):]: v for k, v in ((k, rollup.number(v)) for k, v in tags.items()
+                                                             if k.startswith(AFTER_TAG)) if v is not None}
             self._sweeps[parent_run_id] = state
         elif running:
             page = self.client.search_runs(
@@ -651,6 +685,12 @@ class MlflowStore:
                 else:
                     self.update_sweep(sweep_uid, context, in_doubt, ended=event)
         elif isinstance(event, SweepEnd):
+            if event.between_j is not None:
+                # This member's time in the sweep after its last run joins the sweep's total.
+                with self.sweep_lock(event.uid):
+                    self.client.set_tag(self.run_id(event.uid), AFTER_TAG + event.uid, repr(float(event.between_j)))
+                    self._sweeps.pop(self.run_id(event.uid), None)  # the parent's tags changed: look again
+                    self.update_sweep(event.uid, context, in_doubt)
             self.end_sweep(event)
         elif isinstance(event, SweepUpdate):
             self.update_plan(event)
@@ -700,7 +740,7 @@ class MlflowStore:
             run_id = self.run_id(ended.uid)
             energy = ended.energy_j()
             if energy is not None and ended.status in rollup.ENDED_STATUSES:
-                state.children[run_id] = float(energy)
+                state.children[run_id] = Child.of({key: value for key, value, _s, _t in ended.rows}, ended.tags)
             elif run_id not in state.children:
                 state.children[run_id] = None
         if state.plan is not None:  # the parent's tags: the latest plan, whoever set it
@@ -709,16 +749,21 @@ class MlflowStore:
             start = context.get(sweep_uid)
             planned = start.planned if isinstance(start, SweepStart) else None
             budget = start.budget_j if isinstance(start, SweepStart) else None
-        rolled = rollup.totals(state.finished(), planned, budget)
+        rolled = state.totals(planned, budget)
         n, total = rolled.runs, rolled.energy_j
         if n == 0:
             return
         now = int(time.time() * 1000)
         rows = [("sweep_energy_j", total, n, now), ("sweep_runs", n, n, now),
+                ("sweep_runs_energy_j", rolled.runs_energy_j, n, now),
+                ("sweep_between_runs_energy_j", rolled.between_runs_energy_j, n, now),
                 ("sweep_mean_energy_per_run_j", rolled.mean_energy_per_run_j, n, now)]
         if rolled.forecast_energy_j is not None:
             rows.append(("sweep_forecast_energy_j", rolled.forecast_energy_j, n, now))
         tags = [] if rolled.budget_state is None else [RunTag("energy.budget_state", rolled.budget_state)]
+        overlapping = sum(1 for c in state.finished() if c.shares_devices)
+        if overlapping:
+            tags.append(RunTag("energy.overlapping_runs", str(overlapping)))
         if (n, total) in state.logged:
             rows = []  # this exact total was logged already (a replay, or another writer)
         metrics = self._metrics(rows, parent, False)
@@ -741,7 +786,7 @@ class MlflowStore:
         with self.sweep_lock(event.uid):
             state = self._sweep_state(parent)
             state.plan = (event.planned, event.budget_j)
-            rolled = rollup.totals(state.finished(), event.planned, event.budget_j)
+            rolled = state.totals(event.planned, event.budget_j)
             run = self.client.get_run(parent)
             have_tags, have = run.data.tags, run.data.metrics
             want = {}

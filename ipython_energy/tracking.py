@@ -19,7 +19,7 @@ from . import events, registry
 from .config import Config
 from .measurement import Measurement, format_energy
 from .store import ChartRenderer
-from .runs import BudgetExceeded, CellScope, Run, Stage, Sweep
+from .runs import BudgetExceeded, CellScope, Run, Stage, Sweep, SweepLedger
 from .validate import check_name, check_params, quote
 
 
@@ -124,6 +124,7 @@ class Tracker:
                 sweep.stop_at_budget = sweep.stop_at_budget or stop_at_budget
             else:
                 sweep = Sweep(self, name, self._new_uid(), planned, budget_j, stop_at_budget, start_ms=_now_ms())
+                sweep.ledger = SweepLedger(self.meter, self.meter.mark())
                 self.sweeps[name] = sweep
             self.sweep = sweep
             self._log_sweep(sweep, self.config.log if log is None else log)
@@ -157,8 +158,11 @@ class Tracker:
             sweep.ended = True
             if self.sweep is sweep:
                 self.sweep = None
+            between = sweep.ledger.leave() if sweep.ledger is not None else None
+            if between is not None:
+                sweep.left(between)
         if sweep.logged:  # a sweep none of whose runs was logged never reached MLflow
-            self._submit(events.SweepEnd(sweep.uid, status, _now_ms()))
+            self._submit(events.SweepEnd(sweep.uid, status, _now_ms(), between_j=between))
         return sweep
 
     # ---- runs -------------------------------------------------------------------------------
@@ -191,16 +195,24 @@ class Tracker:
                 for run in self.open_runs:
                     if run.implicit and not run.discarded:
                         run.discarded = True
+                        if run.sweep is not None and run.sweep.ledger is not None:
+                            run.sweep.ledger.drop(run)
             if activate and self.run is not None and self.run.measurement is None:
                 self.end_run(self.run)
-            parent = next((r for r in reversed(self.open_runs) if not r.discarded), None)
+            # Nested: inside a run this thread opened.  Runs of other threads (a thread pool, an
+            # Optuna n_jobs search) are siblings that overlap; the sweep counts the machine once.
+            thread = threading.current_thread()
+            parent = next((r for r in reversed(self.open_runs) if not r.discarded and r.thread is thread), None)
             self.run_counter += 1
             if name is None:
                 name = ", ".join(f"{k}={v}" for k, v in params.items()) or f"run {self.run_counter}"
             window = self.meter.begin(label or name, cell=cell)
-            run = Run(self, name, self._new_uid(), params, sweep, window, implicit=implicit, parent=parent)
+            run = Run(self, name, self._new_uid(), params, sweep, window, implicit=implicit, parent=parent,
+                      thread=thread)
             run.logged = (self.config.log if log is None else log) and (parent is None or parent.logged)
             self.open_runs.append(run)
+            if sweep is not None and parent is None and sweep.ledger is not None:
+                sweep.ledger.enter(run)
             if activate:
                 self.run = run
             if run.logged:
@@ -277,8 +289,12 @@ class Tracker:
                 self.open_runs.remove(run)
             if self.run is run:
                 self.run = None
+            part, part_tags = {}, {}
+            if run.sweep is not None and run.parent is None and run.sweep.ledger is not None:
+                part, part_tags = run.sweep.ledger.close(run)
             if run.sweep is not None and run.parent is None and not run.discarded:
-                run.sweep.finished(run)  # the sweep keeps its figures, not the run
+                # the sweep keeps its figures, not the run
+                run.sweep.finished(run, part or None, shared=bool(part_tags))
         m = run.measurement
         if not run.logged:
             return m, False
@@ -289,7 +305,8 @@ class Tracker:
         with_cell = cell_step is not None and self.config.log
         # The rows are derived on the writer's journal thread, off the cell's path.
         self._submit(events.RunEndDraft(run.uid, status, _now_ms(), m, dict(run.units), dict(run.stages),
-                                        self.meter.idle_source, cell_step if with_cell else None))
+                                        self.meter.idle_source, cell_step if with_cell else None,
+                                        part, part_tags))
         return m, with_cell
 
     def log_cell(self, run: Run, m: Measurement, execution_count: int | None) -> None:
