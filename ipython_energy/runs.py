@@ -97,7 +97,9 @@ class SweepLedger:
         if not run.counted:
             return {}, {}
         if not shared:
-            # Alone over its whole window, its share is its own measurement, exactly.
+            # Alone over its whole window, its share is its own measurement, exactly (the chain's
+            # figure differs from it by the measurement's short-window care only).
+            self.runs_j += run.measurement.energy_j - share
             share = run.measurement.energy_j
         metrics = {"sweep_share_energy_j": share, "sweep_gap_before_energy_j": self.unsent_between_j}
         self.unsent_between_j = 0.0
@@ -235,15 +237,15 @@ class Sweep:
 
     def describe(self) -> str:
         text = f"sweep {self.name!r}: {format_energy(self.total_j)} over {self.finished_runs} run(s)"
+        if self.unlogged_runs:
+            text += f" + {format_energy(self.unlogged_j)} in {self.unlogged_runs} unlogged run(s)"
         if self.ledger is not None and self.finished_runs:
             # As of the last boundary (a run's end, just now for a cell's summary): no sensor read here.
-            text += (f" (in runs {format_energy(self.ledger.runs_j)}, "
-                     f"between runs {format_energy(self.ledger.between_j)})")
+            text += (f", in runs {format_energy(self.ledger.runs_j)}, "
+                     f"between runs {format_energy(self.ledger.between_j)}")
         if self.overlapping_runs:
             text += (f", {self.overlapping_runs} run(s) overlapped on the same devices "
                      "(the machine counted once, shared between them)")
-        if self.unlogged_runs:
-            text += f" + {format_energy(self.unlogged_j)} in {self.unlogged_runs} unlogged run(s)"
         if self.planned and self.forecast_j is not None:
             text += f", forecast {format_energy(self.forecast_j)} for {self.planned}"
         if self.budget_j is not None:

@@ -766,6 +766,8 @@ class MlflowStore:
             tags.append(RunTag("energy.overlapping_runs", str(overlapping)))
         if (n, total) in state.logged:
             rows = []  # this exact total was logged already (a replay, or another writer)
+        elif ended is None:  # a member's time after its last run: the runs' figures have not changed
+            rows = [row for row in rows if row[0] not in ("sweep_runs", "sweep_runs_energy_j")]
         metrics = self._metrics(rows, parent, False)
         if metrics or tags:
             self.client.log_batch(parent, metrics=metrics, tags=tags)

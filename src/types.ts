@@ -62,6 +62,11 @@ export interface ITotals {
   running_runs: number;
   ended_runs: number;
   ended_energy_j: number;
+  /** Its two parts: inside runs (overlapping runs counted once) and between them (older servers: absent). */
+  runs_energy_j?: number;
+  between_runs_energy_j?: number;
+  /** Runs that ran at the same time as another run of the sweep on the same devices. */
+  overlapping_runs?: number;
   energy_j: number;
   mean_energy_per_run_j: number | null;
   planned: number | null;

@@ -15,6 +15,8 @@ import textwrap
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.helpers.mlflow_readback import sweep_energy
+
 SCRIPT = textwrap.dedent("""
     import sys, time
     import ipython_energy as energy
@@ -56,11 +58,13 @@ def check_shared_sweep(uri, expected_children):
     parent = sweeps[0]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == expected_children
-    total = math.fsum(c.data.metrics["energy_j"] for c in children)
-    # The last logged total is the exact sum of the children (exactly rounded), whichever writer logged it.
+    total, in_runs = sweep_energy(client, parent, children)
+    # The last logged total is exact (exactly rounded), whichever writer logged it: the runs' shares
+    # and every process's time between them (docs/metrics.md, "Where a sweep's energy goes").
     history = sorted(client.get_metric_history(parent.info.run_id, "sweep_energy_j"), key=lambda m: (m.step, m.timestamp))
     assert history[-1].step == expected_children
     assert history[-1].value == total
+    assert in_runs == math.fsum(c.data.metrics["energy_j"] for c in children)  # no run overlapped another in its process
     for child in children:
         m = child.data.metrics
         # The replay trace draws a steady 120 W (gpu0 100 W + cpu 20 W): each stage's joules are its
@@ -78,7 +82,8 @@ def test_script_outside_ipython_logs_like_the_magic(energy_home, flat_trace, sql
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err
     parent, children = check_shared_sweep(sqlite_uri, 2)
-    assert float(out.split("TOTAL")[1]) == pytest.approx(sum(c.data.metrics["energy_j"] for c in children))
+    # What the script printed is what MLflow has: the sweep's energy, its runs and the time between them.
+    assert float(out.split("TOTAL")[1]) == pytest.approx(parent.data.metrics["sweep_energy_j"])
     assert parent.info.status == "FINISHED"
     assert children[0].data.tags["energy.methods"] == "gpu0=replay,cpu=replay"
 

@@ -66,7 +66,7 @@ def test_kernel_restart_closes_open_run_and_keeps_measurements(start_kernel, fla
     steps = client.get_metric_history(by_name["open-when-restarted"].info.run_id, "cell_energy_j")
     assert len(steps) == 1
     sweep = by_name["restartable"]
-    assert sweep.data.metrics["sweep_energy_j"] == pytest.approx(
+    assert sweep.data.metrics["sweep_runs_energy_j"] == pytest.approx(
         by_name["i=1"].data.metrics["energy_j"] + by_name["open-when-restarted"].data.metrics["energy_j"])
 
 

@@ -20,7 +20,7 @@ from IPython.testing.globalipapp import start_ipython
 
 import ipython_energy
 from ipython_energy.measurement import Measurement, format_energy
-from tests.helpers.mlflow_readback import history, runs as logged_runs
+from tests.helpers.mlflow_readback import history, runs as logged_runs, sweep_energy
 
 
 @pytest.fixture
@@ -198,9 +198,12 @@ def test_sweep_total_equals_sum_of_children_exactly(ip, sqlite_uri, capsys):
     parent = next(r for r in runs if r.data.tags["energy.kind"] == "sweep")
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert len(children) == 3
-    assert parent.data.metrics["sweep_energy_j"] == math.fsum(c.data.metrics["energy_j"] for c in children)
+    # Runs one after another: the energy in runs is the sum of their energies, exactly; the sweep's
+    # energy adds the time between them (docs/metrics.md, "Where a sweep's energy goes").
+    assert parent.data.metrics["sweep_runs_energy_j"] == math.fsum(c.data.metrics["energy_j"] for c in children)
+    assert parent.data.metrics["sweep_energy_j"] == sweep_energy(client, parent, children)[0]
     values = [m.value for m in history(client, parent.info.run_id, "sweep_energy_j")]
-    assert values == sorted(values) and len(values) == 3
+    assert values == sorted(values) and len(values) == 4  # one per run, and the time after the last
     assert parent.info.status == "FINISHED"
     assert sorted(c.data.params["lr"] for c in children) == ["0.001", "0.01", "0.1"]
 
@@ -243,7 +246,7 @@ def test_a_sweep_started_without_logging_logs_its_later_runs(ip, sqlite_uri, cap
     (child,) = children
     assert len(found) == 2
     assert child.data.metrics["energy_j"] == logged
-    assert parent.data.metrics["sweep_energy_j"] == logged and parent.data.metrics["sweep_runs"] == 1
+    assert parent.data.metrics["sweep_runs_energy_j"] == logged and parent.data.metrics["sweep_runs"] == 1
     assert parent.data.tags["energy.planned"] == "4" and float(parent.data.tags["energy.budget_j"]) == 1000.0
     assert parent.info.status == "FINISHED"
     assert unlogged > 0
@@ -278,7 +281,8 @@ def test_a_run_opened_inside_the_active_run_is_counted_once(ip, sqlite_uri, caps
     assert inner.data.tags["energy.sweep"] == "nest" and inner.data.tags["energy.parent_run"] == "outer"
     outer_j = by_name["outer"].data.metrics["energy_j"]
     assert inner.data.metrics["energy_j"] < outer_j
-    assert parent.data.metrics["sweep_energy_j"] == outer_j == sweep.total_j
+    assert parent.data.metrics["sweep_runs_energy_j"] == outer_j
+    assert parent.data.metrics["sweep_energy_j"] == sweep.total_j
 
 
 def test_a_sweeps_new_plan_and_budget_reach_mlflow(ip, sqlite_uri, capsys):
@@ -319,19 +323,20 @@ def test_unlogged_cells_stay_out_of_the_sweeps_total(ip, sqlite_uri, capsys):
     last = [line for line in capsys.readouterr().out.splitlines() if line.startswith("⚡")][-1]
     sweep = ipython_energy.tracker().sweep
     logged, unlogged = math.fsum(measured[0::2]), math.fsum(measured[1::2])
-    assert sweep.total_j == logged and sweep.finished_runs == 2
+    # The logged runs' energies are the energy in runs; the sweep's total adds the time between them.
+    assert sweep.ledger.runs_j == pytest.approx(logged, rel=1e-12) and sweep.finished_runs == 2
     assert sweep.unlogged_j == unlogged and sweep.unlogged_runs == 2
-    assert f"sweep 'mixed': {format_energy(logged)} over 2 run(s) + {format_energy(unlogged)} in 2 unlogged run(s)" \
-        in last
+    assert f"sweep 'mixed': {format_energy(sweep.total_j)} over 2 run(s) + {format_energy(unlogged)} " \
+           "in 2 unlogged run(s)" in last
     assert "not logged" in last  # the last cell itself was not logged
     ip.run_line_magic("energy", "")
     assert "over 2 run(s) + " in capsys.readouterr().out
     live = ipython_energy.tracker().live_state()["active_sweep"]
-    assert (live["total_j"], live["runs"], live["unlogged_runs"]) == (logged, 2, 2)
+    assert (live["total_j"], live["runs"], live["unlogged_runs"]) == (sweep.total_j, 2, 2)
     ip.run_line_magic("energy", "end")
     client, parent, children, _ = sweep_and_children(sqlite_uri)
     assert len(children) == 2
-    assert parent.data.metrics["sweep_energy_j"] == logged and parent.data.metrics["sweep_runs"] == 2
+    assert parent.data.metrics["sweep_runs_energy_j"] == logged and parent.data.metrics["sweep_runs"] == 2
     assert sorted(c.data.metrics["energy_j"] for c in children) == sorted(measured[0::2])
 
 

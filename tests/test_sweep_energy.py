@@ -60,7 +60,7 @@ def test_time_between_runs_is_part_of_the_sweep(driven):
     assert sweep.total_j == pytest.approx(WATTS * 9)
     assert sweep.runs_energy_j == pytest.approx(WATTS * 5)
     assert sweep.between_runs_energy_j == pytest.approx(WATTS * 4)
-    assert "(in runs 500 J, between runs 400 J)" in sweep.describe()
+    assert "over 2 run(s), in runs 500 J, between runs 400 J" in sweep.describe()
     assert tracker.flush(120)
 
     parent, children = _mlflow(uri, "gaps")

@@ -48,6 +48,17 @@ export class SweepView {
       t.planned ? `runs of ${t.planned}` : 'runs'
     );
     stat(formatEnergy(t.mean_energy_per_run_j), 'mean per run');
+    if (t.between_runs_energy_j) {
+      // The sweep's time outside its runs: part of what the sweep cost (docs/metrics.md).
+      stat(formatEnergy(t.between_runs_energy_j), 'between runs');
+    }
+    if (t.overlapping_runs) {
+      stat(
+        String(t.overlapping_runs),
+        'runs overlapped (machine counted once)',
+        'jp-EnergyPanel-overlap'
+      );
+    }
     if (t.forecast_energy_j !== null) {
       stat(formatEnergy(t.forecast_energy_j), `forecast for ${t.planned}`);
     }

@@ -63,8 +63,8 @@ def test_unicode_names_work_and_round_trip_to_mlflow(ip, sqlite_uri):
     assert first.data.tags["energy.sweep"] == "résumé-Ω"
     assert first.data.tags["mlflow.parentRunId"] == sweep.info.run_id
     assert by_name["ünïcode 运行"].data.params == {"温度": "0.7"}
-    assert sweep.data.metrics["sweep_energy_j"] == sum(c.data.metrics["energy_j"] for c in children) or \
-        sweep.data.metrics["sweep_energy_j"] == pytest.approx(sum(c.data.metrics["energy_j"] for c in children),
+    assert sweep.data.metrics["sweep_runs_energy_j"] == sum(c.data.metrics["energy_j"] for c in children) or \
+        sweep.data.metrics["sweep_runs_energy_j"] == pytest.approx(sum(c.data.metrics["energy_j"] for c in children),
                                                               rel=1e-12)
 
 

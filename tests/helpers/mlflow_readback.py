@@ -65,18 +65,31 @@ def history(client: MlflowClient, run_id: str, key: str) -> list[Metric]:
     return sorted(client.get_metric_history(run_id, key), key=lambda m: (m.step, m.timestamp))
 
 
+def sweep_energy(client: MlflowClient, parent: Run, children: list[Run]) -> tuple[float, float]:
+    """(the sweep's energy, its energy in runs) as MLflow holds it, worked out here from the
+    children's ``sweep_share_energy_j`` / ``sweep_gap_before_energy_j`` (``energy_j`` and 0 for
+    runs without them) and the parent's ``energy.between_after_j.*`` tags, with ``math.fsum``
+    as the writer does (docs/metrics.md, "Where a sweep's energy goes")."""
+    shares = [c.data.metrics.get("sweep_share_energy_j", c.data.metrics["energy_j"]) for c in children]
+    gaps = [c.data.metrics.get("sweep_gap_before_energy_j", 0.0) for c in children]
+    after = [float(v) for k, v in client.get_run(parent.info.run_id).data.tags.items()
+             if k.startswith("energy.between_after_j.")]
+    return math.fsum(shares + gaps + after), math.fsum(shares)
+
+
 def assert_sweep_total_exact(client: MlflowClient, parent: Run, children: list[Run]) -> None:
-    """The sweep's last ``sweep_energy_j`` is the sum of its children's ``energy_j``, exactly.
+    """The sweep's last ``sweep_energy_j`` is its runs' shares and the between-runs energy, exactly
+    (:func:`sweep_energy`); for runs that did not overlap, a run's share is its ``energy_j``.
 
     MLflow's own parent link (``mlflow.parentRunId``) must list exactly ``children``.  The writer
-    sums the children with ``math.fsum`` (exactly rounded, whatever their order); so does this
-    check, so the comparison is ``==``.
+    sums with ``math.fsum`` (exactly rounded, whatever their order); so does this check, so the
+    comparison is ``==``.
     """
     listed = client.search_runs([parent.info.experiment_id],
                                 filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
                                 max_results=1000)
     assert {r.info.run_id for r in listed} == {c.info.run_id for c in children}
-    total = math.fsum(r.data.metrics["energy_j"] for r in listed)
+    total, _in_runs = sweep_energy(client, parent, listed)
     last = history(client, parent.info.run_id, "sweep_energy_j")[-1]
     assert last.step == len(children)
     assert last.value == total
