@@ -125,6 +125,10 @@ class EnergySettings(Configurable):
     cpu_tdp_w = _unset_or_number(
         0.0, 10000.0, "CPU estimate: package TDP in watts; when set, the model scales TDP by this process's "
                       "CPU share.")
+    low_util = Number(
+        30.0, min=0.0, max=100.0,
+        help="Utilisation in per cent below which a domain's energy counts as spent at low utilisation "
+             "(`energy_low_util_j`), for sensors that report utilisation (see docs/sensors.md).").tag(config=True)
 
     def __init__(self, environ: Mapping[str, str] | None = None, **kwargs: Any):
         """``environ``: where the ``@default`` methods look (``os.environ`` when None).
@@ -201,6 +205,10 @@ class EnergySettings(Configurable):
     @default("cpu_tdp_w")
     def _cpu_tdp_w_default(self):
         return self._from_env("cpu_tdp_w")
+
+    @default("low_util")
+    def _low_util_default(self):
+        return self._from_env("low_util")
 
     # ---- reading --------------------------------------------------------------------------------
     def values(self) -> dict[str, Any]:

@@ -123,6 +123,7 @@ class CpuModelSensor(SensorBase):
         self._cpu = cpu_time()
         self._energy_j = 0.0
         self._power_w = self.n_cpus * self.idle_w_per_cpu
+        self._util: float | None = None  # busy share of the CPUs over the last interval, until taken
         details = {
             "model": "n_cpus*idle_w + busy_cpus*(active_w-idle_w); busy_cpus from process CPU time",
             "n_cpus": str(self.n_cpus),
@@ -172,9 +173,17 @@ class CpuModelSensor(SensorBase):
                 busy = self._n_cpus_f
             power = self._idle_total_w + busy * self._busy_w_per_cpu
             self._power_w = power
+            self._util = busy / self._n_cpus_f
             self._energy_j += power * dt
             self._t, self._cpu = t, cpu
         return ((self._energy_j, self._power_w),)
+
+    def utilisation(self) -> tuple[float] | None:
+        """``(busy_fraction,)``: this process's CPU time over the interval the last reading integrated,
+        as a share of the CPUs it may use (the model's ``busy_cpus / n_cpus``); None when that
+        reading integrated nothing new.  Not the machine's: other processes are not included."""
+        u, self._util = self._util, None
+        return None if u is None else (u,)
 
     def state(self) -> dict[str, str]:
         return {}
