@@ -198,16 +198,19 @@ class DomainSeries:
         difference both look back), so it classifies that stretch: when it is below
         :attr:`low_util`, the time and the energy over it (the cumulative energy at ``t``, as a window
         edge would take it, minus at the previous reading) are added to :attr:`low_s` and
-        :attr:`low_j`.  A stretch that ends in a None reading, or that began before the first
-        reading, is not classified (neither low nor not).
+        :attr:`low_j`.  The first reading covers the time since the series' first point.  A stretch
+        that ends in a None reading is not classified (neither low nor not).
         """
         e = self.energy_at(t)[0]
         if u is not None and u == u:  # (NaN is no reading)
-            if u < self.low_util and self.util_t is not None:
-                if e is not None and self.util_e is not None and e > self.util_e:
-                    self.low_j += e - self.util_e
-                if t > self.util_t:
-                    self.low_s += t - self.util_t
+            ut, ue = self.util_t, self.util_e
+            if ut is None and not self.has_util and self.points:
+                ut, ue = self.points[0][0], self.points[0][1]  # the first reading: since the first point
+            if u < self.low_util and ut is not None:
+                if e is not None and ue is not None and e > ue:
+                    self.low_j += e - ue
+                if t > ut:
+                    self.low_s += t - ut
             self.util = u
             self.has_util = True
         else:
