@@ -181,6 +181,48 @@ def make_fake_pynvml(gpus: list[FakeGpu], *, init_error: int | None = None) -> t
             (g.spend or burn_cpu_s)(g.util_cost_s)
         return types.SimpleNamespace(gpu=g.util_percent(), memory=0)  # c_nvmlUtilization_t's fields
 
+    nv.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION = 83
+    nv.NVML_FI_DEV_POWER_AVERAGE = 185
+    nv.NVML_FI_DEV_POWER_INSTANT = 186
+    nv.NVML_FI_DEV_ENERGY = 191
+    nv.NVML_TOTAL_POWER_SAMPLES = 0
+    nv.NVML_GPU_UTILIZATION_SAMPLES = 1
+
+    def nvmlDeviceGetFieldValues(h, field_ids):
+        """As ``pynvml``'s: one value per field id (``nvmlReturn`` 3, Not Supported, for the others);
+        the energy fields are the counter (``ullVal``, mJ), the power fields ``uiVal`` (mW)."""
+        g = _gpu(h)
+        now_us = int(g.clock() * 1e6)
+        out = []
+        for fid in field_ids:
+            value = types.SimpleNamespace(dVal=0.0, uiVal=0, ulVal=0, ullVal=0, sllVal=0, siVal=0, usVal=0)
+            v = types.SimpleNamespace(fieldId=fid, scopeId=0, timestamp=now_us, latencyUsec=0, valueType=3,
+                                      nvmlReturn=0, value=value)
+            if fid == 83 and g.has_counter:
+                g.counter_reads += 1
+                if g.counter_cost_s > 0:
+                    (g.spend or burn_cpu_s)(g.counter_cost_s)
+                value.ullVal = g.energy_mj()
+            elif fid in (185, 186):
+                g.power_reads += 1
+                v.valueType, value.uiVal = 1, g.power_mw()
+            else:
+                v.nvmlReturn = NVML_ERROR_NOT_SUPPORTED
+            out.append(v)
+        return out
+
+    def nvmlDeviceGetSamples(h, sampling_type, last_seen_us):
+        """As ``pynvml``'s: ``(value_type, samples)``, the samples newer than ``last_seen_us``; the
+        fake keeps one sample, the current one (power in mW, utilisation in per cent)."""
+        g = _gpu(h)
+        now_us = int(g.clock() * 1e6)
+        if now_us <= last_seen_us:
+            return 1, []
+        value = g.power_mw() if sampling_type == 0 else g.util_percent()
+        return 1, [types.SimpleNamespace(timeStamp=now_us, sampleValue=types.SimpleNamespace(uiVal=value))]
+
+    nv.nvmlDeviceGetFieldValues = nvmlDeviceGetFieldValues
+    nv.nvmlDeviceGetSamples = nvmlDeviceGetSamples
     nv.nvmlInit = nvmlInit
     nv.nvmlDeviceGetUtilizationRates = nvmlDeviceGetUtilizationRates
     nv.nvmlShutdown = nvmlShutdown
