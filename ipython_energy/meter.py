@@ -106,7 +106,7 @@ class Meter:
         background: False: no sampler thread; ticks are taken with ``meter.sampler.tick()`` on an
             injected ``clock`` (tests, simulations; see :class:`~ipython_energy.sampler.Sampler`).
         low_util: Busy fraction (0-1) below which energy counts as spent at low utilisation
-            (``Measurement.low_util_j``), for domains whose sensor reports utilisation.
+            (``Measurement.domains_low_util_j``), for domains whose sensor reports utilisation.
     """
 
     def __init__(

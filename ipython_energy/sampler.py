@@ -98,8 +98,8 @@ class _SensorSlot:
     """
 
     __slots__ = ("sensor", "domains", "series", "targets", "read_values", "tuples", "inline", "sample",
-                 "values_at", "start", "util", "util_due_s", "util_t", "wake", "done", "busy_since", "hung", "edge", "state", "state_t", "reader",
-                 "round_trips_s")
+                 "values_at", "start", "wake", "done", "busy_since", "hung", "edge", "state", "state_t", "reader",
+                 "round_trips_s", "util", "util_due_s", "util_t")
 
     def __init__(self, sensor: Sensor):
         self.sensor = sensor

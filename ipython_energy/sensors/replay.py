@@ -416,9 +416,10 @@ class ReplaySensor(SensorBase):
         self._util_last = tuple(out)
 
     def utilisation(self) -> tuple[float | None, ...] | None:
-        """The busy fraction (0-1) of each domain over the time since the reading before the last one,
-        from the trace's ``<domain>_util`` columns (None for a domain without one); None before the
-        first reading.  A trace without utilisation columns has no such capability (None)."""
+        """The busy fraction (0-1) of each domain between the previous reading and the last one (their
+        mean, from the trace's ``<domain>_util`` columns; None for a domain without one), once per
+        reading; None when no reading was taken since the last call.  A trace without utilisation
+        columns has no such capability (the attribute is None)."""
         out, self._util_last = self._util_last, None
         return out
 
