@@ -405,7 +405,8 @@ class Sampler:
         else:
             error = None
         self._ingest(slot, values, error, t, t)
-        if slot.util is not None and error is None:
+        if slot.util is not None and error is None and t - slot.util_t >= slot.util_due_s:
+            slot.util_t = t
             util = self._read_util(slot)
             if util is not None:
                 self._store_util(slot, t, util)
