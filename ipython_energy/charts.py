@@ -74,6 +74,9 @@ def chart_rows(sweep_data: Mapping[str, Any], memo: dict | None = None) -> dict[
             "energy_j": run.get("energy_j"),
             "cumulative_j": run.get("cumulative_j"),
             "duration_s": run.get("duration_s"),
+            # the part of the bar spent at low utilisation (None: no domain reported utilisation)
+            "low_util_j": low_util_j(run),
+            "low_util_label": low_util_label(run),
             "params": params_text,
             "provenance": prov_text,
         })
@@ -89,6 +92,26 @@ def chart_rows(sweep_data: Mapping[str, Any], memo: dict | None = None) -> dict[
     if totals.get("budget_j") is not None:
         budget = [{"budget_j": totals["budget_j"], "label": f"budget {format_energy(totals['budget_j'])}"}]
     return {"runs": runs, "forecast": forecast, "budget": budget}
+
+
+def low_util_j(run: Mapping[str, Any]) -> float | None:
+    """A run's energy at low utilisation as its bar shows it: the final figure of a run that ended
+    (a running run has none yet), never more than the bar."""
+    low, energy = run.get("energy_low_util_j"), run.get("energy_j")
+    if low is None or energy is None or run.get("live"):
+        return None
+    return min(max(0.0, low), energy)
+
+
+def low_util_label(run: Mapping[str, Any]) -> str | None:
+    """``1.2 kJ (41 %) at < 30 % utilisation``: the lighter part of the run's bar, for its tooltip."""
+    low, energy = low_util_j(run), run.get("energy_j")
+    if low is None:
+        return None
+    share = f" ({round(100 * low / energy)} %)" if energy else ""
+    threshold = run.get("low_util_threshold")
+    below = f"< {threshold:g} % utilisation" if threshold is not None else "low utilisation"
+    return f"{format_energy(low)}{share} at {below}"
 
 
 @functools.lru_cache(maxsize=64)
@@ -110,6 +133,7 @@ def _sweep_skeleton(title: str, width: Any, height: int):
         alt.Tooltip("energy_j:Q", title="energy (J)", format=",.4~s"),
         alt.Tooltip("cumulative_j:Q", title="sweep total so far (J)", format=",.4~s"),
         alt.Tooltip("duration_s:Q", title="duration (s)", format=".1f"),
+        alt.Tooltip("low_util_label:N", title="energy at low utilisation"),
         alt.Tooltip("params:N", title="params"),
         alt.Tooltip("provenance:N", title="provenance"),
     ]
@@ -119,6 +143,12 @@ def _sweep_skeleton(title: str, width: Any, height: int):
         x=x, x2="x1:Q", y2=alt.datum(0),
         y=alt.Y("energy_j:Q", title="energy per run (J)", axis=alt.Axis(format="~s", titleColor="#3a7bd5")),
         color=color, tooltip=tooltip)
+    # the part of each bar spent at low utilisation: the same bar from zero to low_util_j, lightened
+    # by a white overlay (so it keeps its status colour); runs without the figure draw nothing
+    low = alt.Chart(alt.NamedData("runs"), name="lowutil").transform_filter(
+        "isValid(datum.low_util_j) && datum.low_util_j > 0").transform_calculate(
+        x0="datum.index - 0.42", x1="datum.index + 0.42").mark_bar(color="white", opacity=0.55).encode(
+        x=x, x2="x1:Q", y2=alt.datum(0), y=alt.Y("low_util_j:Q", title="energy per run (J)"), tooltip=tooltip)
     total_y = alt.Y("cumulative_j:Q", title="sweep total (J)",
                     axis=alt.Axis(format="~s", orient="right", titleColor="#1b1f24"))
     line = alt.Chart(alt.NamedData("runs")).mark_line(color="#1b1f24", strokeWidth=2
@@ -135,7 +165,7 @@ def _sweep_skeleton(title: str, width: Any, height: int):
         align="left", baseline="bottom", dx=3, dy=-2, color="#d64545", fontSize=10).encode(
         y=alt.Y("budget_j:Q"), x=alt.value(0), text="label:N")
     totals = alt.layer(line, points, forecast, budget, budget_text)
-    chart = alt.layer(bars, totals).resolve_scale(y="independent").properties(
+    chart = alt.layer(alt.layer(bars, low), totals).resolve_scale(y="independent").properties(
         width=width, height=height)
     if title:
         chart = chart.properties(title=alt.TitleParams(title, anchor="start", fontSize=12))

@@ -126,6 +126,10 @@ class EnergySettings(Configurable):
     cpu_tdp_w = _unset_or_number(
         0.0, 10000.0, "CPU estimate: package TDP in watts; when set, the model scales TDP by this process's "
                       "CPU share.")
+    low_util = Number(
+        30.0, min=0.0, max=100.0,
+        help="Utilisation in per cent below which a domain's energy counts as spent at low utilisation "
+             "(`energy_low_util_j`), for sensors that report utilisation (see docs/sensors.md).").tag(config=True)
 
     mlflow_timeout_s = Number(
         120.0, min=1.0, max=3600.0,
@@ -221,6 +225,10 @@ class EnergySettings(Configurable):
     @default("mlflow_slow_s")
     def _mlflow_slow_s_default(self):
         return self._from_env("mlflow_slow_s")
+
+    @default("low_util")
+    def _low_util_default(self):
+        return self._from_env("low_util")
 
     # ---- reading --------------------------------------------------------------------------------
     def values(self) -> dict[str, Any]:

@@ -34,6 +34,11 @@ def run_metrics(m: Measurement, *, units: Mapping[str, float] | None = None,
     }
     for domain, joules in m.domains.items():
         out[f"energy_{key_part(domain)}_j"] = joules
+    if m.domains_low_util_j:  # only domains that report utilisation: absent, never 0 J, for the others
+        out["energy_low_util_j"] = m.energy_low_util_j
+        out["low_util_s"] = m.low_util_s
+        for domain, joules in m.domains_low_util_j.items():
+            out[f"energy_{key_part(domain)}_low_util_j"] = joules
     if m.facility_j is not None:
         out["energy_facility_j"] = m.facility_j
     if m.co2e_g is not None:
@@ -96,6 +101,8 @@ def provenance_tags(m: Measurement, *, idle_source: str, unit: str | None = None
     )
     if temps:
         tags["energy.start_temperature_c"] = temps
+    if m.low_util_threshold is not None and m.domains_low_util_j:
+        tags["energy.low_util_threshold"] = f"{m.low_util_threshold * 100:g}"
     if m.pue is not None:
         tags["energy.pue"] = f"{m.pue:g}"
     if m.carbon_g_per_kwh is not None:
@@ -149,7 +156,9 @@ def run_row(run: Any) -> dict[str, Any]:
     The row is what :func:`ipython_energy.rollup.build_sweep_data` takes: ``run_id``, ``name``,
     ``status`` (running/finished/failed/killed), ``run_index`` (the ``energy.run_index`` tag),
     ``energy_j`` (final), ``live_energy_j`` (latest live value), ``duration_s``,
-    ``power_mean_w``, ``start_time_ms``, ``end_time_ms``, ``params``, ``provenance``.
+    ``power_mean_w``, ``start_time_ms``, ``end_time_ms``, ``params``, ``provenance``,
+    ``energy_low_util_j`` (None when no domain reported utilisation) and ``low_util_threshold``
+    (per cent, the ``energy.low_util_threshold`` tag).
     """
     info, data = run.info, run.data
     metrics, tags = data.metrics, data.tags
@@ -168,6 +177,8 @@ def run_row(run: Any) -> dict[str, Any]:
         "shares_devices": tags.get("energy.shares_devices") == "true",
         "duration_s": number(metrics.get("duration_s")),
         "power_mean_w": number(metrics.get("power_mean_w")),
+        "energy_low_util_j": number(metrics.get("energy_low_util_j")),
+        "low_util_threshold": number(tags.get("energy.low_util_threshold")),
         "start_time_ms": info.start_time,
         "end_time_ms": info.end_time,
         "params": dict(data.params),

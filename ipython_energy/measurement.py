@@ -72,6 +72,14 @@ class Measurement:
         pue: Power usage effectiveness factor, when configured.
         carbon_g_per_kwh: Grid carbon intensity, when configured.
         running: True for a snapshot of a window still open.
+        domains_low_util_j: Domain name → joules spent while the domain's utilisation was below
+            ``low_util_threshold``; only domains whose sensor reports utilisation (a domain
+            without it is absent, not 0 J).  See docs/sensors.md for which reading applies.
+        domains_low_util_s: Domain name → seconds spent below the threshold (same domains).
+        low_util_threshold: The threshold as a busy fraction (0.3 is 30 %), or None when no
+            domain reported utilisation.
+        stages: Stage name → ``(energy_j, duration_s)`` summed over the run (a run's
+            measurement only; empty otherwise).
     """
 
     label: str
@@ -88,6 +96,10 @@ class Measurement:
     pue: float | None = None
     carbon_g_per_kwh: float | None = None
     running: bool = False
+    domains_low_util_j: Mapping[str, float] = field(default_factory=dict)
+    domains_low_util_s: Mapping[str, float] = field(default_factory=dict)
+    low_util_threshold: float | None = None
+    stages: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
     # ---- derived -------------------------------------------------------------------------
     @property
@@ -107,6 +119,50 @@ class Measurement:
     @property
     def has_gaps(self) -> bool:
         return any(p.gaps for p in self.provenance.values())
+
+    @property
+    def energy_low_util_j(self) -> float | None:
+        """Joules spent at low utilisation, over the domains that report utilisation (None when
+        none does)."""
+        if not self.domains_low_util_j:
+            return None
+        return sum(self.domains_low_util_j.values())
+
+    @property
+    def low_util_s(self) -> float | None:
+        """Seconds below the utilisation threshold: the longest of the domains' (times of
+        different domains are not added up); None when no domain reports utilisation."""
+        if not self.domains_low_util_s:
+            return None
+        return max(self.domains_low_util_s.values())
+
+    def low_util_note(self) -> str | None:
+        """``41 % of gpu0 energy at < 30 % utilisation`` for the domain with the most energy at low
+        utilisation, when that matters: at least :data:`LOW_UTIL_SHOWN` of the domain's energy,
+        on a domain with at least :data:`LOW_UTIL_SHOWN` of the window's.  None otherwise."""
+        if not self.domains_low_util_j or self.low_util_threshold is None or self.energy_j <= 0:
+            return None
+        best = None
+        for name, low in self.domains_low_util_j.items():
+            total = self.domains.get(name, 0.0)
+            if total <= 0 or total < LOW_UTIL_SHOWN * self.energy_j or low < LOW_UTIL_SHOWN * total:
+                continue
+            if best is None or low > best[1]:
+                best = (name, low, total)
+        if best is None:
+            return None
+        name, low, total = best
+        return (f"{round(100 * low / total)} % of {name} energy at < "
+                f"{self.low_util_threshold * 100:g} % utilisation")
+
+    def stages_text(self) -> str | None:
+        """``data 1.2 kJ (31 %) · train 2.6 kJ (67 %)``: the run's stages with their share of its
+        energy, or None without stages."""
+        if not self.stages:
+            return None
+        return " · ".join(
+            f"{name} {format_energy(j)}" + (f" ({round(100 * j / self.energy_j)} %)" if self.energy_j > 0 else "")
+            for name, (j, _s) in self.stages.items())
 
     @property
     def facility_j(self) -> float | None:
@@ -136,6 +192,12 @@ class Measurement:
                 for name, j in self.domains.items()
             )
             parts.append(f"[{split}]")
+        stages = self.stages_text()
+        if stages:
+            parts.append(stages)
+        low = self.low_util_note()
+        if low:
+            parts.append(low)
         flags = []
         if self.short_window:
             flags.append("short window: interpolated")
@@ -156,11 +218,26 @@ class Measurement:
 
     def _repr_html_(self) -> str:
         esc = html.escape
+        low = self.domains_low_util_j
+        low_head = (f"<th>at &lt; {self.low_util_threshold * 100:g} % utilisation</th>"
+                    if low and self.low_util_threshold is not None else "")
+
+        def low_cell(name: str) -> str:
+            if not low_head:
+                return ""
+            j = low.get(name)
+            total = self.domains.get(name, 0.0)
+            if j is None:
+                return "<td></td>"
+            share = f" ({round(100 * j / total)} %)" if total > 0 else ""
+            return f"<td style='text-align:right'>{esc(format_energy(j) + share)}</td>"
+
         rows = "".join(
-            "<tr><td>{}</td><td style='text-align:right'>{}</td><td>{}</td><td>{}</td>"
+            "<tr><td>{}</td><td style='text-align:right'>{}</td>{}<td>{}</td><td>{}</td>"
             "<td style='text-align:right'>{:.0%}</td><td>{}</td></tr>".format(
                 esc(name),
                 esc(format_energy(j)),
+                low_cell(name),
                 esc(self.provenance[name].method) if name in self.provenance else "",
                 esc(self.provenance[name].sensor) if name in self.provenance else "",
                 self.provenance[name].coverage if name in self.provenance else 1.0,
@@ -175,14 +252,31 @@ class Measurement:
             )
             for name, j in self.domains.items()
         )
+        stages = ""
+        if self.stages:
+            stage_rows = "".join(
+                "<tr><td>{}</td><td style='text-align:right'>{}</td><td style='text-align:right'>{}</td>"
+                "<td style='text-align:right'>{}</td></tr>".format(
+                    esc(name), esc(format_energy(j)),
+                    f"{round(100 * j / self.energy_j)} %" if self.energy_j > 0 else "",
+                    esc(format_duration(s)))
+                for name, (j, s) in self.stages.items())
+            stages = ("<table class='ipython-energy-stages'><thead><tr><th>stage</th><th>energy</th>"
+                      f"<th>share</th><th>duration</th></tr></thead><tbody>{stage_rows}</tbody></table>")
         return (
             "<div class='ipython-energy-measurement'>"
             f"<p><b>{esc(self.label)}</b>: {esc(self.summary())}</p>"
-            "<table><thead><tr><th>domain</th><th>energy</th><th>method</th><th>sensor</th>"
+            f"<table><thead><tr><th>domain</th><th>energy</th>{low_head}<th>method</th><th>sensor</th>"
             f"<th>coverage</th><th>gaps</th></tr></thead><tbody>{rows}</tbody></table>"
+            f"{stages}"
             f"<p>idle baseline {esc(format_energy(self.idle_j))}, "
             f"net {esc(format_energy(self.net_j))}</p></div>"
         )
+
+
+#: The summary line names a domain's energy at low utilisation when it is at least this share of the
+#: domain's energy and the domain at least this share of the window's (see ``low_util_note``).
+LOW_UTIL_SHOWN = 0.1
 
 
 def format_energy(joules: float | None) -> str:

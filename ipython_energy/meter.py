@@ -26,6 +26,7 @@ from .measurement import DomainProvenance, Gap, Measurement
 from .sampler import Sampler
 from .sensors.base import DomainInfo, Sensor
 from .edges import Snapshot
+from .series import DEFAULT_LOW_UTIL
 
 #: Quiet time (no window open) over which the idle baseline is measured.
 IDLE_MEASURE_S = 2.0
@@ -124,6 +125,8 @@ class Meter:
         idle_measure_s: Quiet seconds over which the idle baseline is measured.
         background: False: no sampler thread; ticks are taken with ``meter.sampler.tick()`` on an
             injected ``clock`` (tests, simulations; see :class:`~ipython_energy.sampler.Sampler`).
+        low_util: Busy fraction (0-1) below which energy counts as spent at low utilisation
+            (``Measurement.domains_low_util_j``), for domains whose sensor reports utilisation.
     """
 
     def __init__(
@@ -140,11 +143,13 @@ class Meter:
         hang_timeout_s: float | None = None,
         idle_measure_s: float = IDLE_MEASURE_S,
         background: bool = True,
+        low_util: float = DEFAULT_LOW_UTIL,
     ):
         self.clock = clock
+        self.low_util = low_util
         self.sampler = Sampler(
             sensors, interval_s=interval_s, clock=clock, buffer_s=buffer_s, hang_timeout_s=hang_timeout_s,
-            background=background,
+            background=background, low_util=low_util,
         )
         self._sensors = list(sensors)
         self._lock = self.sampler.lock
@@ -440,11 +445,18 @@ class Meter:
         duration = max(0.0, end.t - b.t)
         interval = self.sampler.interval_s
         domains: dict[str, float] = {}
+        low_j: dict[str, float] = {}
+        low_s: dict[str, float] = {}
         prov: dict[str, DomainProvenance] = {}
         for name, s in self._series.items():
             info = s.info
             bm = b.marks[name]
-            energy, short, known = s.energy_between(bm, end.marks[name])
+            em = end.marks[name]
+            energy, short, known = s.energy_between(bm, em)
+            if em.low_j is not None and known:
+                low = s.low_util_between(bm, em, energy, short)
+                if low is not None:
+                    low_j[name], low_s[name] = low
             gaps, gap_total = s.gaps_between(b.t, end.t, bm.gap_seq)
             if not known:
                 gaps = [(b.t, end.t, "no readings")]
@@ -485,6 +497,9 @@ class Meter:
             pue=self.pue,
             carbon_g_per_kwh=self.carbon_g_per_kwh,
             running=running,
+            domains_low_util_j=low_j,
+            domains_low_util_s=low_s,
+            low_util_threshold=self.low_util if low_j else None,
         )
 
     def _end(self, w: Window) -> Measurement:

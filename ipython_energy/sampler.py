@@ -54,7 +54,7 @@ from typing import Callable, Iterable
 
 from .sensors.base import DomainInfo, Sensor, SensorBase
 from .edges import TickTally
-from .series import DomainSeries
+from .series import DEFAULT_LOW_UTIL, DomainSeries
 
 THREAD_NAME = "ipython-energy-sampler"
 #: Default buffer length in seconds of samples (per domain).
@@ -99,7 +99,7 @@ class _SensorSlot:
 
     __slots__ = ("sensor", "domains", "series", "targets", "read_values", "tuples", "inline", "sample",
                  "values_at", "start", "wake", "done", "busy_since", "hung", "edge", "state", "state_t", "reader",
-                 "round_trips_s")
+                 "round_trips_s", "util", "util_due_s", "util_t")
 
     def __init__(self, sensor: Sensor):
         self.sensor = sensor
@@ -121,6 +121,12 @@ class _SensorSlot:
         self.values_at = caps.values_at if self.inline else None
         self.sample = caps.sample if self.inline else None
         self.start = caps.start if caps is sensor else None
+        #: The sensor's ``utilisation`` (called right after its reads), if it reports one; a blocking
+        #: sensor's is called again only ``util_due_s`` after the last call (set by the sampler from
+        #: the sensor's ``util_period_s``), at ``util_t``.
+        self.util = caps.utilisation
+        self.util_due_s = 0.0
+        self.util_t = -math.inf
         #: Readings come as one (energy_j, power_w) pair per domain, in the order of domains().
         self.tuples = self.inline or self.read_values is not None
         self.wake = threading.Lock()
@@ -151,6 +157,8 @@ class Sampler:
         background: False: no sampler thread; the caller takes the ticks with :meth:`tick`, on an
             injected ``clock`` that it moves itself (tests, simulations).  Blocking sensors still
             get their reader threads.
+        low_util: Busy fraction (0-1) below which a domain's energy counts as spent at low
+            utilisation (:meth:`DomainSeries.set_util`), for sensors that report utilisation.
 
     After each tick's readings are stored (see :meth:`sync`: in batches, on the sampler thread or on
     whichever thread asks for the series first) the sampler updates :attr:`tally`
@@ -167,6 +175,7 @@ class Sampler:
         hang_timeout_s: float | None = None,
         capacity: int | None = None,
         background: bool = True,
+        low_util: float = DEFAULT_LOW_UTIL,
     ):
         if interval_s <= 0:
             raise ValueError("interval_s must be positive")
@@ -190,10 +199,15 @@ class Sampler:
                 if d.name in self.series:
                     raise ValueError(f"two sensors report domain {d.name!r}")
                 ds = DomainSeries(d, self.capacity)
+                ds.low_util = low_util
                 self.series[d.name] = ds
                 self.domain_slot[d.name] = slot
                 slot.series.append((d.name, ds))
             slot.targets = tuple(ds for _, ds in slot.series)
+            if slot.util is not None:
+                # half an interval early: dithered ticks must not skip a reading that is due
+                period = getattr(slot.sensor, "util_period_s", 0.0)
+                slot.util_due_s = max(0.0, period - 0.5 * self.interval_s) if period > 0 else 0.0
         #: Per-tick figures over all series (peak power, begin-edge refinement, quiet energy),
         #: configured and read by whoever keeps windows, under :attr:`lock`.
         self.tally = TickTally(self.series)
@@ -357,6 +371,23 @@ class Sampler:
             s.bad(t, reason)
 
     @staticmethod
+    def _read_util(slot: _SensorSlot):
+        """The sensor's utilisation reading right after a read, or None (none new, or it raised:
+        utilisation is never worth a gap in the energy)."""
+        try:
+            return slot.util()
+        except Exception:  # noqa: BLE001 - a failed utilisation read is just no reading
+            return None
+
+    @staticmethod
+    def _store_util(slot: _SensorSlot, t: float, util) -> None:
+        """Hand a utilisation reading (one fraction or None per domain) to the series.  Caller holds
+        the store lock, right after storing the energy of the same read."""
+        if isinstance(util, tuple) and len(util) == len(slot.targets):
+            for s, u in zip(slot.targets, util):
+                s.set_util(t, u)
+
+    @staticmethod
     def _call_sensor(slot: _SensorSlot):
         rv = slot.read_values
         return rv() if rv is not None else slot.sensor.read()
@@ -374,6 +405,11 @@ class Sampler:
         else:
             error = None
         self._ingest(slot, values, error, t, t)
+        if slot.util is not None and error is None and t - slot.util_t >= slot.util_due_s:
+            slot.util_t = t
+            util = self._read_util(slot)
+            if util is not None:
+                self._store_util(slot, t, util)
 
     def _edge_inline(self) -> None:
         """Sample the nonblocking sensors on this thread for a window edge, then store the readings.
@@ -412,10 +448,17 @@ class Sampler:
         except Exception as exc:  # any failure of a sensor is recorded as a gap, never hidden
             result, error = None, exc
         t1 = clock()
+        # utilisation after t1 (its call is not part of the energy read's timing), when due
+        util = None
+        if slot.util is not None and error is None and t1 - slot.util_t >= slot.util_due_s:
+            slot.util_t = t1
+            util = self._read_util(slot)
         with self.lock:
             if gen != self._generation or (tick and self._stopped):
                 return  # a read that outlived stop() or a restart: not this sampler's any more
             self._ingest(slot, result, error, t0, t1)
+            if util is not None:
+                self._store_util(slot, 0.5 * (t0 + t1), util)
         if tick and error is None and t1 - slot.state_t >= STATE_INTERVAL_S:
             self._refresh_state(slot, t1)
 

@@ -67,6 +67,9 @@ GAP_HISTORY = 512
 SHORT_WINDOW_FLOOR = 0.25
 #: "Recent" for that floor: the mean power over at least this many update periods.
 SHORT_FLOOR_SPAN_UPDATES = 3
+#: Utilisation (busy fraction) below which energy counts as spent at low utilisation, unless the
+#: sampler is given another (``low_util`` in the configuration, in per cent).
+DEFAULT_LOW_UTIL = 0.3
 _INF = math.inf
 
 
@@ -84,6 +87,7 @@ class DomainSeries:
         "_glitch", "_reset_from", "reset_check_j", "_timed_with", "_last_move", "_fast_evidence",
         "faster_than_nominal", "stale_shown", "power_span_s", "_ever_locked",
         "gap_open", "gaps", "gap_seq", "gap_closed_s", "_fast", "_now_w",
+        "low_util", "has_util", "util", "util_t", "util_e", "low_j", "low_s",
     )
 
     def __init__(self, info: DomainInfo, capacity: int):
@@ -137,6 +141,16 @@ class DomainSeries:
         self._fast = False
         # :meth:`power_now_w` as of the last read when ingest could tell it cheaply, else None
         self._now_w: float | None = None
+        # utilisation (see set_util): the threshold (a busy fraction), whether any reading came,
+        # the latest reading, when it came and the cumulative energy then, and the energy and
+        # time classified as spent below the threshold so far
+        self.low_util = DEFAULT_LOW_UTIL
+        self.has_util = False
+        self.util: float | None = None
+        self.util_t: float | None = None
+        self.util_e: float | None = None
+        self.low_j = 0.0
+        self.low_s = 0.0
 
     # -- gaps -------------------------------------------------------------------------------
     def bad(self, t: float, reason: str) -> None:
@@ -173,6 +187,68 @@ class DomainSeries:
         if lost > 0:
             out.append((a, a, f"{lost} earlier gaps not listed"))
         return out, total
+
+    # -- utilisation ------------------------------------------------------------------------
+    def set_util(self, t: float, u: float | None) -> None:
+        """A utilisation reading taken at ``t``: a busy fraction (0-1), or None (no reading for this
+        domain this time).  Called right after the energy of the same read was stored, and only
+        when a reading arrives, so the tick's hot path (:meth:`ingest`) is not touched.
+
+        The reading describes the time since the previous one (NVML's utilisation and a CPU-time
+        difference both look back), so it classifies that stretch: when it is below
+        :attr:`low_util`, the time and the energy over it (the cumulative energy at ``t``, as a window
+        edge would take it, minus at the previous reading) are added to :attr:`low_s` and
+        :attr:`low_j`.  The first reading covers the time since the series' first point.  A stretch
+        that ends in a None reading is not classified (neither low nor not).
+        """
+        e = self.energy_at(t)[0]
+        if u is not None and u == u:  # (NaN is no reading)
+            ut, ue = self.util_t, self.util_e
+            if ut is None and not self.has_util and self.points:
+                ut, ue = self.points[0][0], self.points[0][1]  # the first reading: since the first point
+            if u < self.low_util and ut is not None:
+                if e is not None and ue is not None and e > ue:
+                    self.low_j += e - ue
+                if t > ut:
+                    self.low_s += t - ut
+            self.util = u
+            self.has_util = True
+        else:
+            self.util = None
+        self.util_t = t
+        self.util_e = e
+
+    def _low_at(self, t: float, e: float | None) -> tuple[float | None, float | None]:
+        """Energy and time spent at low utilisation up to ``t`` (where the cumulative energy is ``e``):
+        what :meth:`set_util` classified, plus the stretch since the latest reading, taken at that
+        reading's utilisation (the next reading, which will classify it, has not come yet).
+        ``(None, None)`` for a domain that never reported utilisation."""
+        if not self.has_util:
+            return None, None
+        lj, ls = self.low_j, self.low_s
+        u, ut = self.util, self.util_t
+        if u is not None and u < self.low_util and ut is not None:
+            if e is not None and self.util_e is not None and e > self.util_e:
+                lj += e - self.util_e
+            if t > ut:
+                ls += t - ut
+        return lj, ls
+
+    def low_util_between(self, b: "Mark", e: "Mark", energy_j: float,
+                         short: bool) -> tuple[float, float] | None:
+        """``(energy_j, seconds)`` spent below :attr:`low_util` between two marks, or None when the
+        domain reported no utilisation by ``e``.  Never below 0 nor above ``energy_j`` (the
+        window's energy as :meth:`energy_between` gave it) and the window's length.  A short
+        window (whose energy was interpolated) gets ``energy_j`` times its low-utilisation share
+        of the time."""
+        if e.low_j is None:
+            return None
+        duration = max(0.0, e.t - b.t)
+        lj = e.low_j - (b.low_j or 0.0)
+        ls = min(max(0.0, e.low_s - (b.low_s or 0.0)), duration)
+        if short:
+            lj = energy_j * ls / duration if duration > 0 else 0.0
+        return min(max(0.0, lj), energy_j), ls
 
     # -- ingest -----------------------------------------------------------------------------
     def ingest(self, t: float, r: DomainReading, t_lo: float | None = None, t_hi: float | None = None) -> None:
@@ -513,8 +589,11 @@ class DomainSeries:
         """This domain at time ``t`` (a window edge): its cumulative energy there, whether that is
         final, and what :meth:`energy_between` needs to know about the counter and the gaps then."""
         e, final = self.energy_at(t)
-        return Mark(t, e, (final and self.timing_settled) or (e is None and bool(self.points)),
+        mark = Mark(t, e, (final and self.timing_settled) or (e is None and bool(self.points)),
                     self.last_e, self.gap_seq)
+        if self.has_util:
+            mark.low_j, mark.low_s = self._low_at(t, e)
+        return mark
 
     def refine(self, mark: "Mark") -> None:
         """Re-evaluate a mark that was extrapolated, now that later points may bracket it.  A mark
@@ -808,9 +887,11 @@ class Mark:
         final: False while ``energy_j`` was extrapolated (see :meth:`DomainSeries.refine`).
         counter_j: The counter's last good reading then (did it move between two marks?).
         gap_seq: How many gaps had closed then.
+        low_j, low_s: Energy (J) and time (s) spent below the utilisation threshold up to then
+            (:meth:`DomainSeries.set_util`), or None for a domain that has reported no utilisation.
     """
 
-    __slots__ = ("t", "energy_j", "final", "counter_j", "gap_seq")
+    __slots__ = ("t", "energy_j", "final", "counter_j", "gap_seq", "low_j", "low_s")
 
     def __init__(self, t: float, energy_j: float | None, final: bool, counter_j: float, gap_seq: int):
         self.t = t
@@ -818,3 +899,5 @@ class Mark:
         self.final = final
         self.counter_j = counter_j
         self.gap_seq = gap_seq
+        self.low_j: float | None = None
+        self.low_s: float | None = None

@@ -8,6 +8,7 @@ MLflow to the writer, so nothing here waits on MLflow.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import math
 import os
 import threading
@@ -48,7 +49,8 @@ class Tracker:
                 "tdp_w": config.cpu_tdp_w,
             })
             meter = Meter(found.sensors, interval_s=config.interval_s, idle_power_w=config.idle_power_w,
-                          pue=config.pue, carbon_g_per_kwh=config.carbon_g_per_kwh, notes=found.notes)
+                          pue=config.pue, carbon_g_per_kwh=config.carbon_g_per_kwh, notes=found.notes,
+                          low_util=config.low_util / 100.0)
         self.meter = meter
         self.meter.start()
         self._writer = writer
@@ -283,7 +285,9 @@ class Tracker:
                 return None, False
             if run.measurement is not None:
                 return run.measurement, False
-            run.measurement = run.window.end()
+            m = run.window.end()
+            # the run's measurement carries its stages, for its summary line and HTML repr
+            run.measurement = dataclasses.replace(m, stages=dict(run.stages)) if run.stages else m
             run.status = status
             if run in self.open_runs:
                 self.open_runs.remove(run)

@@ -35,6 +35,26 @@ export function formatPower(watts: number | null | undefined): string {
   return watts >= 1000 ? `${(watts / 1000).toPrecision(3)} kW` : `${watts.toPrecision(3)} W`;
 }
 
+/**
+ * A run's energy at low utilisation: `1.20 kJ (41%) at < 30% utilisation`, or null when the
+ * run has no such figure (its sensors report no utilisation, or it is still running).
+ */
+export function formatLowUtil(
+  lowJ: number | null | undefined,
+  energyJ: number | null | undefined,
+  thresholdPct: number | null | undefined
+): string | null {
+  if (missing(lowJ)) {
+    return null;
+  }
+  const share =
+    !missing(energyJ) && energyJ > 0
+      ? ` (${Math.round((Math.min(lowJ, energyJ) / energyJ) * 100)}%)`
+      : '';
+  const below = missing(thresholdPct) ? 'low utilisation' : `< ${thresholdPct}% utilisation`;
+  return `${formatEnergy(lowJ)}${share} at ${below}`;
+}
+
 /** A change as a signed whole percent: 0.2 → `+20%`, -0.58 → `−58%` (a true minus sign). */
 export function formatPercent(fraction: number): string {
   const pct = Math.round(fraction * 100);

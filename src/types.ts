@@ -84,6 +84,10 @@ export interface IRunLine {
   status: RunStatus;
   energy_j: number | null;
   live: boolean;
+  /** Energy at low utilisation (`energy_low_util_j`); null when no domain reported utilisation. */
+  energy_low_util_j?: number | null;
+  /** The threshold in per cent (`energy.low_util_threshold`), null when unknown. */
+  low_util_threshold?: number | null;
 }
 
 export interface ISweepReply {

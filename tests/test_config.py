@@ -88,7 +88,7 @@ def test_without_variables_every_setting_has_its_default():
         "sensors": "auto", "interval_s": 0.1, "idle_power_w": None, "pue": None, "carbon_g_per_kwh": None,
         "tracking_uri": None, "experiment": "ipython-energy", "log": True, "live_interval_s": 2.0,
         "autolog": False, "quiet": False, "cpu_idle_w_per_core": None, "cpu_active_w_per_core": None,
-        "cpu_tdp_w": None, "mlflow_timeout_s": 120.0, "mlflow_slow_s": 1.0}
+        "cpu_tdp_w": None, "mlflow_timeout_s": 120.0, "mlflow_slow_s": 1.0, "low_util": 30.0}
 
 
 def test_own_variable_beats_mlflow_fallback():
@@ -179,3 +179,10 @@ def test_tracking_uri_is_made_absolute(tmp_path):
     assert resolved(IPYTHON_ENERGY_TRACKING_URI="http://h:5000") == "http://h:5000"
     (tmp_path / "mlruns" / "1").mkdir(parents=True)  # artifacts of the sqlite store: still the sqlite store
     assert resolved() == f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def test_low_util_is_a_percentage_from_its_variable():
+    config, warnings = cfg.from_env({"IPYTHON_ENERGY_LOW_UTIL": "12.5"})
+    assert warnings == [] and config.low_util == 12.5
+    with pytest.raises(cfg.ConfigError, match="low_util must be at most 100"):
+        cfg.from_env({"IPYTHON_ENERGY_LOW_UTIL": "150"})

@@ -123,6 +123,12 @@ class SensorBase:
         values_at: ``None``, or for a nonblocking sensor ``values_at(t, sample)``: the
             :attr:`read_values` reading as of sampler clock time ``t``, when :attr:`sample`
             returned ``sample``.  Called in time order, one call at a time.
+        utilisation: ``None`` (the sensor reports no utilisation), or a method called right after
+            each read (:attr:`read_values`, :meth:`read` or :attr:`values_at`, on the same thread)
+            that returns ``None`` when it has no new utilisation reading this time, else one busy
+            fraction (0-1) or ``None`` per domain, in the order of :meth:`domains`.  A reading
+            describes the time since the sensor's previous utilisation reading (as NVML's and a
+            CPU-time difference do).  The sampler calls it at most every :attr:`util_period_s`.
     """
 
     name: str = "sensor"
@@ -130,6 +136,10 @@ class SensorBase:
     nonblocking: ClassVar[bool] = False
     sample: Callable[[], object] | None = None
     values_at: Callable[[float, object], tuple[tuple[float | None, float | None], ...]] | None = None
+    utilisation: Callable[[], tuple[float | None, ...] | None] | None = None
+    #: Least time between two :attr:`utilisation` calls (sampler clock): 0 calls it after every
+    #: read; a sensor whose utilisation costs a driver call reads it less often than its energy.
+    util_period_s: ClassVar[float] = 0.0
 
     def start(self, t0: float) -> None:
         """Called once, when sampling first starts, with the sampler's clock time.  Default: nothing."""

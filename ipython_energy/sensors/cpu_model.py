@@ -96,6 +96,8 @@ class CpuModelSensor(SensorBase):
     """
 
     name = "cpu-model"
+    #: Utilisation every half second (it is the CPU-time difference over that stretch).
+    util_period_s = 0.5
     #: Computes in-process and never blocks: the sampler may read it on its own thread.
     nonblocking = True
 
@@ -123,6 +125,7 @@ class CpuModelSensor(SensorBase):
         self._cpu = cpu_time()
         self._energy_j = 0.0
         self._power_w = self.n_cpus * self.idle_w_per_cpu
+        self._util_from = (self._t, self._cpu)  # (time, CPU seconds) at the last utilisation() call
         details = {
             "model": "n_cpus*idle_w + busy_cpus*(active_w-idle_w); busy_cpus from process CPU time",
             "n_cpus": str(self.n_cpus),
@@ -175,6 +178,19 @@ class CpuModelSensor(SensorBase):
             self._energy_j += power * dt
             self._t, self._cpu = t, cpu
         return ((self._energy_j, self._power_w),)
+
+    def utilisation(self) -> tuple[float] | None:
+        """``(busy_fraction,)``: this process's CPU time since the previous call, up to the last
+        reading, as a share of the CPUs it may use (the model's ``busy_cpus / n_cpus``); None when no
+        time passed.  Not the machine's: other processes are not included.  The sampler calls it
+        every :attr:`util_period_s`, so the sample of every tick does no more than before."""
+        t0, cpu0 = self._util_from
+        dt = self._t - t0
+        if dt <= 0:
+            return None
+        self._util_from = (self._t, self._cpu)
+        busy = (self._cpu - cpu0) / dt / self._n_cpus_f
+        return (0.0 if busy < 0.0 else 1.0 if busy > 1.0 else busy,)
 
     def state(self) -> dict[str, str]:
         return {}

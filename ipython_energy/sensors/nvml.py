@@ -12,6 +12,9 @@ that the two numberings agree.
 * Older GPUs: ``nvmlDeviceGetPowerUsage`` (mW), integrated by the meter → method
   ``polled``; ``averaging_s`` is 1.0 on Ampere and newer (the reading is a ~1 s mean)
   and 0 before.
+* Utilisation: ``nvmlDeviceGetUtilizationRates(...).gpu`` (per cent of NVML's own sample
+  period, 1/6 s to 1 s, during which a kernel was running), read every
+  :data:`UTIL_PERIOD_S` rather than with every energy read, where the GPU supports it.
 
 ``pynvml`` is imported inside the functions, never at module import.  A GPU that
 stops answering (``NVMLError`` on read, e.g. "GPU is lost") raises from
@@ -28,6 +31,10 @@ from .base import DomainInfo, DomainReading, SensorBase, SensorError, readings
 
 COUNTER_UPDATE_PERIOD_S = 0.1
 POLLED_UPDATE_PERIOD_S = 0.1
+#: How often the GPU's utilisation is read (seconds): every other sample at 10 Hz, so that it adds
+#: at most half a driver call per sample to the energy read (NVML's utilisation changes only
+#: every 1/6 s to 1 s anyway).
+UTIL_PERIOD_S = 0.2
 
 
 def _text(value: Any) -> str:
@@ -38,11 +45,15 @@ class NvmlSensor(SensorBase):
     """One GPU.  Created by :func:`discover_nvml` / :func:`open_nvml`."""
 
     name = "nvml"
+    util_period_s = UTIL_PERIOD_S
 
-    def __init__(self, pynvml: Any, handle: Any, domain: str, info: dict[str, str], counter: bool, averaging_s: float):
+    def __init__(self, pynvml: Any, handle: Any, domain: str, info: dict[str, str], counter: bool, averaging_s: float,
+                 util: bool = False):
         self._nv = pynvml
         self._handle = handle
         self._counter = counter
+        if not util:
+            self.utilisation = None  # this GPU gives no utilisation: the capability is absent
         self._lock = threading.Lock()
         self._closed = False
         pynvml.nvmlInit()  # NVML reference-counts init/shutdown; close() releases this one
@@ -71,6 +82,11 @@ class NvmlSensor(SensorBase):
             energy_j = nv.nvmlDeviceGetTotalEnergyConsumption(self._handle) * 1e-3
         power_w = nv.nvmlDeviceGetPowerUsage(self._handle) * 1e-3
         return ((energy_j, power_w),)
+
+    def utilisation(self) -> tuple[float]:
+        """``(busy_fraction,)``: the share of NVML's last sample period (1/6 s to 1 s) in which a
+        kernel was running on the GPU.  Raises ``pynvml.NVMLError`` (the sampler then has no reading)."""
+        return (self._nv.nvmlDeviceGetUtilizationRates(self._handle).gpu * 1e-2,)
 
     def state(self) -> dict[str, str]:
         nv = self._nv
@@ -177,7 +193,13 @@ def _open(explicit: bool) -> tuple[list[NvmlSensor], list[str]]:
             info["energy_api"] = (
                 "nvmlDeviceGetTotalEnergyConsumption" if counter else "nvmlDeviceGetPowerUsage"
             )
-            sensors.append(NvmlSensor(nv, h, f"gpu{n}", info, counter, averaging_s))
+            try:
+                nv.nvmlDeviceGetUtilizationRates(h)
+                util = True
+                info["util_api"] = "nvmlDeviceGetUtilizationRates"
+            except (nv.NVMLError, AttributeError):
+                util = False
+            sensors.append(NvmlSensor(nv, h, f"gpu{n}", info, counter, averaging_s, util))
     except nv.NVMLError as exc:
         for s in sensors:
             s.close()

@@ -59,6 +59,26 @@ PERMISSION_FIX = (
 )
 
 
+#: Where the machine's CPU time is read for the packages' utilisation (tests point it elsewhere).
+PROC_STAT = "/proc/stat"
+#: How often that utilisation is read (seconds): reading and parsing /proc/stat costs tens of
+#: microseconds, more than the counters, so not with every sample.
+UTIL_PERIOD_S = 0.5
+
+
+def proc_stat_busy(path: str | os.PathLike = PROC_STAT) -> tuple[int, int]:
+    """``(busy, total)`` CPU time of the whole machine in clock ticks, from the ``cpu`` line of
+    ``/proc/stat`` (busy: everything but ``idle`` and ``iowait``)."""
+    with open(path) as f:
+        line = f.readline()
+    fields = line.split()
+    if not fields or fields[0] != "cpu":
+        raise ValueError(f"{path}: no cpu line")
+    ticks = [int(x) for x in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    total = sum(ticks)
+    return total - ticks[3] - (ticks[4] if len(ticks) > 4 else 0), total
+
+
 def read_sysfs(path: Path) -> str:
     """Read one sysfs attribute.  The hardware seam: tests point ``root`` at a tree in tmp_path, and
     replace this function where a file must answer as the kernel does (a counter that counts, a
@@ -95,12 +115,23 @@ class RaplSensor(SensorBase):
     """
 
     name = "rapl"
+    util_period_s = UTIL_PERIOD_S
 
-    def __init__(self, zones: list[_Zone], root: str, clock=time.monotonic):
+    def __init__(self, zones: list[_Zone], root: str, clock=time.monotonic, stat_path: str | None = PROC_STAT):
         self._zones = zones
         self.root = root
         self._clock = clock
         self._lock = threading.Lock()
+        #: ``/proc/stat``, for the machine's CPU utilisation (None: none reported)
+        self.stat_path = stat_path
+        self._stat_last: tuple[int, int] | None = None
+        if stat_path is None:
+            self.utilisation = None
+        else:
+            try:
+                self._stat_last = proc_stat_busy(stat_path)
+            except (OSError, ValueError):
+                self.utilisation = None  # no /proc (not Linux): the capability is absent
         now = clock()
         for z in zones:
             z.last_t = now
@@ -147,6 +178,18 @@ class RaplSensor(SensorBase):
                 total_uj = raw + z.wraps * z.max_range_uj
                 out.append((total_uj * 1e-6, None))
         return tuple(out)
+
+    def utilisation(self) -> tuple[float | None, ...] | None:
+        """The machine's CPU utilisation since the previous call (``/proc/stat``: busy over total CPU
+        time of all CPUs, every process), for each package (and psys) zone; None for DRAM zones.
+        None when no CPU time passed."""
+        busy, total = proc_stat_busy(self.stat_path)
+        last = self._stat_last
+        self._stat_last = (busy, total)
+        if last is None or total <= last[1]:
+            return None
+        u = min(1.0, max(0.0, (busy - last[0]) / (total - last[1])))
+        return tuple(None if z.kind == "dram" else u for z in self._zones)
 
     @staticmethod
     def _could_cover_uj(since: float, now: float) -> float:
@@ -225,8 +268,10 @@ def _scan(root: Path) -> tuple[list[_Zone], list[str]]:
     ], problems
 
 
-def open_rapl(root: str | os.PathLike = DEFAULT_ROOT, *, clock=time.monotonic) -> RaplSensor:
-    """Open RAPL explicitly.  ``clock``: monotonic seconds, to time the reads (tests inject one).
+def open_rapl(root: str | os.PathLike = DEFAULT_ROOT, *, clock=time.monotonic,
+              stat_path: str | None = PROC_STAT) -> RaplSensor:
+    """Open RAPL explicitly.  ``clock``: monotonic seconds, to time the reads (tests inject one);
+    ``stat_path``: where the machine's CPU time is read for the utilisation (None: no utilisation).
 
     Raises:
         SensorError: no usable zone, or energy_uj not readable (the message gives the fix).
@@ -250,7 +295,7 @@ def open_rapl(root: str | os.PathLike = DEFAULT_ROOT, *, clock=time.monotonic) -
         usable.append(z)
     if not usable:
         raise SensorError("; ".join(problems))
-    return RaplSensor(usable, str(rootp), clock=clock)
+    return RaplSensor(usable, str(rootp), clock=clock, stat_path=stat_path)
 
 
 def discover_rapl(root: str | os.PathLike = DEFAULT_ROOT) -> tuple[RaplSensor | None, list[str]]:

@@ -21,6 +21,10 @@ Semantics, which the accuracy benchmark relies on:
 * **Past the end of the trace** the last power is held (energy keeps growing at
   the final power), unless ``loop=True``, in which case the trace repeats with
   period ``t_s[-1]`` and its energy accumulates across repetitions.
+* **Utilisation columns** ``<domain>_util`` (per cent, 0-100, optional, for a domain that has
+  a watts or joules column) are piecewise linear like watts columns.  The sensor reports, with
+  each reading, the mean utilisation since its previous reading (a trailing mean, like NVML's),
+  as a busy fraction (:meth:`ReplaySensor.utilisation`).
 
 The clock starts when :meth:`ReplaySensor.start` is called (the sampler does so
 when it starts), or at the first read.  For benchmarks the sensor can emulate
@@ -167,20 +171,32 @@ class ReplayTrace:
             raise ValueError("t_s must be non-decreasing")
         self.t_s = t
         self.columns: dict[str, _Column] = {}
+        #: Domain → its utilisation column (per cent, piecewise linear), where the trace has one.
+        self.util: dict[str, _Column] = {}
         for key, values in columns.items():
             if len(values) != len(t):
                 raise ValueError(f"column {key!r} has {len(values)} rows, t_s has {len(t)}")
+            if key.endswith("_util"):
+                vals = [float(v) for v in values]
+                if any(not 0.0 <= v <= 100.0 for v in vals):
+                    raise ValueError(f"column {key!r}: utilisation is in per cent, 0 to 100")
+                self.util[key[:-5]] = _Column(t, vals, "w")
+                continue
             if key.endswith("_w"):
                 name, unit = key[:-2], "w"
             elif key.endswith("_j"):
                 name, unit = key[:-2], "j"
             else:
-                raise ValueError(f"column {key!r} must end in _w (watts) or _j (cumulative joules)")
+                raise ValueError(f"column {key!r} must end in _w (watts), _j (cumulative joules) or _util "
+                                 "(utilisation, per cent)")
             if name in self.columns:
                 raise ValueError(f"domain {name!r} appears twice")
             self.columns[name] = _Column(t, values, unit)
         if not self.columns:
             raise ValueError("a trace needs at least one <domain>_w or <domain>_j column")
+        for name in self.util:
+            if name not in self.columns:
+                raise ValueError(f"column {name + '_util'!r} has no {name}_w or {name}_j column")
 
     @classmethod
     def from_csv(cls, path: str | os.PathLike) -> "ReplayTrace":
@@ -206,6 +222,16 @@ class ReplayTrace:
 
     def power_at_w(self, domain: str, x_s: float, *, loop: bool = False) -> float:
         return self.columns[domain].power_w(x_s, loop)
+
+    def mean_util(self, domain: str, a_s: float, b_s: float, *, loop: bool = False) -> float | None:
+        """Mean utilisation (per cent) of ``domain`` between trace times ``a_s`` < ``b_s`` (its value
+        at ``b_s`` when they are equal); None without a utilisation column."""
+        col = self.util.get(domain)
+        if col is None:
+            return None
+        if b_s > a_s:
+            return (col.energy_j(b_s, loop) - col.energy_j(a_s, loop)) / (b_s - a_s)
+        return col.power_w(b_s, loop)
 
 
 class ReplaySensor(SensorBase):
@@ -292,6 +318,13 @@ class ReplaySensor(SensorBase):
             self.update_period_s == 0 and self.averaging_s == 0 and self.report_energy and self.report_power
         )
         self._columns = list(trace.columns.values())  # in the order of self._domains
+        # utilisation columns in the same order (None for a domain without one); the trace time of
+        # the previous reading, and the utilisation of the last one (see utilisation())
+        self._util_cols = [trace.util.get(src) for src in trace.columns] if trace.util else None
+        self._util_x: float | None = None
+        self._util_last: tuple[float | None, ...] | None = None
+        if self._util_cols is None:
+            self.utilisation = None  # the capability is absent, not empty
 
     # -- clock ------------------------------------------------------------------------------
     def start(self, t0: float | None = None) -> None:
@@ -333,6 +366,8 @@ class ReplaySensor(SensorBase):
         the sampler's time of it, is the same clock and not needed)."""
         x = self.trace_time(clock_s)
         loop = self.loop
+        if self._util_cols is not None:
+            self._note_util(x)
         if self._plain:  # fresh energy and instantaneous power: one lookup per column
             if len(self._columns) == 1:
                 return (self._columns[0].energy_power(x, loop),)
@@ -364,6 +399,29 @@ class ReplaySensor(SensorBase):
                     power = col.power_w(x, self.loop)
             out.append((energy, power))
         return tuple(out)
+
+    def _note_util(self, x: float) -> None:
+        """The mean utilisation of each domain since the previous reading (trace time ``x``), kept for
+        :meth:`utilisation`, which the sampler calls right after this reading."""
+        a = self._util_x if self._util_x is not None and self._util_x <= x else x
+        self._util_x = x
+        out = []
+        for col in self._util_cols:
+            if col is None:
+                out.append(None)
+            elif x > a:
+                out.append((col.energy_j(x, self.loop) - col.energy_j(a, self.loop)) / (x - a) / 100.0)
+            else:
+                out.append(col.power_w(x, self.loop) / 100.0)
+        self._util_last = tuple(out)
+
+    def utilisation(self) -> tuple[float | None, ...] | None:
+        """The busy fraction (0-1) of each domain between the previous reading and the last one (their
+        mean, from the trace's ``<domain>_util`` columns; None for a domain without one), once per
+        reading; None when no reading was taken since the last call.  A trace without utilisation
+        columns has no such capability (the attribute is None)."""
+        out, self._util_last = self._util_last, None
+        return out
 
     def state(self) -> dict[str, str]:
         return {}

@@ -119,7 +119,8 @@ class SidebarState:
             "totals": data["totals"],
             # the runs themselves travel once, as the chart's data (names, params, provenance)
             "latest_run": ({k: data["runs"][-1].get(k) for k in ("index", "run_id", "name", "status", "energy_j",
-                                                                  "live")} if data["runs"] else None),
+                                                                  "live", "energy_low_util_j",
+                                                                  "low_util_threshold")} if data["runs"] else None),
             "chart": charts.sweep_spec(data, memo=self._chart_memos.setdefault((source_id, run_id), {})),
         }
 

@@ -1,4 +1,4 @@
-import { formatEnergy, formatPercent, formatPower } from '../format';
+import { formatEnergy, formatLowUtil, formatPercent, formatPower } from '../format';
 
 describe('formatEnergy', () => {
   it('writes three significant digits with an SI prefix', () => {
@@ -36,5 +36,21 @@ describe('formatPercent', () => {
     expect(formatPercent(0)).toBe('+0%');
     expect(formatPercent(-0.58)).toBe('\u221258%');
     expect(formatPercent(-0.004)).toBe('+0%');
+  });
+});
+
+describe('formatLowUtil', () => {
+  it('writes the energy at low utilisation, its share of the run and the threshold', () => {
+    expect(formatLowUtil(1230, 3000, 30)).toBe('1.23 kJ (41%) at < 30% utilisation');
+    expect(formatLowUtil(0, 3000, 30)).toBe('0.00 J (0%) at < 30% utilisation');
+    expect(formatLowUtil(50, 40, 30)).toBe('50.0 J (100%) at < 30% utilisation');
+    expect(formatLowUtil(100, 0, 30)).toBe('100 J at < 30% utilisation');
+    expect(formatLowUtil(100, 400, null)).toBe('100 J (25%) at low utilisation');
+  });
+
+  it('says nothing for a run without the figure (no domain reported utilisation)', () => {
+    for (const value of [null, undefined, NaN]) {
+      expect(formatLowUtil(value, 3000, 30)).toBeNull();
+    }
   });
 });

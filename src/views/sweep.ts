@@ -2,7 +2,7 @@ import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
 
 import { ChartSlot } from '../chart';
 import { el } from '../dom';
-import { formatEnergy } from '../format';
+import { formatEnergy, formatLowUtil } from '../format';
 import { ISweepReply } from '../types';
 
 /** The selected sweep: status and name, totals (forecast, budget), its chart, the latest run. */
@@ -84,6 +84,12 @@ export class SweepView {
           }`
         )
       );
+      const low = last.live
+        ? null
+        : formatLowUtil(last.energy_low_util_j, last.energy_j, last.low_util_threshold);
+      if (low) {
+        this._latest.appendChild(el('span', 'jp-EnergyPanel-lowUtil', ` · ${low}`));
+      }
     }
     await this._chart.update(data.chart);
   }

@@ -13,7 +13,9 @@ from layout_data import experiment_id, log_sweep
 
 pytestmark = pytest.mark.browser
 
-BARS = "#ipython-energy-sidebar .jp-EnergyPanel-sweepChart .mark-rect path"
+# the runs' bars; the lighter parts at low utilisation are a layer of their own (named lowutil)
+BARS = "#ipython-energy-sidebar .jp-EnergyPanel-sweepChart .mark-rect:not(.lowutil_marks) path"
+LOW_PARTS = "#ipython-energy-sidebar .jp-EnergyPanel-sweepChart .mark-rect.lowutil_marks path"
 API_PATH = "/ipython-energy/api/"
 
 
@@ -185,6 +187,39 @@ def test_hover_shows_params_and_provenance(lab, page):
     assert "methods=cpu=estimated" in text and "sensors=cpu-model" in text and "coverage=1.000" in text
     assert "estimated=true" in text
     shoot(page, panel, "e-hover")
+
+
+def test_low_utilisation_is_the_lighter_part_of_each_bar(lab, page):
+    """Issue 11, item 3: a run's energy at low utilisation is the lower, lighter part of its bar, as
+    tall as that energy, with the threshold in its tooltip; a run without the figure has none."""
+    uri, client = client_for(lab)
+    exp = experiment_id(client, "lowutil")
+    log_sweep(client, exp, "util-grid", [400.0, 300.0, 200.0], low_util=[160.0, None, 150.0])
+    lab.register_kernel(uri, "lowutil")
+    panel = open_sidebar(page, lab)
+    page.wait_for_function(f"document.querySelectorAll('{BARS}').length === 3", timeout=30_000)
+    page.wait_for_function(f"document.querySelectorAll('{LOW_PARTS}').length === 2", timeout=15_000)
+    bars = [page.locator(BARS).nth(i).bounding_box() for i in range(3)]
+    parts = [page.locator(LOW_PARTS).nth(i).bounding_box() for i in range(2)]
+    # each part sits at the bottom of its run's bar, as wide, and as tall as its share of the energy
+    for part, bar, share in ((parts[0], bars[0], 160 / 400), (parts[1], bars[2], 150 / 200)):
+        assert part["x"] == pytest.approx(bar["x"], abs=1.5) and part["width"] == pytest.approx(bar["width"], abs=1.5)
+        assert part["y"] + part["height"] == pytest.approx(bar["y"] + bar["height"], abs=1.5)
+        assert part["height"] == pytest.approx(share * bar["height"], abs=2.0)
+    # lighter: a white overlay over the status colour
+    fill = page.locator(LOW_PARTS).first.get_attribute("fill")
+    opacity = float(page.locator(LOW_PARTS).first.get_attribute("fill-opacity") or
+                    page.locator(LOW_PARTS).first.get_attribute("opacity") or 1)
+    assert fill in ("white", "#fff", "#ffffff") and 0 < opacity < 1
+    box = parts[0]
+    page.mouse.move(box["x"] + 2, box["y"] + box["height"] - 2)
+    tooltip = page.locator("#vg-tooltip-element")
+    tooltip.wait_for(state="visible", timeout=10_000)
+    assert "160 J (40 %) at < 30 % utilisation" in tooltip.inner_text()
+    latest = panel.locator(".jp-EnergyPanel-latest").inner_text()
+    assert "150 J (75%) at < 30% utilisation" in latest
+    shoot(page, panel, "f-low-util")
+    assert not page.problems, page.problems
 
 
 def test_polling_stops_while_the_panel_is_hidden(lab, page):

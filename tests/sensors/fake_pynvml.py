@@ -58,7 +58,11 @@ class FakeGpu:
     ``power_w`` with a load that changes; ``energy_j_at`` must be the integral of ``power_w_at``.
     ``hold_counter`` freezes the counter at its current value (a driver that stops publishing
     updates for a while); when cleared, the counter reads its true value again.
-    ``counter_reads`` and ``power_reads`` count the calls.  ``spend`` is how a read's cost is
+    ``util_pct`` (a constant) or ``util_at`` (per cent, a function of seconds since ``t0``) give
+    ``nvmlDeviceGetUtilizationRates(...).gpu``: as NVML's, the share of the last
+    ``util_sample_s`` (1/6 s) in which a kernel ran, i.e. the mean of ``util_at`` over it; with
+    neither, the call raises Not Supported.  ``util_cost_s`` is its cost, as ``counter_cost_s``.
+    ``counter_reads``, ``power_reads`` and ``util_reads`` count the calls.  ``spend`` is how a read's cost is
     spent: CPU time burnt on the calling thread by default; a test on an injected clock passes the
     clock's ``advance``, so that a read takes that long on the clock.
     """
@@ -81,6 +85,11 @@ class FakeGpu:
     hold_counter: bool = False
     counter_reads: int = 0
     power_reads: int = 0
+    util_pct: float | None = None
+    util_at: Callable[[float], float] | None = None
+    util_sample_s: float = 1.0 / 6.0
+    util_cost_s: float = 0.0
+    util_reads: int = 0
     spend: Callable[[float], None] | None = None
     _held_mj: int | None = None
 
@@ -101,6 +110,15 @@ class FakeGpu:
             return self._held_mj
         self._held_mj = None
         return value
+
+    def util_percent(self) -> int:
+        """``nvmlUtilization_t.gpu``: the mean of ``util_at`` over the last ``util_sample_s``, whole per cent."""
+        if self.util_at is None:
+            return int(round(self.util_pct or 0.0))
+        x = self.clock() - self.t0
+        n = 32
+        w = self.util_sample_s
+        return int(round(sum(self.util_at(x - w + (i + 0.5) * w / n) for i in range(n)) / n))
 
     def power_mw(self) -> int:
         if self.power_w_at is not None:
@@ -154,7 +172,59 @@ def make_fake_pynvml(gpus: list[FakeGpu], *, init_error: int | None = None) -> t
         g.power_reads += 1
         return g.power_mw()
 
+    def nvmlDeviceGetUtilizationRates(h):
+        g = _gpu(h)
+        if g.util_pct is None and g.util_at is None:
+            raise NVMLError(NVML_ERROR_NOT_SUPPORTED)
+        g.util_reads += 1
+        if g.util_cost_s > 0:
+            (g.spend or burn_cpu_s)(g.util_cost_s)
+        return types.SimpleNamespace(gpu=g.util_percent(), memory=0)  # c_nvmlUtilization_t's fields
+
+    nv.NVML_FI_DEV_TOTAL_ENERGY_CONSUMPTION = 83
+    nv.NVML_FI_DEV_POWER_AVERAGE = 185
+    nv.NVML_FI_DEV_POWER_INSTANT = 186
+    nv.NVML_FI_DEV_ENERGY = 191
+    nv.NVML_TOTAL_POWER_SAMPLES = 0
+    nv.NVML_GPU_UTILIZATION_SAMPLES = 1
+
+    def nvmlDeviceGetFieldValues(h, field_ids):
+        """As ``pynvml``'s: one value per field id (``nvmlReturn`` 3, Not Supported, for the others);
+        the energy fields are the counter (``ullVal``, mJ), the power fields ``uiVal`` (mW)."""
+        g = _gpu(h)
+        now_us = int(g.clock() * 1e6)
+        out = []
+        for fid in field_ids:
+            value = types.SimpleNamespace(dVal=0.0, uiVal=0, ulVal=0, ullVal=0, sllVal=0, siVal=0, usVal=0)
+            v = types.SimpleNamespace(fieldId=fid, scopeId=0, timestamp=now_us, latencyUsec=0, valueType=3,
+                                      nvmlReturn=0, value=value)
+            if fid == 83 and g.has_counter:
+                g.counter_reads += 1
+                if g.counter_cost_s > 0:
+                    (g.spend or burn_cpu_s)(g.counter_cost_s)
+                value.ullVal = g.energy_mj()
+            elif fid in (185, 186):
+                g.power_reads += 1
+                v.valueType, value.uiVal = 1, g.power_mw()
+            else:
+                v.nvmlReturn = NVML_ERROR_NOT_SUPPORTED
+            out.append(v)
+        return out
+
+    def nvmlDeviceGetSamples(h, sampling_type, last_seen_us):
+        """As ``pynvml``'s: ``(value_type, samples)``, the samples newer than ``last_seen_us``; the
+        fake keeps one sample, the current one (power in mW, utilisation in per cent)."""
+        g = _gpu(h)
+        now_us = int(g.clock() * 1e6)
+        if now_us <= last_seen_us:
+            return 1, []
+        value = g.power_mw() if sampling_type == 0 else g.util_percent()
+        return 1, [types.SimpleNamespace(timeStamp=now_us, sampleValue=types.SimpleNamespace(uiVal=value))]
+
+    nv.nvmlDeviceGetFieldValues = nvmlDeviceGetFieldValues
+    nv.nvmlDeviceGetSamples = nvmlDeviceGetSamples
     nv.nvmlInit = nvmlInit
+    nv.nvmlDeviceGetUtilizationRates = nvmlDeviceGetUtilizationRates
     nv.nvmlShutdown = nvmlShutdown
     nv.nvmlDeviceGetCount = nvmlDeviceGetCount
     nv.nvmlDeviceGetHandleByIndex = nvmlDeviceGetHandleByIndex

@@ -85,7 +85,8 @@ class SweepLog:
                                                Metric("live_power_w", power_w, now, elapsed_s)])
 
     def end_run(self, run_id: str, energy_j: float, duration_s: float, status: str = "FINISHED", *,
-                estimated: bool = False, end_ms: int | None = None) -> None:
+                estimated: bool = False, end_ms: int | None = None, low_util_j: float | None = None,
+                low_util_threshold: float = 30.0) -> None:
         now = end_ms or _ms()
         metrics = {"energy_j": energy_j, "duration_s": duration_s, "power_mean_w": energy_j / max(duration_s, 1e-9),
                    "power_peak_w": 1.3 * energy_j / max(duration_s, 1e-9), "energy_idle_j": 0.1 * energy_j,
@@ -96,6 +97,10 @@ class SweepLog:
             metrics["energy_package0_j"] = 0.8 * energy_j
             metrics["energy_dram0_j"] = 0.2 * energy_j
         tags = PROVENANCE_ESTIMATED if estimated else PROVENANCE_COUNTER
+        if low_util_j is not None:  # a domain that reports utilisation (docs/metrics.md)
+            metrics["energy_low_util_j"] = low_util_j
+            metrics["energy_package0_low_util_j"] = low_util_j
+            tags = {**tags, "energy.low_util_threshold": f"{low_util_threshold:g}"}
         self.client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
                               tags=[RunTag(k, v) for k, v in tags.items()])
         self.client.set_terminated(run_id, status=status, end_time=now)
@@ -121,14 +126,14 @@ class SweepLog:
 def log_sweep(client: MlflowClient, exp_id: str, name: str, energies: list[float], *,
               statuses: list[str] | None = None, params: list[dict] | None = None, planned: int | None = None,
               budget_j: float | None = None, run_names: list[str] | None = None, estimated: bool = False,
-              end: bool = True) -> SweepLog:
+              end: bool = True, low_util: list[float | None] | None = None) -> SweepLog:
     """A whole sweep at once: one child per energy, ended with the given statuses."""
     sweep = SweepLog.start(client, exp_id, name, planned=planned, budget_j=budget_j)
     for i, energy in enumerate(energies):
         rid = sweep.start_run(run_names[i] if run_names else f"{name}-{i + 1}",
                               params[i] if params else {"i": i})
         sweep.end_run(rid, energy, duration_s=energy / 50.0, status=(statuses or ["FINISHED"] * len(energies))[i],
-                      estimated=estimated)
+                      estimated=estimated, low_util_j=low_util[i] if low_util else None)
     if end:
         sweep.end()
     return sweep

@@ -62,7 +62,12 @@ def test_no_forecast_or_budget_layers_without_them():
 
 def test_status_colours_are_fixed():
     spec = charts.sweep_chart(sample()).to_dict()
-    scales = [l["encoding"]["color"]["scale"] for l in spec["layer"] if "color" in l.get("encoding", {})]
+
+    def units(s):  # the bars and their low-utilisation parts are a layer inside the top layer
+        for layer in s.get("layer", []):
+            yield from units(layer) if "layer" in layer else [layer]
+
+    scales = [l["encoding"]["color"]["scale"] for l in units(spec) if "color" in l.get("encoding", {})]
     assert scales[0] == {"domain": ["running", "finished", "failed", "killed"],
                          "range": list(charts.STATUS_COLORS.values())}
 
@@ -114,3 +119,18 @@ def test_format_energy():
     # The same formatting as the summary line (one function, in measurement.py).
     assert [charts.format_energy(v) for v in (0.5, 999.0, 1234.5, 2.5e6, 3e9, None, float("nan"))] == [
         "500 mJ", "999 J", "1.23 kJ", "2.5 MJ", "3 GJ", "\u2013", "\u2013"]
+
+
+def test_low_util_part_of_a_bar_and_its_tooltip():
+    d = {"sweep": {"name": "s"}, "totals": {}, "runs": [
+        {"index": 1, "name": "a", "status": "finished", "energy_j": 400.0, "cumulative_j": 400.0,
+         "energy_low_util_j": 160.0, "low_util_threshold": 30.0},
+        {"index": 2, "name": "b", "status": "finished", "energy_j": 300.0, "cumulative_j": 700.0},
+        {"index": 3, "name": "c", "status": "running", "energy_j": 50.0, "live": True, "cumulative_j": 750.0,
+         "energy_low_util_j": 20.0, "low_util_threshold": 30.0}]}
+    rows = charts.chart_rows(d)["runs"]
+    assert [r["low_util_j"] for r in rows] == [160.0, None, None]  # none without the figure, none while live
+    assert rows[0]["low_util_label"] == "160 J (40 %) at < 30 % utilisation"
+    spec = charts.sweep_spec(d)
+    low = [l for l in spec["layer"][0]["layer"] if l.get("name") == "lowutil"]
+    assert low and low[0]["encoding"]["y"]["field"] == "low_util_j"
