@@ -77,3 +77,36 @@ export function formatSeconds(seconds: number | null | undefined): string {
   }
   return `${(seconds / 3600).toFixed(1)} h`;
 }
+
+/** The totals a sweep card shows before its forecast and budget, as [value, label, css class]. */
+export function sweepStats(t: {
+  energy_j: number;
+  runs: number;
+  running_runs: number;
+  planned: number | null;
+  mean_energy_per_run_j: number | null;
+  between_runs_energy_j?: number;
+  overlapping_runs?: number;
+}): [string, string, string][] {
+  const out: [string, string, string][] = [
+    [formatEnergy(t.energy_j), 'total so far', 'jp-EnergyPanel-totalStat'],
+    [
+      t.running_runs ? `${t.runs} (${t.running_runs} live)` : String(t.runs),
+      t.planned ? `runs of ${t.planned}` : 'runs',
+      ''
+    ],
+    [formatEnergy(t.mean_energy_per_run_j), 'mean per run', '']
+  ];
+  if (t.between_runs_energy_j) {
+    // The sweep's time outside its runs is part of what it cost (docs/metrics.md).
+    out.push([formatEnergy(t.between_runs_energy_j), 'between runs', '']);
+  }
+  if (t.overlapping_runs) {
+    out.push([
+      String(t.overlapping_runs),
+      'runs overlapped (machine counted once)',
+      'jp-EnergyPanel-overlap'
+    ]);
+  }
+  return out;
+}

@@ -1,4 +1,4 @@
-import { formatEnergy, formatLowUtil, formatPercent, formatPower } from '../format';
+import { formatEnergy, formatLowUtil, formatPercent, formatPower, sweepStats } from '../format';
 
 describe('formatEnergy', () => {
   it('writes three significant digits with an SI prefix', () => {
@@ -52,5 +52,29 @@ describe('formatLowUtil', () => {
     for (const value of [null, undefined, NaN]) {
       expect(formatLowUtil(value, 3000, 30)).toBeNull();
     }
+  });
+});
+
+describe('sweepStats', () => {
+  const base = {
+    energy_j: 900,
+    runs: 2,
+    running_runs: 0,
+    planned: null,
+    mean_energy_per_run_j: 450
+  };
+  it('shows the time between runs and overlapping runs when a sweep has them', () => {
+    const stats = sweepStats({ ...base, between_runs_energy_j: 400, overlapping_runs: 2 });
+    expect(stats.map(s => s[1])).toEqual([
+      'total so far',
+      'runs',
+      'mean per run',
+      'between runs',
+      'runs overlapped (machine counted once)'
+    ]);
+    expect(stats[3][0]).toBe('400 J');
+  });
+  it('leaves both out for a sweep written by an earlier version', () => {
+    expect(sweepStats(base).map(s => s[1])).toEqual(['total so far', 'runs', 'mean per run']);
   });
 });

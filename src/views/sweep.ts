@@ -2,7 +2,7 @@ import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
 
 import { ChartSlot } from '../chart';
 import { el } from '../dom';
-import { formatEnergy, formatLowUtil } from '../format';
+import { formatEnergy, formatLowUtil, sweepStats } from '../format';
 import { ISweepReply } from '../types';
 
 /** The selected sweep: status and name, totals (forecast, budget), its chart, the latest run. */
@@ -42,22 +42,8 @@ export class SweepView {
       box.appendChild(el('div', 'jp-EnergyPanel-statLabel', label));
       totals.appendChild(box);
     };
-    stat(formatEnergy(t.energy_j), 'total so far', 'jp-EnergyPanel-totalStat');
-    stat(
-      t.running_runs ? `${t.runs} (${t.running_runs} live)` : String(t.runs),
-      t.planned ? `runs of ${t.planned}` : 'runs'
-    );
-    stat(formatEnergy(t.mean_energy_per_run_j), 'mean per run');
-    if (t.between_runs_energy_j) {
-      // The sweep's time outside its runs: part of what the sweep cost (docs/metrics.md).
-      stat(formatEnergy(t.between_runs_energy_j), 'between runs');
-    }
-    if (t.overlapping_runs) {
-      stat(
-        String(t.overlapping_runs),
-        'runs overlapped (machine counted once)',
-        'jp-EnergyPanel-overlap'
-      );
+    for (const [value, label, cls] of sweepStats(t)) {
+      stat(value, label, cls);
     }
     if (t.forecast_energy_j !== null) {
       stat(formatEnergy(t.forecast_energy_j), `forecast for ${t.planned}`);
