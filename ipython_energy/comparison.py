@@ -145,7 +145,7 @@ class Comparison:
 
     def log(self, tracking_uri: str | None = None, experiment: str | None = None) -> str:
         """Record the comparison in MLflow as a run of kind ``comparison``; returns its run id."""
-        from .store import mlflow_client_class
+        from .transport import mlflow_client_class
 
         uri, experiment = _where(tracking_uri, experiment)
         client = mlflow_client_class()(tracking_uri=uri)
@@ -186,7 +186,7 @@ def compare(a: Any, b: Any, *, tracking_uri: str | None = None, experiment: str 
     The verdict calls the sides by ``labels``; by default by their names (``a`` and ``b`` when the
     names are the same or long).
     """
-    from .store import mlflow_client_class
+    from .transport import mlflow_client_class
 
     uri, experiment = _where(tracking_uri, experiment)
     client = mlflow_client_class()(tracking_uri=uri)

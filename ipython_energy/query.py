@@ -28,7 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 from . import registry
 from .layout import run_row, sweep_header
 from .rollup import build_experiment_data, build_sweep_data
-from .store import mlflow_client_class
+from .transport import mlflow_client_class
 
 DEFAULT_EXPERIMENT = "ipython-energy"
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, NamedTuple
 from .events import Event, InvalidEvent, Metrics, RunEnd, RunStart, SweepEnd, SweepStart, from_wire
 from .measurement import format_energy
 from .spool import Line, Spool
-from .store import describe_error, is_rejection
+from .transport import describe_error, is_rejection
 
 if TYPE_CHECKING:
     from .writer import Pending, Writer

@@ -24,8 +24,8 @@ from . import recovery
 from .events import (CellMetricsDraft, Draft, Event, Metrics, RunEnd, RunEndDraft, RunStart, StartEvent, SweepEnd,
                      SweepStart)
 from .spool import Spool, SpoolError
-from .store import (JOURNAL_THREAD_NAME, THREAD_NAME, ChartRenderer, MlflowStore, Pace, describe_error, is_http,
-                    is_rejection)
+from .store import ChartRenderer, MlflowStore
+from .transport import JOURNAL_THREAD_NAME, THREAD_NAME, Pace, describe_error, is_http, is_rejection
 
 log = logging.getLogger("ipython_energy")
 

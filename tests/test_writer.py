@@ -336,7 +336,7 @@ def test_two_writers_racing_on_one_sweep_end_with_the_complete_total(energy_home
 # and the writer's first import (mlflow_client_class, what MlflowStore calls) starts while it runs.
 IMPORT_RACE = r"""
 import sys, threading, time
-from ipython_energy.store import mlflow_client_class
+from ipython_energy.transport import mlflow_client_class
 errors = []
 def writer_side():
     time.sleep(float(sys.argv[1]))
