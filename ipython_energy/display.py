@@ -85,11 +85,11 @@ def status_text(tracker: Tracker, journals=()) -> str:
             else:
                 state = "ok"
             lines.append(f"  writer: {state}; {st.pending} event(s) waiting")
+    else:
+        lines.append("  MLflow: logging off")
     if journals:
         lines.append(f"  earlier sessions' journals ({len(journals)}; %energy spool deliver|discard SESSION|all):")
         lines.extend(f"    {line}" for line in journal_lines(journals))
-    else:
-        lines.append("  MLflow: logging off")
     return "\n".join(lines)
 
 

@@ -397,6 +397,8 @@ def test_status_line_magic(ip, capsys):
     ip.run_line_magic("energy", "")
     out = capsys.readouterr().out
     assert "gpu0: replay" in out and "W now" in out and "run: none" in out
+    # A logging session says where it logs, and only that (a merge once printed "logging off" too).
+    assert "MLflow: sqlite:///" in out and "logging off" not in out
 
 
 def test_stage_inside_magic_run_and_chart(ip, sqlite_uri):
