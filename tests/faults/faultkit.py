@@ -15,7 +15,8 @@ from typing import Iterable
 
 from ipython_energy.sensors.base import DomainInfo, DomainReading
 from ipython_energy.sensors.replay import ReplaySensor, ReplayTrace
-from tests.helpers.mlflow_readback import assert_sweep_total_exact, history, split_sweep  # noqa: F401  (re-exported)
+from tests.helpers.mlflow_readback import (assert_one_total_per_step, assert_sweep_total_exact, history,  # noqa: F401
+                                           split_sweep)  # (re-exported)
 from tests.helpers.mlflow_readback import runs as mlflow_runs  # noqa: F401  (re-exported)
 from tests.helpers.waiting import wait_until  # noqa: F401  (re-exported)
 from tests.sensors.read_log import ReadLog

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 import ipython_energy
-from faultkit import (RECOVERY_NOTE, SPOOL_RECOVERY_NOTE, assert_sweep_total_exact, figure, history, log_noise, median,
+from faultkit import (RECOVERY_NOTE, SPOOL_RECOVERY_NOTE, assert_one_total_per_step, assert_sweep_total_exact, figure, log_noise, median,
                       mlflow_runs, outage_warnings, split_sweep)
 
 
@@ -75,8 +75,7 @@ class Sweep:
             assert [(p.step, p.value) for p in points] == [(count, m.energy_j)], child.info.run_name
             assert len(client.get_metric_history(child.info.run_id, "energy_j")) == 1
         assert_sweep_total_exact(client, parent, children)
-        steps = [p.step for p in history(client, parent.info.run_id, "sweep_energy_j")]
-        assert len(steps) == len(set(steps)), "no sweep total logged twice for the same step"
+        assert_one_total_per_step(client, parent)
 
 
 # ---- a real mlflow server, SIGKILLed mid-sweep and restarted 30 s later --------------------------

@@ -93,3 +93,16 @@ def assert_sweep_total_exact(client: MlflowClient, parent: Run, children: list[R
     last = history(client, parent.info.run_id, "sweep_energy_j")[-1]
     assert last.step == len(children)
     assert last.value == total
+
+
+def assert_one_total_per_step(client: MlflowClient, parent: Run) -> None:
+    """No sweep total logged twice for one step (a replay or a retry would): one point per finished
+    run, and at the last step one more per member that left the sweep with time after its last run
+    (``energy.between_after_j.<uid>``: the sweep's end adds that time, docs/metrics.md)."""
+    points = history(client, parent.info.run_id, "sweep_energy_j")
+    steps = [p.step for p in points]
+    left = sum(1 for k in client.get_run(parent.info.run_id).data.tags if k.startswith("energy.between_after_j."))
+    last = steps[-1] if steps else None
+    assert all(steps.count(step) == 1 for step in set(steps) if step != last), steps
+    assert steps.count(last) <= 1 + left, (steps, left)
+    assert len({(p.step, p.value) for p in points}) == len(points), "the same total twice"
