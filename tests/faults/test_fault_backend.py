@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 
 import ipython_energy
-from faultkit import (RECOVERY_NOTE, SPOOL_RECOVERY_NOTE, assert_one_total_per_step, assert_sweep_total_exact, figure, log_noise, median,
-                      mlflow_runs, outage_warnings, split_sweep)
+from faultkit import (RECOVERY_NOTE, SPOOL_RECOVERY_NOTE, assert_one_total_per_step, assert_sweep_total_exact, figure, log_noise,
+                      median, mlflow_runs, outage_warnings, split_sweep)
 
 
 def replay_env(flat_trace, uri: str | None) -> dict[str, str]:
