@@ -186,3 +186,21 @@ def mlflow_server_pg(tmp_path, postgres):
     server.start(timeout_s=180.0)  # the first start creates MLflow's tables
     yield server
     server.kill()
+
+
+@pytest.fixture
+def proxy(mlflow_server):
+    """``proxy(**faults)``: a misbehaving HTTP proxy in front of ``mlflow_server``
+    (:class:`tests.helpers.proxy.FaultyProxy`: latency, HTTP 500 after forwarding, dropped
+    connections); closed after the test."""
+    from tests.helpers.proxy import FaultyProxy
+
+    made = []
+
+    def make(**kw) -> FaultyProxy:
+        made.append(FaultyProxy(mlflow_server.uri, **kw))
+        return made[-1]
+
+    yield make
+    for p in made:
+        p.close()

@@ -19,21 +19,7 @@ from mlflow.tracking import MlflowClient
 from ipython_energy.events import Metrics, RunEnd, RunStart
 from ipython_energy.spool import Spool
 from ipython_energy.writer import Writer
-from tests.helpers.proxy import FaultyProxy
 from tests.helpers.waiting import wait_until
-
-
-@pytest.fixture
-def proxy(mlflow_server):
-    made = []
-
-    def make(**kw) -> FaultyProxy:
-        made.append(FaultyProxy(mlflow_server.uri, **kw))
-        return made[-1]
-
-    yield make
-    for p in made:
-        p.close()
 
 
 def _t() -> int:

@@ -20,22 +20,8 @@ import pytest
 import test_fault_backend as backend_faults
 from faultkit import (assert_sweep_total_exact, figure, flat_replay, history, make_tracker, mlflow_runs, split_sweep,
                       wait_until)
-from tests.helpers.proxy import FaultyProxy
 
 small_fs = backend_faults.small_fs  # a small tmpfs the test fills (root only)
-
-
-@pytest.fixture
-def proxy(mlflow_server):
-    made = []
-
-    def make(**kw) -> FaultyProxy:
-        made.append(FaultyProxy(mlflow_server.uri, **kw))
-        return made[-1]
-
-    yield make
-    for p in made:
-        p.close()
 
 
 def run_sweep(tracker, runs: int, run_s: float = 0.05) -> dict[str, float]:
