@@ -23,6 +23,9 @@ from tests.sensors.read_log import ReadLog
 
 OUTAGE_WARNING = re.compile(r"ipython-energy: (MLflow at .* is not answering|cannot write the local spool)")
 RECOVERY_NOTE = "ipython-energy: MLflow is answering again"
+#: A backend that answers late is "slow" (one line when it begins, one when it ends), not down.
+SLOW_WARNING = re.compile(r"ipython-energy: MLflow at .* is slow \(")
+SLOW_END_NOTE = "is answering promptly again"
 SPOOL_RECOVERY_NOTE = "ipython-energy: the local spool can be written again"
 
 
@@ -41,6 +44,11 @@ def log_noise(caplog) -> list[str]:
     import logging
 
     return [f"{r.name}: {r.getMessage()}"[:300] for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def slow_warnings(stderr: str) -> list[str]:
+    """The "MLflow is slow" lines a user saw on stderr."""
+    return [line for line in stderr.splitlines() if SLOW_WARNING.search(line)]
 
 
 def outage_warnings(stderr: str) -> list[str]:

@@ -18,8 +18,8 @@ import time
 import pytest
 
 import test_fault_backend as backend_faults
-from faultkit import (assert_sweep_total_exact, figure, flat_replay, history, make_tracker, mlflow_runs, split_sweep,
-                      wait_until)
+from faultkit import (assert_one_total_per_step, assert_sweep_total_exact, figure, flat_replay, history,
+                      make_tracker, mlflow_runs, split_sweep, wait_until)
 
 small_fs = backend_faults.small_fs  # a small tmpfs the test fills (root only)
 
@@ -52,8 +52,7 @@ def assert_arrived_once(uri: str, energies: dict[str, float]) -> None:
         assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert [m.value for m in history(client, child.info.run_id, "energy_j")] == [energies[child.info.run_name]]
     assert_sweep_total_exact(client, parent, children)
-    steps = [p.step for p in history(client, parent.info.run_id, "sweep_energy_j")]
-    assert len(steps) == len(set(steps)), "no sweep total logged twice for one step"
+    assert_one_total_per_step(client, parent)
 
 
 @pytest.mark.slow
