@@ -197,7 +197,7 @@ class EnergyMagics(Magics, EnergySettings):
     @argument("--live", action="store_true",
               help="Show a live readout under the running cell (power, joules so far, elapsed), every second.")
     @argument("--repeat", metavar="N", action=_Once,
-              help="Run the cell N times, each its own run, as one group with mean, sd and 95 % CI.")
+              help="Run the cell N times, each its own run, as one group with mean, sd and 95 %% CI.")
     @argument("--warmup", metavar="K", action=_Once,
               help="With --repeat: K warm-up runs first (measured and logged, left out of the statistics).")
     @argument("--cooldown", metavar="30s|auto", action=_Once,
