@@ -221,8 +221,9 @@ class Group:
         else:
             text = head + f"{s.n} repeat{'s' if s.n != 1 else ''}, {format_energy(s.mean)}"
             if s.sd is not None:
-                text += (f" ± {format_energy(s.sd)} (95 % CI {format_energy(s.ci95[0])}–{format_energy(s.ci95[1])})"
-                         f", cv {s.cv * 100:.1f} %" if s.cv is not None else "")
+                text += f" ± {format_energy(s.sd)} (95 % CI {format_energy(s.ci95[0])}–{format_energy(s.ci95[1])})"
+                if s.cv is not None:
+                    text += f", cv {s.cv * 100:.1f} %"
             else:
                 text += " (one repeat: no interval)"
             per = self.per_unit()

@@ -23,6 +23,7 @@ from ipython_energy import comparison as cmp
 from ipython_energy.config import from_env
 from ipython_energy.layout import run_row, sweep_header
 from ipython_energy.meter import Meter
+from ipython_energy.query import SourceReader
 from ipython_energy.runtime import new_tracker
 from ipython_energy.sensors.replay import ReplaySensor, ReplayTrace
 from tests.helpers.mlflow_readback import runs as logged_runs
@@ -173,9 +174,8 @@ def test_inside_a_sweep_every_repeat_is_a_run_of_it_and_the_group_is_not(energy_
     assert {r.info.run_id for r in members} <= {r.info.run_id for r in runs}
     assert sorted(int(r.data.tags["energy.run_index"]) for r in runs) == [1, 2, 3, 4, 5]
     assert "energy.run_index" not in group.data.tags
-    energies = [r.data.metrics["energy_j"] for r in runs]
-    assert energies == pytest.approx([40.0, 50.0, 60.0, 70.0, 80.0], rel=1e-3) or \
-        sorted(energies) == pytest.approx([40.0, 50.0, 60.0, 70.0, 80.0], rel=1e-3)
+    energies = [r.data.metrics["energy_j"] for r in sorted(runs, key=lambda r: int(r.data.tags["energy.run_index"]))]
+    assert energies == pytest.approx([40.0, 50.0, 60.0, 70.0, 80.0], rel=1e-3)
     m = parent.data.metrics
     assert m["sweep_runs"] == 5
     assert m["sweep_runs_energy_j"] == pytest.approx(math.fsum(energies), rel=1e-12)
@@ -183,6 +183,10 @@ def test_inside_a_sweep_every_repeat_is_a_run_of_it_and_the_group_is_not(energy_
     # the sidebar's and the chart's roll-up, from every child MLflow lists, leaves the group out
     data = rollup.build_sweep_data(sweep_header(parent), [run_row(r) for r in children])
     assert data["totals"]["runs"] == 5 and data["totals"]["ended_runs"] == 5
+    sidebar = SourceReader(sqlite_uri).sweep_data(EXPERIMENT, parent.info.run_id)  # what the server sends
+    assert [row["name"] for row in sidebar["runs"]] == [r.info.run_name for r in
+                                                        sorted(runs, key=lambda r: int(r.data.tags["energy.run_index"]))]
+    assert sidebar["totals"]["ended_energy_j"] == pytest.approx(m["sweep_energy_j"], rel=1e-12)
     # the comparison finds the group's repeats by energy.group_uid, the warm-up left out
     side = cmp.resolve(client, parent.info.experiment_id, "lr=0.1", "a")
     assert side.kind == "group" and len(side.runs) == 3
