@@ -293,12 +293,12 @@ def check_count(value: Any, what: str, least: int) -> int:
 
 # ---- running ----------------------------------------------------------------------------------------
 def run_groups(tracker: "Tracker", fns: Mapping[str, Callable[[], Any]], *, n: int, warmups: int, order: str,
-               cooldown: Cooldown, seed: int | None = None, names: Mapping[str, str] | None = None,
-               params: Mapping[str, Any] | None = None, units: tuple[float, str] | None = None,
+               cooldown: Cooldown, seed: int | None = None, params: Mapping[str, Any] | None = None, units: tuple[float, str] | None = None,
                log: bool | None = None, comparison_id: str | None = None,
                sleep: Callable[[float], None] = time.sleep,
                groups: dict[str, Group] | None = None) -> tuple[dict[str, Group], Any]:
-    """Run every group's warm-ups and repeats in ``order``; returns the groups and the last result.
+    """Run every group's warm-ups and repeats in ``order``; returns the groups (named by the keys of
+    ``fns``) and the last run's result.
 
     ``groups``: a dict filled with the groups as they start (the caller has them when a run raises).
 
@@ -307,11 +307,10 @@ def run_groups(tracker: "Tracker", fns: Mapping[str, Callable[[], Any]], *, n: i
     propagates.
     """
     slots = plan(list(fns), n, warmups, order, seed)
-    names = names or {label: label for label in fns}
     sweep = tracker.sweep
     groups = {} if groups is None else groups
     for label in fns:
-        group = Group(names[label], n, warmups, order, cooldown, comparison_id=comparison_id)
+        group = Group(label, n, warmups, order, cooldown, comparison_id=comparison_id)
         tags = {"energy.group": group.name, "energy.repeats": str(n), "energy.warmups": str(warmups),
                 "energy.order": order, "energy.cooldown": str(cooldown)}
         if comparison_id:
