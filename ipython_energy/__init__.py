@@ -31,7 +31,8 @@ try:
 except ImportError:  # a source checkout that was never built
     __version__ = "0.0.0+unknown"
 
-__all__ = ["sweep", "run", "stage", "flush", "session", "compare", "tracker", "load_ipython_extension", "__version__"]
+__all__ = ["sweep", "run", "stage", "flush", "session", "compare", "repeat", "compare_callables", "tracker",
+           "load_ipython_extension", "__version__"]
 
 
 def tracker():
@@ -105,6 +106,39 @@ def compare(a, b, *, tracking_uri: str | None = None, experiment: str | None = N
     from .comparison import compare as _compare
 
     return _compare(a, b, tracking_uri=tracking_uri, experiment=experiment)
+
+
+def repeat(fn, n: int = 5, *, warmup: int = 0, cooldown=None, name: str | None = None,
+           params: Mapping[str, Any] | None = None, units: tuple[float, str] | None = None):
+    """Run ``fn()`` ``warmup`` times (measured, logged, left out of the result) then ``n`` times, each
+    its own run (of the active sweep, if any), as one group of repeats named ``name`` (default:
+    the function's name).
+
+    ``cooldown``: None, a duration (``30``, ``"30s"``) waited before each run, or ``"auto"``: wait
+    until every GPU is within ``cooldown_margin_c`` of the session's idle temperature (without
+    GPUs, until the power is back near the idle baseline), at most ``cooldown_max_s``.
+    ``units``: ``(n, unit)`` of work each run does, for energy per unit.
+
+    Returns a :class:`~ipython_energy.repeats.Group`: ``measurements``, ``mean``, ``sd``, ``cv``,
+    ``ci95`` (a t interval of the mean), and a one-line summary as its ``str``.
+    """
+    from .repeats import repeat as _repeat
+
+    return _repeat(fn, n, warmup=warmup, cooldown=cooldown, name=name, params=params, units=units)
+
+
+def compare_callables(fns, repeats: int = 5, *, order: str = "interleaved", warmup: int = 0, cooldown=None,
+                      seed: int | None = None, params: Mapping[str, Any] | None = None):
+    """A/B: run ``fns`` (``{"a": fa, "b": fb}``) ``repeats`` times each, in ``order``
+    (``interleaved`` a b a b…, the default; ``shuffled``, each round in a random order from
+    ``seed``; ``blocked`` a a … b b …), after ``warmup`` warm-ups each, with ``cooldown`` as in
+    :func:`repeat`.  Each callable's repeats are one group.
+
+    Returns the :class:`~ipython_energy.comparison.Comparison` of b with a, read back from MLflow.
+    """
+    from .repeats import compare_callables as _compare_callables
+
+    return _compare_callables(fns, repeats, order=order, warmup=warmup, cooldown=cooldown, seed=seed, params=params)
 
 
 def load_ipython_extension(ip) -> None:

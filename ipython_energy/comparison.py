@@ -73,6 +73,8 @@ class Comparison:
     ratio: float
     ratio_ci95: tuple[float, float] | None
     checks: list[Check]
+    #: The two groups of repeats, label -> repeats.Group, when the comparison ran them (compare_callables).
+    groups: dict[str, Any] = field(default_factory=dict)
 
     @property
     def comparable(self) -> bool:
@@ -261,7 +263,10 @@ def _side(client, experiment_id: str, run, label: str) -> Side:
     kind = tags.get("energy.kind", "run")
     name = tags.get("energy.group") or tags.get("energy.sweep") if kind in ("group", "sweep") else run.info.run_name
     if kind in ("group", "sweep"):
-        children = _search(client, experiment_id, f"tags.`mlflow.parentRunId` = '{run.info.run_id}'", limit=5000)
+        # A group's repeats are found by the group's uid: inside a sweep they are the sweep's children.
+        members = (f"tags.`energy.group_uid` = '{_quote(tags.get('energy.uid', ''))}'" if kind == "group"
+                   else f"tags.`mlflow.parentRunId` = '{run.info.run_id}'")
+        children = _search(client, experiment_id, members, limit=5000)
         runs = [r for r in children if r.info.status == "FINISHED" and "energy_j" in r.data.metrics
                 and r.data.tags.get("energy.warmup") != "true"]
         runs.sort(key=lambda r: r.info.start_time or 0)

@@ -141,6 +141,14 @@ class EnergySettings(Configurable):
         help="MLflow counts as slow (in `%energy` and in one warning) while its recent answers take longer than "
              "this many seconds (the median of the last five), or a write has waited five times as long; it is "
              "still written to.").tag(config=True)
+    cooldown_margin_c = Number(
+        3.0, min=0.0, max=100.0,
+        help="`cooldown auto` (repeats, A/B): wait until every GPU is within this many °C of the session's idle "
+             "temperature (the lowest it has read since loading).").tag(config=True)
+    cooldown_max_s = Number(
+        120.0, min=0.0, max=86400.0,
+        help="`cooldown auto`: the longest wait in seconds before a repeat; the run then starts and its "
+             "`energy.cooldown` tag says the wait timed out.").tag(config=True)
 
     def __init__(self, environ: Mapping[str, str] | None = None, **kwargs: Any):
         """``environ``: where the ``@default`` methods look (``os.environ`` when None).
@@ -229,6 +237,14 @@ class EnergySettings(Configurable):
     @default("low_util")
     def _low_util_default(self):
         return self._from_env("low_util")
+
+    @default("cooldown_margin_c")
+    def _cooldown_margin_c_default(self):
+        return self._from_env("cooldown_margin_c")
+
+    @default("cooldown_max_s")
+    def _cooldown_max_s_default(self):
+        return self._from_env("cooldown_max_s")
 
     # ---- reading --------------------------------------------------------------------------------
     def values(self) -> dict[str, Any]:

@@ -33,6 +33,11 @@ def _rows(rows: Any) -> tuple[Row, ...]:
     return tuple((str(k), float(v), int(step), int(t)) for k, v, step, t in rows)
 
 
+def rows_of(metrics: Mapping[str, float], t_ms: int, step: int = 0) -> tuple[Row, ...]:
+    """Metric rows of ``metrics`` (name -> value) at one step and time."""
+    return _rows(layout.rows(metrics, step, t_ms))
+
+
 class _Event:
     """What every event offers; each event is a frozen dataclass below."""
 
@@ -85,13 +90,18 @@ class SweepStart(_Start):
 @dataclass(frozen=True)
 class RunStart(_Start):
     """A run starts: a child of ``sweep_uid`` when that is set, or of the run ``parent_uid`` (a run nested
-    in another, counted in that one only; absent from journals written before nesting existed)."""
+    in another, counted in that one only; absent from journals written before nesting existed).
+
+    ``kind``: ``run``, or ``group`` for the parent run of a group of repeats (ipython_energy/repeats.py),
+    which is never counted as a run of a sweep, even when ``parent_uid`` is the sweep's.
+    """
 
     type: ClassVar[str] = "run_start"
     sweep_uid: str | None = None
     params: Mapping[str, str] = field(default_factory=dict)
     tags: Mapping[str, str] = field(default_factory=dict)
     parent_uid: str | None = None
+    kind: str = "run"
 
 
 @dataclass(frozen=True)

@@ -153,7 +153,8 @@ PROVENANCE_TAGS = {
 def run_row(run: Any) -> dict[str, Any]:
     """One MLflow child run (an ``mlflow.entities.Run``) as a plain row dict.
 
-    The row is what :func:`ipython_energy.rollup.build_sweep_data` takes: ``run_id``, ``name``,
+    The row is what :func:`ipython_energy.rollup.build_sweep_data` takes: ``run_id``, ``kind`` (``run``,
+    or ``group``: a group of repeats' parent, no run of its sweep), ``name``,
     ``status`` (running/finished/failed/killed), ``run_index`` (the ``energy.run_index`` tag),
     ``energy_j`` (final), ``live_energy_j`` (latest live value), ``duration_s``,
     ``power_mean_w``, ``start_time_ms``, ``end_time_ms``, ``params``, ``provenance``,
@@ -164,6 +165,7 @@ def run_row(run: Any) -> dict[str, Any]:
     metrics, tags = data.metrics, data.tags
     return {
         "run_id": info.run_id,
+        "kind": tags.get("energy.kind", "run"),
         "name": info.run_name or tags.get("mlflow.runName") or info.run_id[:8],
         "status": STATUS.get(info.status, info.status.lower()),
         "run_index": whole(tags.get("energy.run_index")),

@@ -96,6 +96,28 @@ def _parse_words(parser: MagicArgumentParser, words: list[str]) -> argparse.Name
         raise UsageError(message) from None
 
 
+def _parse_repeat(a: argparse.Namespace) -> tuple[int | None, int, Any]:
+    """``--repeat N``, ``--warmup K`` and ``--cooldown`` of the ``%%energy`` line, checked."""
+    from .repeats import parse_cooldown
+
+    if a.repeat is None:
+        if a.warmup is not None or a.cooldown is not None:
+            raise UsageError("--warmup and --cooldown go with --repeat N")
+        return None, 0, None
+    if a.live:
+        raise UsageError("--live does not combine with --repeat (the summary line follows the last run)")
+    counts = []
+    for flag, text, least in (("--repeat", a.repeat, 1), ("--warmup", a.warmup or "0", 0)):
+        if not re.fullmatch(r"\d{1,6}", text.strip()) or int(text) < least:
+            raise UsageError(f"{flag} takes a whole number of at least {least}, not {quote(text)}")
+        counts.append(int(text))
+    try:
+        cooldown = parse_cooldown(a.cooldown)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--cooldown: {exc}") from None
+    return counts[0], counts[1], cooldown
+
+
 class CellArgs(NamedTuple):
     """The ``%%energy`` line, parsed and checked: a pure function of the line (see ``_parse_cell_args``)."""
 
@@ -107,6 +129,9 @@ class CellArgs(NamedTuple):
     quiet: bool
     no_log: bool
     live: bool
+    repeat: int | None = None  # --repeat N: N repeats as one group (ipython_energy/repeats.py)
+    warmup: int = 0
+    cooldown: Any = None  # a repeats.Cooldown with --repeat
 
 
 #: Distinct ``%%energy`` lines whose parse is kept (a notebook has a handful; a sweep generated
@@ -171,6 +196,13 @@ class EnergyMagics(Magics, EnergySettings):
     @argument("--no-log", action="store_true", help="Measure and print, but log nothing to MLflow.")
     @argument("--live", action="store_true",
               help="Show a live readout under the running cell (power, joules so far, elapsed), every second.")
+    @argument("--repeat", metavar="N", action=_Once,
+              help="Run the cell N times, each its own run, as one group with mean, sd and 95 %% CI.")
+    @argument("--warmup", metavar="K", action=_Once,
+              help="With --repeat: K warm-up runs first (measured and logged, left out of the statistics).")
+    @argument("--cooldown", metavar="30s|auto", action=_Once,
+              help="With --repeat: wait before each run, a fixed time or until the GPUs (else the power) "
+                   "are back near idle.")
     @cell_magic
     def energy(self, line: str, cell: str):
         """Measure the energy of this cell and log it to MLflow.
@@ -189,6 +221,8 @@ class EnergyMagics(Magics, EnergySettings):
         args = self._cell_args.get(line)
         if args is None:
             args = self._parse_cell_args(line)
+        if args.repeat is not None:
+            return self._repeat_cell(args, cell)
         params, run_name, sweep_name, units = args.params, args.run, args.sweep, args.units
         tracker = get_tracker()
         count = self.shell.execution_count
@@ -243,12 +277,48 @@ class EnergyMagics(Magics, EnergySettings):
         elif a.unit is not None:
             raise UsageError("--unit names what --units counts; give --units N too")
         args = CellArgs(a.output, run_name, sweep_name, MappingProxyType(params), units,
-                        bool(a.quiet), bool(a.no_log), bool(a.live))
+                        bool(a.quiet), bool(a.no_log), bool(a.live), *_parse_repeat(a))
         cache = self._cell_args
         if len(cache) >= CELL_ARGS_CACHED:
             del cache[next(iter(cache))]
         cache[line] = args
         return args
+
+    def _repeat_cell(self, args: CellArgs, cell: str) -> Any:
+        """``%%energy --repeat N``: the cell's warm-ups and repeats as one group; one summary line.
+
+        ``--run`` names the group (default ``In [n]``), each repeat ``<name> #i``; ``--sweep``,
+        ``--param``, ``--units`` and ``--no-log`` apply to every run; ``-o`` stores the Group.
+        Returns the last run's value of the cell's last expression.
+        """
+        __tracebackhide__ = True
+        from .repeats import run_groups
+
+        tracker = get_tracker()
+        log_on = tracker.config.log and not args.no_log
+        name = args.run or f"In [{self.shell.execution_count}]"
+        groups: dict = {}
+        try:
+            try:
+                if args.sweep:
+                    tracker.start_sweep(args.sweep, log=log_on)
+                _, result = run_groups(tracker, {name: lambda: self._execute(cell)}, n=args.repeat,
+                                       warmups=args.warmup, order="sequential", cooldown=args.cooldown,
+                                       params=args.params, units=args.units, log=log_on, groups=groups)
+            except BudgetExceeded as exc:  # the cell's own exceptions propagate unchanged
+                raise UsageError(str(exc)) from None
+            return result
+        finally:
+            group = groups.get(name)
+            if group is not None:
+                if args.output:
+                    self.shell.user_ns[args.output] = group
+                if not (args.quiet or tracker.config.quiet):
+                    extra = [tracker.sweep.describe()] if tracker.sweep is not None else []
+                    if not log_on:
+                        extra.append("not logged")
+                    print("ipython-energy: " + " · ".join([str(group), *extra]))
+            self._warn_backend(tracker)
 
     def _execute(self, cell: str) -> Any:
         """Run the cell in the user namespace as ``%%time`` does, returning its last expression."""

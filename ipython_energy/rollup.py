@@ -130,7 +130,7 @@ def build_sweep_data(sweep: Mapping[str, Any], runs: Iterable[Mapping[str, Any]]
 
     ``sweep`` is a header as :func:`~ipython_energy.layout.sweep_header` makes it (at least
     ``name``; ``planned`` and ``budget_j`` when set); ``runs`` are rows as
-    :func:`~ipython_energy.layout.run_row` makes them.
+    :func:`~ipython_energy.layout.run_row` makes them (rows of ``kind`` ``group`` are left out).
 
     Returns ``{"sweep": header, "runs": [...], "totals": {...}}`` (the runs share their
     ``params`` / ``provenance`` dicts with the input rows: treat them as read-only) where each run gains
@@ -146,7 +146,8 @@ def build_sweep_data(sweep: Mapping[str, Any], runs: Iterable[Mapping[str, Any]]
     ``budget_j``, ``budget_used`` (fraction) and ``over_budget``, ``estimated`` (any run's
     numbers come from a model rather than a sensor).
     """
-    ordered = sorted(runs, key=_run_order)
+    # A group of repeats' parent run is a child of its sweep but not a run of it: its repeats are.
+    ordered = sorted((row for row in runs if row.get("kind", "run") != "group"), key=_run_order)
     out_runs: list[dict[str, Any]] = []
     cumulative = 0.0
     ended: list[float] = []

@@ -99,7 +99,7 @@ class _SensorSlot:
 
     __slots__ = ("sensor", "domains", "series", "targets", "read_values", "tuples", "inline", "sample",
                  "values_at", "start", "wake", "done", "busy_since", "hung", "edge", "state", "state_t", "reader",
-                 "round_trips_s", "util", "util_due_s", "util_t")
+                 "round_trips_s", "util", "util_due_s", "util_t", "coolest_c")
 
     def __init__(self, sensor: Sensor):
         self.sensor = sensor
@@ -137,6 +137,9 @@ class _SensorSlot:
         self.edge = False  # the read in flight was asked for by a window edge
         self.state: dict[str, str] = {}
         self.state_t = -math.inf
+        #: The lowest ``temperature_c`` its state has reported (None: none yet): the session's idle
+        #: temperature, that ``cooldown auto`` waits to come back near (ipython_energy/repeats.py).
+        self.coolest_c: float | None = None
         self.reader: threading.Thread | None = None
         #: Recent times from dispatch to stored reading (seconds), for the edge timeout.
         self.round_trips_s: deque[float] = deque(maxlen=ROUND_TRIPS_KEPT)
@@ -469,6 +472,12 @@ class Sampler:
             slot.state = dict(slot.sensor.state())
         except Exception as exc:  # state is optional decoration: record why it is missing
             slot.state = {"state_error": repr(exc)[:200]}
+        try:
+            temperature = float(slot.state["temperature_c"])
+        except (KeyError, ValueError):
+            return
+        if slot.coolest_c is None or temperature < slot.coolest_c:
+            slot.coolest_c = temperature
 
     def _reader_loop(self, slot: _SensorSlot, gen: int, wake: threading.Lock, done: threading.Lock) -> None:
         clock = self.clock
@@ -708,6 +717,10 @@ class Sampler:
                 for d in slot.domains:
                     out[d.name] = slot.state
         return out
+
+    def coolest_temperatures(self) -> dict[str, float]:
+        """The lowest temperature (°C) each domain's sensor has reported since the sampler started."""
+        return {d.name: slot.coolest_c for slot in self.slots if slot.coolest_c is not None for d in slot.domains}
 
     def round_trips_s(self) -> dict[str, list[float]]:
         """Recent dispatch-to-stored times of each blocking sensor's reads, in seconds (what

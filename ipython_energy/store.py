@@ -112,6 +112,12 @@ class Child(NamedTuple):
                    tags.get("energy.shares_devices") == "true")
 
 
+def is_group(run) -> bool:
+    """Whether an MLflow run is the parent run of a group of repeats: a child of a sweep that is no
+    run of it (docs/metrics.md, "Groups of repeats")."""
+    return run.data.tags.get("energy.kind") == "group"
+
+
 #: The parent's tag prefix for a member's between-runs energy after its last run (its SweepEnd).
 AFTER_TAG = "energy.between_after_j."
 
@@ -237,7 +243,7 @@ class MlflowStore:
             # logged yet, and this writer has not counted it among its sweep's children.
             existing = found.info.run_id
             parent = found.data.tags.get("mlflow.parentRunId")
-            state = self._sweeps.get(parent) if parent else None
+            state = self._sweeps.get(parent) if parent and not is_group(found) else None
             if state is not None:
                 state.children.setdefault(existing, None)
                 state.saw(found)
@@ -254,10 +260,11 @@ class MlflowStore:
                 tags["energy.budget_state"] = "ok"
         else:
             tags.update(event.tags)
-            tags.update({"energy.uid": uid, "energy.kind": "run"})
+            tags.update({"energy.uid": uid, "energy.kind": event.kind})
             if event.parent_uid:
                 # A run nested in another (its energy is in that one's): the enclosing run's child,
                 # never the sweep's, so the sweep's totals count it once, in the enclosing run.
+                # A group's parent run under a sweep is the sweep's child but no run of it (is_group).
                 tags["mlflow.parentRunId"] = self.run_id(event.parent_uid)
         if isinstance(event, RunStart) and event.sweep_uid:
             # Counting the sweep's children and creating this one is one step for every writer
@@ -350,13 +357,14 @@ class MlflowStore:
                 self.client.update_run(parent.info.run_id, status="RUNNING")
 
     def children(self, parent_run_id: str) -> list:
-        """Every child run of the sweep ``parent_run_id`` (one listing, page by page)."""
+        """Every child run of the sweep ``parent_run_id`` (one listing, page by page), less the parent
+        runs of groups of repeats (their repeats are the sweep's runs)."""
         runs, token = [], None
         while True:
             page = self.client.search_runs([self.experiment_id],
                                            filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
                                            max_results=1000, page_token=token)
-            runs.extend(page)
+            runs.extend(r for r in page if not is_group(r))
             token = page.token
             if not token:
                 return runs
@@ -397,7 +405,7 @@ class MlflowStore:
                 [self.experiment_id],
                 filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'RUNNING'",
                 max_results=1000)
-            for r in page:
+            for r in (r for r in page if not is_group(r)):
                 state.children.setdefault(r.info.run_id, None)
                 state.saw(r)
         state.logged = {(m.step, m.value) for m in history}

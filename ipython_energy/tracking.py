@@ -170,8 +170,12 @@ class Tracker:
     # ---- runs -------------------------------------------------------------------------------
     def start_run(self, name: str | None = None, params: Mapping[str, Any] | None = None, *,
                   sweep: Sweep | None = None, activate: bool = False, implicit: bool = False,
-                  log: bool | None = None, cell: bool = False, label: str | None = None) -> Run:
+                  log: bool | None = None, cell: bool = False, label: str | None = None,
+                  tags: Mapping[str, str] | None = None, group_uid: str | None = None) -> Run:
         """Start a run (in ``sweep``, else the active sweep).
+
+        ``tags`` go to MLflow with the run's start; ``group_uid``: the run is a repeat of that
+        group (:meth:`start_group`), its MLflow child unless it is a run of a sweep or nested.
 
         A run opened while another run is open in this process is *nested* in the innermost one
         (docs/metrics.md, "Nested runs"): its energy is already in the enclosing run's, so it is a
@@ -219,7 +223,8 @@ class Tracker:
                 self.run = run
             if run.logged:
                 # Start temperatures, like every other provenance tag, come with the run's end.
-                tags = {"energy.session": self.session, "energy.interval_s": f"{self.meter.interval_s:g}"}
+                tags = {**(tags or {}), "energy.session": self.session,
+                        "energy.interval_s": f"{self.meter.interval_s:g}"}
                 if parent is not None:
                     tags["energy.parent_run"] = parent.name
                     if sweep is not None:
@@ -229,8 +234,48 @@ class Tracker:
                 self._submit(events.RunStart(
                     run.uid, name, _now_ms(), self.tracking_uri, self.config.experiment,
                     sweep_uid=sweep.uid if sweep is not None and parent is None else None,
-                    params=params, tags=tags, parent_uid=None if parent is None else parent.uid))
+                    params=params, tags=tags,
+                    parent_uid=parent.uid if parent is not None else group_uid if sweep is None else None))
         return run
+
+    # ---- groups of repeats (ipython_energy/repeats.py) -----------------------------------------
+    def start_group(self, name: str, *, sweep: Sweep | None = None, tags: Mapping[str, str] | None = None,
+                    log: bool | None = None) -> str | None:
+        """Start the MLflow parent run of a group of repeats; its uid, or None when it is not logged.
+
+        Its place: under the run this thread has open (the repeats nest in it), else under
+        ``sweep`` (the active sweep), whose runs its repeats are but it is not (``kind`` group).
+        """
+        with self._lock:
+            sweep = sweep if sweep is not None else self.sweep
+            if sweep is not None and sweep.ended:
+                sweep = None
+            thread = threading.current_thread()
+            parent = next((r for r in reversed(self.open_runs)
+                           if not r.discarded and not r.implicit and r.thread is thread), None)
+            if not ((self.config.log if log is None else log) and (parent is None or parent.logged)):
+                return None
+            uid = self._new_uid()
+            tags = {**(tags or {}), "energy.session": self.session}
+            if parent is None and sweep is not None:
+                self._log_sweep(sweep, True)
+            if sweep is not None:
+                tags["energy.sweep"] = sweep.name
+            under = parent.uid if parent is not None else sweep.uid if sweep is not None else None
+            self._submit(events.RunStart(uid, name, _now_ms(), self.tracking_uri, self.config.experiment,
+                                         tags=tags, parent_uid=under, kind="group"))
+        return uid
+
+    def end_group(self, uid: str, status: str, metrics: Mapping[str, float], tags: Mapping[str, str]) -> None:
+        """End a group's parent run with its statistics (through the writer, as every run's end)."""
+        t_ms = _now_ms()
+        self._submit(events.RunEnd(uid, status, t_ms, events.rows_of(metrics, t_ms), dict(tags)))
+
+    def log_metrics(self, run: Run, metrics: Mapping[str, float]) -> None:
+        """Metrics of a running ``run`` at step 0 (a repeat's ``cooldown_s``)."""
+        if run.logged and metrics:
+            t_ms = _now_ms()
+            self._submit(events.Metrics(run.uid, events.rows_of(metrics, t_ms)))
 
     def end_run(self, run: Run | None = None, status: str = "FINISHED") -> Measurement | None:
         return self._end_run(run, status)[0]

@@ -130,3 +130,27 @@ def parse_energy(text: str | float | int) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"an energy budget must be a positive, finite amount, not {quote(text)}")
     return value
+
+
+_DURATION_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
+_DURATION_UNITS: dict[str, float] = {"": 1.0, "s": 1.0, "sec": 1.0, "ms": 1e-3, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+def parse_duration(text: str | float | int) -> float:
+    """``"30s"`` → 30.0; accepts ms, s, min (or m), h, or a bare number of seconds; zero is allowed.
+
+    Raises ValueError for anything else, and for negative, NaN or infinite durations.
+    """
+    if isinstance(text, bool):
+        raise ValueError(f"not a duration: {quote(text)}")
+    if isinstance(text, (int, float)):
+        value = float(text)
+    else:
+        m = _DURATION_RE.match(str(text))
+        unit = m.group(2).lower() if m else None
+        if m is None or unit not in _DURATION_UNITS:
+            raise ValueError(f"not a duration: {quote(text)} (try 30s, 500ms, 2min or a number of seconds)")
+        value = float(m.group(1)) * _DURATION_UNITS[unit]
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"a duration must be a finite number of seconds, at least 0, not {quote(text)}")
+    return value
