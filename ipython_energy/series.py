@@ -353,6 +353,7 @@ class DomainSeries:
         if self.stale:
             lock = self.phase
             if had:
+                lock.age(t_hi)  # what was known of the phase fades between pieces of evidence
                 if moved:
                     lock.moved(self.last_lo, t_hi)  # an update fell after the last read began, before this one ended
                 elif self.last_increment_j > 0:
