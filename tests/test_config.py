@@ -85,7 +85,7 @@ def test_environment_values_are_parsed_and_mlflow_fallbacks_apply():
 def test_without_variables_every_setting_has_its_default():
     config, _ = cfg.from_env({})
     assert config.values() == {
-        "sensors": "auto", "interval_s": 0.1, "idle_power_w": None, "pue": None, "carbon_g_per_kwh": None,
+        "sensors": "auto", "interval_s": 0.1, "nvml_idle_interval_s": 2.0, "idle_power_w": None, "pue": None, "carbon_g_per_kwh": None,
         "tracking_uri": None, "experiment": "ipython-energy", "log": True, "live_interval_s": 2.0,
         "autolog": False, "quiet": False, "cpu_idle_w_per_core": None, "cpu_active_w_per_core": None,
         "cpu_tdp_w": None, "mlflow_timeout_s": 120.0, "mlflow_slow_s": 1.0, "low_util": 30.0}
