@@ -301,14 +301,18 @@ class Meter:
     def cell_began(self) -> None:
         """A cell started executing (IPython's ``pre_run_cell``).  O(1) and lock-free: the time is
         queued; the edge (a mark of the series at that time, no sensor read) is taken later, off the
-        cell's path, by the next window edge or :meth:`session`."""
+        cell's path, by the next window edge or :meth:`session`.  Where a costly counter is read only
+        every few seconds between windows, a read of it is started (not waited for) so that the mark
+        lies between two reads (:meth:`Sampler.read_soon`)."""
         self._cell_marks.append((self.clock(), 1))
+        self.sampler.read_soon()
         if len(self._cell_marks) > CELL_MARKS_QUEUED:
             self._apply_cell_marks_now()
 
     def cell_ended(self) -> None:
         """A cell finished (IPython's ``post_run_cell``); an unmatched call is ignored."""
         self._cell_marks.append((self.clock(), -1))
+        self.sampler.read_soon()
         if len(self._cell_marks) > CELL_MARKS_QUEUED:
             self._apply_cell_marks_now()
 

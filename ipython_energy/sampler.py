@@ -39,9 +39,12 @@ a window (:attr:`~ipython_energy.edges.TickTally.active`: a window open, a snaps
 idle baseline being measured), and every ``idle_interval_s`` otherwise.  Every window edge still
 reads it, so a window's energy (the counter's difference across its edges) is as exact as before,
 and so are the session's parts between windows; only the time resolution of its series between
-windows drops.  When the ticks start serving a window again, the first :data:`PROBE_TICKS` come
-every :data:`PROBE_FRACTION` of the counter's period, as after a start, to find its update phase
-again.
+windows drops.  An edge is placed between two reads one counter update apart: after the ticks stop
+serving a window they go on reading at every tick for one update period and two intervals (the
+*tail*), and a mark taken without a read (a cell that begins or ends, see :meth:`Sampler.read_soon`)
+starts a read at once, without waiting for it, and such a tail.  When the ticks start serving a
+window again, the first :data:`PROBE_TICKS` come every :data:`PROBE_FRACTION` of the counter's
+period, as after a start, to find its update phase again.
 
 When a counter updates slowly, tick times are dithered within each interval (a
 golden-ratio sequence over the whole interval) so that a counter updating at about the
@@ -242,6 +245,12 @@ class Sampler:
         self._readers = [s for s in self.slots if not s.inline]
         #: True when some sensor is read at the idle interval while the ticks serve no window.
         self._slow = any(s.idle_due_s > 0 for s in self._readers)
+        #: After the ticks stop serving (or a mark without a read), every tick still reads for this
+        #: long: one update of the slowest such counter and two (dithered) intervals, so that a read
+        #: sees the update after the edge.  Until ``_serving_until`` on the sampler clock.
+        self._tail_s = 2.0 * self.interval_s + max(
+            (d.update_period_s for s in self._readers if s.idle_due_s for d in s.domains), default=0.0)
+        self._serving_until = -_INF
         # What the sampler thread records at each tick and :meth:`sync` stores: tick ``n`` is at
         # index ``n & _RING_MASK`` of the tick times and of one list of samples per nonblocking
         # sensor (its ``sample()``, or the exception it raised).  The thread appends, advances
@@ -323,7 +332,7 @@ class Sampler:
         now = self.clock()
         readers = self._readers
         if readers:
-            self._dispatch_readers(now, not self._slow or self.tally.active)
+            self._dispatch_readers(now, self._serving(now, False))
         n = self._n
         i = n & _RING_MASK
         self._times[i] = now
@@ -629,18 +638,18 @@ class Sampler:
         readers = self._readers
         times, captures = self._times, self._captures
         slow, tally = self._slow, self.tally
-        was_serving = True
+        was_active = True
         k = 0
         g_prev = 0.0
         overhead = 0.0
         t_prev = monotonic()
         while True:
             k += 1
-            if slow:
-                serving = tally.active
-                if serving and not was_serving and probe_s is not None:
+            if slow:  # a window began after reads at the idle interval: probe the counter's phase again
+                active = tally.active
+                if active and not was_active and probe_s is not None:
                     probe_left = PROBE_TICKS
-                was_serving = serving
+                was_active = active
             probing = probe_left > 0
             if probing:
                 probe_left -= 1
@@ -664,7 +673,7 @@ class Sampler:
                 return
             now = clock()
             if readers:
-                self._dispatch_readers(now, not slow or probing or tally.active)
+                self._dispatch_readers(now, self._serving(now, probing))
             n = self._n
             i = n & _RING_MASK
             times[i] = now
@@ -684,6 +693,40 @@ class Sampler:
             if late < interval:  # (a longer stall is not overhead: missed ticks are skipped, not burst)
                 overhead += 0.125 * (late - overhead)
             t_prev = t
+
+    def _serving(self, now: float, probing: bool) -> bool:
+        """Whether this tick reads the ``slow_when_idle`` sensors: always where there are none, on
+        probe ticks, while the tally is active (a window is open, a snapshot waits, the idle
+        baseline is measured) and for :attr:`_tail_s` after that or after :meth:`read_soon`."""
+        if not self._slow or probing:
+            return True
+        if self.tally.active:
+            self._serving_until = now + self._tail_s
+            return True
+        return now < self._serving_until
+
+    def read_soon(self) -> None:
+        """A mark is being taken without a sensor read (a cell began or ended): start a read of the
+        ``slow_when_idle`` sensors now, without waiting for it (a lock taken and released per sensor:
+        microseconds), and read them at every tick for :attr:`_tail_s`, so that the mark falls
+        between two reads one counter update apart rather than two idle reads seconds apart.  Nothing
+        to do while the ticks read them anyway.  A sampler driven by its caller (``background=False``)
+        waits for the read, so that its time is the mark's."""
+        if not self._slow or self._stopped:
+            return
+        now = self.clock()
+        if now < self._serving_until or self.tally.active:
+            self._serving_until = max(self._serving_until, now + self._tail_s)
+            return
+        self._serving_until = now + self._tail_s
+        for slot in self._readers:
+            if slot.idle_due_s and not slot.hung and slot.done.acquire(blocking=False):
+                slot.busy_since = now
+                slot.read_t = now
+                slot.edge = False
+                slot.wake.release()
+                if not self.background and slot.done.acquire(timeout=self.hang_timeout_s):
+                    slot.done.release()
 
     def _dispatch_readers(self, now: float, serving: bool) -> None:
         """Start a read on every idle blocking sensor that is due (a ``slow_when_idle`` one only
