@@ -8,8 +8,9 @@ sensor types at once:
 * ``counter``: a fresh cumulative counter (like RAPL, ~1 ms updates);
 * ``counter-100ms``: a counter that only updates every 100 ms at an unknown phase
   (like NVML's ``nvmlDeviceGetTotalEnergyConsumption``), read at every tick;
-* ``counter-100ms-thread``: the same counter read on a reader thread of its own, at every tick
-  (as an NVML GPU was read before the idle schedule): the control for the next column;
+* ``counter-100ms-thread``: the same counter, with a 1 s-average power reading beside it (as an
+  NVML GPU on Ampere and newer gives), read on a reader thread of its own at every tick (as an
+  NVML GPU was read before the idle schedule): the control for the next column;
 * ``counter-100ms-idle``: the same counter read the way an NVML GPU's is now (``slow_when_idle``):
   on a reader thread of its own, at every tick only while a window is open (and a short tail
   after), every ``--idle-interval`` seconds (default 2) otherwise;
@@ -65,8 +66,8 @@ class IdleScheduledReplay(ThreadedReplay):
 MODES = {
     "counter": dict(),
     "counter-100ms": dict(update_period_s=0.1, report_power=False),
-    "counter-100ms-thread": dict(update_period_s=0.1, report_power=False),
-    "counter-100ms-idle": dict(update_period_s=0.1, report_power=False),
+    "counter-100ms-thread": dict(update_period_s=0.1, averaging_s=1.0),
+    "counter-100ms-idle": dict(update_period_s=0.1, averaging_s=1.0),
     "power-1s-avg": dict(averaging_s=1.0, report_energy=False),
     "power-instant": dict(report_energy=False),
 }

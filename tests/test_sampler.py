@@ -664,17 +664,18 @@ def test_phase_lock_widens_without_evidence_and_keeps_its_centre():
     lock.moved(10.0301, 10.0319)
     phase, width = lock.estimate()
     assert lock.locked and width <= 2
-    lock.age(10.0319 + 0.5)  # less than a bin of drift: nothing changes
+    lock.age(10.0319 + 0.5 * 0.001 / DRIFT)  # less than a bin (1 ms) of drift: nothing changes
     assert lock.estimate() == (phase, width)
-    lock.age(10.0319 + 10.0)  # 10 ms of possible drift on each side
+    lock.age(10.0319 + 5 * 0.001 / DRIFT)  # 5 ms of possible drift on each side
     wide_phase, wide = lock.estimate()
     assert wide_phase == pytest.approx(phase, abs=0.0011)
-    assert wide == pytest.approx(width + 2 * 10.0 * DRIFT / 0.1 * PhaseLock.BINS, abs=1)
+    assert wide == pytest.approx(width + 2 * 5, abs=1)
     assert not lock.locked
-    lock.age(10.0319 + 1000.0)
+    lock.age(10.0319 + 1000 * 0.001 / DRIFT)  # more than the whole period
     assert lock.known and lock.estimate()[1] < PhaseLock.BINS
-    lock.moved(1010.0361, 1010.0379)  # the updates moved 6 ms later meanwhile
-    assert lock.locked and lock.last_update(1010.09) == pytest.approx(1010.037, abs=0.002)
+    t = 10.0 + 1000 * 0.001 / DRIFT
+    lock.moved(t + 0.0361, t + 0.0379)  # the updates moved 6 ms later meanwhile
+    assert lock.locked and lock.last_update(t + 0.09) == pytest.approx(t + 0.037, abs=0.002)
     assert lock.resets == 0
 
 
