@@ -115,7 +115,8 @@ class _SensorSlot:
 
     __slots__ = ("sensor", "domains", "series", "targets", "read_values", "tuples", "inline", "sample",
                  "values_at", "start", "wake", "done", "busy_since", "hung", "edge", "state", "state_t", "reader",
-                 "round_trips_s", "util", "util_due_s", "util_t", "idle_due_s", "read_t")
+                 "round_trips_s", "util", "util_due_s", "util_t", "slow_when_idle", "idle_due_s",
+                 "read_t")
 
     def __init__(self, sensor: Sensor):
         self.sensor = sensor
@@ -145,6 +146,7 @@ class _SensorSlot:
         self.util_t = -math.inf
         #: For a ``slow_when_idle`` sensor, how long after its last read (``read_t``, sampler clock, a
         #: tick's or an edge's) the next is due while no window needs the ticks; 0: every tick.
+        self.slow_when_idle = bool(caps.slow_when_idle)
         self.idle_due_s = 0.0
         self.read_t = -math.inf
         #: Readings come as one (energy_j, power_w) pair per domain, in the order of domains().
@@ -231,7 +233,7 @@ class Sampler:
                 self.domain_slot[d.name] = slot
                 slot.series.append((d.name, ds))
             slot.targets = tuple(ds for _, ds in slot.series)
-            if slow and not slot.inline and getattr(slot.sensor, "slow_when_idle", False):
+            if slow and not slot.inline and slot.slow_when_idle:
                 # half an interval early, as for utilisation: dithered ticks must not skip one that is due
                 slot.idle_due_s = self.idle_interval_s - 0.5 * self.interval_s
             if slot.util is not None:
