@@ -39,6 +39,7 @@ def shell(energy_home, flat_trace, sqlite_uri, monkeypatch, tmp_path):
 def test_config_magic_beats_environment_beats_default(shell, monkeypatch):
     monkeypatch.setenv("IPYTHON_ENERGY_EXPERIMENT", "from-env")
     monkeypatch.setenv("IPYTHON_ENERGY_INTERVAL_S", "0.05")
+    monkeypatch.setenv("IPYTHON_ENERGY_NVML_IDLE_INTERVAL_S", "5")
     shell.run_line_magic("config", "EnergyMagics.experiment = 'from-config'")
     shell.run_line_magic("load_ext", "ipython_energy")
     settings = ipython_energy.tracker().config
@@ -46,6 +47,7 @@ def test_config_magic_beats_environment_beats_default(shell, monkeypatch):
     assert settings.interval_s == 0.05
     assert settings.live_interval_s == 2.0
     assert ipython_energy.tracker().meter.interval_s == 0.05
+    assert ipython_energy.tracker().meter.sampler.idle_interval_s == 5.0
 
 
 def test_settings_are_read_once_when_the_extension_loads(shell, monkeypatch):
