@@ -26,7 +26,13 @@ On a machine with an NVIDIA GPU and ``pynvml`` (nvidia-ml-py), through the real 
   utilisation samples (read rarely, they could replace per-tick power and utilisation reads).
   Then, for 2 s of reads every 5 ms, whether the field's energy agrees with the counter call,
   how often each changes, and whether the field's ``timestamp`` moves only when the value does
-  (then it is the counter's update time, which the sampler now has to estimate).
+  (then it is the counter's update time, which the sampler now has to estimate);
+* **the schedules' cost per GPU** (``schedule_estimate``): calls per second of each kind times
+  its mean CPU per call, as % of one core, for the old schedule (counter + power at every
+  tick, always), the idle schedule (the same while a window is open; every
+  ``nvml_idle_interval_s`` otherwise) and the same with the two-field ``nvmlDeviceGetFieldValues``
+  in place of the two calls; beside it, the idle schedule as run: NVML calls per second per GPU
+  and the sampler's CPU with no window open (``idle_schedule_*``).
 
 It skips cleanly (exit 0, with a message) where NVML is not usable.
 
@@ -76,6 +82,8 @@ def candidate_calls(nv, handle, calls: int) -> dict:
             lambda: nv.nvmlDeviceGetTotalEnergyConsumption(handle),
         "nvmlDeviceGetPowerUsage (now, every sample)": lambda: nv.nvmlDeviceGetPowerUsage(handle),
         "nvmlDeviceGetUtilizationRates (now, every 0.2 s)": lambda: nv.nvmlDeviceGetUtilizationRates(handle),
+        "nvmlDeviceGetTemperature (now, every 2 s)":
+            lambda: nv.nvmlDeviceGetTemperature(handle, nv.NVML_TEMPERATURE_GPU),
         "nvmlDeviceGetFieldValues [TOTAL_ENERGY_CONSUMPTION]": lambda: nv.nvmlDeviceGetFieldValues(handle, [e_id]),
         "nvmlDeviceGetFieldValues [ENERGY]": lambda: nv.nvmlDeviceGetFieldValues(handle, [e2_id]),
         "nvmlDeviceGetFieldValues [TOTAL_ENERGY_CONSUMPTION, POWER_INSTANT]":
@@ -111,10 +119,50 @@ def candidate_calls(nv, handle, calls: int) -> dict:
             cpu.append(time.thread_time() - c0)
             wall.append(time.perf_counter() - w0)
         out[name] = {
-            "cpu_us": {"p50": pct(cpu, 0.5) * 1e6, "p95": pct(cpu, 0.95) * 1e6, "max": max(cpu) * 1e6},
+            "cpu_us": {"p50": pct(cpu, 0.5) * 1e6, "p95": pct(cpu, 0.95) * 1e6, "max": max(cpu) * 1e6,
+                       "mean": statistics.mean(cpu) * 1e6},
             "wall_us": {"p50": pct(wall, 0.5) * 1e6, "p95": pct(wall, 0.95) * 1e6, "max": max(wall) * 1e6},
             "cpu_pct_of_core_at_10hz": statistics.mean(cpu) * 10 * 100,
         }
+    return out
+
+
+#: The candidates each schedule calls, by the names above.
+COUNTER = "nvmlDeviceGetTotalEnergyConsumption (now, every sample)"
+POWER = "nvmlDeviceGetPowerUsage (now, every sample)"
+UTIL = "nvmlDeviceGetUtilizationRates (now, every 0.2 s)"
+TEMP = "nvmlDeviceGetTemperature (now, every 2 s)"
+FIELDS = "nvmlDeviceGetFieldValues [TOTAL_ENERGY_CONSUMPTION, POWER_INSTANT]"
+
+
+def schedule_estimate(candidates: dict, interval_s: float = 0.1, idle_interval_s: float = 2.0,
+                      util_period_s: float = 0.2, state_s: float = 2.0) -> dict:
+    """% of one core per GPU that each schedule's NVML calls cost: calls per second times the mean
+    CPU per call measured above (None where a call is unsupported).  The old schedule reads counter
+    and power at every tick, always; the idle schedule does so while a window is open and every
+    ``idle_interval_s`` otherwise (utilisation with each read then, temperature every ``state_s``
+    either way); ``+fields`` takes the two-field ``nvmlDeviceGetFieldValues`` instead of the
+    counter and power calls."""
+    def cost_s(name):
+        c = candidates.get(name, {})
+        return c["cpu_us"]["mean"] * 1e-6 if "cpu_us" in c else None
+
+    counter, power, util, temp, fields = (cost_s(n) for n in (COUNTER, POWER, UTIL, TEMP, FIELDS))
+
+    def share(read_s, every_s):
+        if read_s is None or util is None or temp is None:
+            return None
+        per_s = read_s / every_s + util / max(every_s, util_period_s) + temp / state_s
+        return round(per_s * 100, 3)
+
+    both = None if counter is None or power is None else counter + power
+    out = {
+        "old schedule (every tick always), % of a core per GPU": share(both, interval_s),
+        "idle schedule, no window open, % of a core per GPU": share(both, idle_interval_s),
+        "idle schedule, window open, % of a core per GPU": share(both, interval_s),
+        "idle schedule + fields, no window open": share(fields, idle_interval_s),
+        "idle schedule + fields, window open": share(fields, interval_s),
+    }
     return out
 
 
@@ -187,6 +235,7 @@ def main(argv=None) -> int:
 
     handle = sensors[0]._handle
     out["candidates"] = candidate_calls(pynvml, handle, args.calls)
+    out["schedules"] = schedule_estimate(out["candidates"])
     out["field_vs_counter"] = field_vs_counter(pynvml, handle)
     if args.only_candidates:
         for s in sensors:
@@ -208,12 +257,16 @@ def main(argv=None) -> int:
     meter.start()
     time.sleep(3.0)  # counter update phase found, usual round trip known
     n_gpus = len(sensors)
+    # no window open: the idle schedule (counter every nvml_idle_interval_s)
     c_bg, t_bg = dict(calls), time.monotonic()
-    time.sleep(5.0)
+    p_bg, s_bg = time.process_time(), meter.sampler.cpu_time_s()
+    time.sleep(10.0)
     dt = time.monotonic() - t_bg
-    out["background_counter_reads_per_s_per_gpu"] = (calls["counter"] - c_bg["counter"]) / dt / n_gpus
-    out["background_power_reads_per_s_per_gpu"] = (calls["power"] - c_bg["power"]) / dt / n_gpus
-    out["background_util_reads_per_s_per_gpu"] = (calls["util"] - c_bg["util"]) / dt / n_gpus
+    out["idle_schedule_counter_reads_per_s_per_gpu"] = (calls["counter"] - c_bg["counter"]) / dt / n_gpus
+    out["idle_schedule_power_reads_per_s_per_gpu"] = (calls["power"] - c_bg["power"]) / dt / n_gpus
+    out["idle_schedule_util_reads_per_s_per_gpu"] = (calls["util"] - c_bg["util"]) / dt / n_gpus
+    out["idle_schedule_process_cpu_pct_of_one_core"] = (time.process_time() - p_bg) / dt * 100
+    out["idle_schedule_sampler_threads_cpu_pct_of_one_core"] = (meter.sampler.cpu_time_s() - s_bg) / dt * 100
     c_edges = dict(calls)
     begins, ends, gaps = [], [], 0
     for _ in range(args.windows):
@@ -233,7 +286,7 @@ def main(argv=None) -> int:
     out["edge_hung_gaps"] = gaps
     edges_s = sum(begins) + sum(ends) + 0.012 * args.windows  # about the time the edge loop took
     out["counter_reads_per_edge"] = ((calls["counter"] - c_edges["counter"])
-                                     - out["background_counter_reads_per_s_per_gpu"] * n_gpus * edges_s) / (2 * args.windows)
+                                     - 10.0 * n_gpus * edges_s) / (2 * args.windows)  # at 10 Hz between edges
     out["edge_timeout_ms"] = meter.sampler.edge_timeout_s() * 1e3
     out["round_trip_us"] = [
         {"p50": pct(rts, 0.5) * 1e6, "max": max(rts) * 1e6}
@@ -248,8 +301,8 @@ def main(argv=None) -> int:
     m = w.end()
     out["sampler_cpu_pct_of_one_core"] = (c1 - c0) / (t1 - t0) * 100
     out["sampler_threads_cpu_pct_of_one_core"] = (s1 - s0) / (t1 - t0) * 100
-    out["idle_counter_reads_per_s_per_gpu"] = (calls["counter"] - k0["counter"]) / (t1 - t0) / n_gpus
-    out["idle_power_reads_per_s_per_gpu"] = (calls["power"] - k0["power"]) / (t1 - t0) / n_gpus
+    out["window_counter_reads_per_s_per_gpu"] = (calls["counter"] - k0["counter"]) / (t1 - t0) / n_gpus
+    out["window_power_reads_per_s_per_gpu"] = (calls["power"] - k0["power"]) / (t1 - t0) / n_gpus
     out["idle_window_hung_gaps"] = sum(1 for p in m.provenance.values() for g in p.gaps if g.reason.startswith("hung"))
     out["idle_window_coverage"] = min(p.coverage for p in m.provenance.values())
     out["idle_window_j"] = m.energy_j
@@ -261,6 +314,15 @@ def main(argv=None) -> int:
 
 def _report(out: dict, path: str | None) -> int:
     print(json.dumps(out, indent=1))
+    est = out.get("schedules", {})
+    if est:
+        old = est["old schedule (every tick always), % of a core per GPU"]
+        idle = est["idle schedule, no window open, % of a core per GPU"]
+        busy = est["idle schedule, window open, % of a core per GPU"]
+        print(f"NVML calls, % of one core per GPU (estimate: calls/s x mean CPU per call): old schedule {old}; "
+              f"idle schedule {idle} with no window open, {busy} while one is open; "
+              f"with the two-field call: {est['idle schedule + fields, no window open']} / "
+              f"{est['idle schedule + fields, window open']}")
     if path:
         Path(path).write_text(json.dumps(out, indent=1))
     return 0

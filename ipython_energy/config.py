@@ -99,6 +99,12 @@ class EnergySettings(Configurable):
              "such as `nvml,rapl,cpu-model` (each must work, or loading says why), or `replay:PATH` "
              "to play a recorded CSV trace instead of hardware.").tag(config=True)
     interval_s = Number(0.1, min=0.005, max=60.0, help="Sampler period in seconds (10 Hz).").tag(config=True)
+    nvml_idle_interval_s = Number(
+        2.0, min=0.005, max=3600.0,
+        help="How often a GPU's NVML energy counter is read while no window (a measured cell, run or stage) "
+             "is open, in seconds; every `interval_s` while one is. Windows, sweeps and the session stay exact (the "
+             "counter is read at every edge); a value not above `interval_s` reads it at every sample "
+             "(see docs/sensors.md).").tag(config=True)
     idle_power_w = _unset_or_number(
         0.0, 1e6, "Idle baseline power in watts for gross/idle/net energy. Unset: measured in the first "
                   "seconds after loading, while no cell runs.")
@@ -177,6 +183,10 @@ class EnergySettings(Configurable):
     @default("interval_s")
     def _interval_s_default(self):
         return self._from_env("interval_s")
+
+    @default("nvml_idle_interval_s")
+    def _nvml_idle_interval_s_default(self):
+        return self._from_env("nvml_idle_interval_s")
 
     @default("idle_power_w")
     def _idle_power_w_default(self):

@@ -77,6 +77,15 @@ class TickTally:
         self._quiet_prev: tuple[float, float] | None = None
         self._interrupted = True
 
+    @property
+    def active(self) -> bool:
+        """True while the ticks serve a window: one is open (peaks), a snapshot waits for later
+        samples to refine it, or the idle baseline is being measured.  While False, the sampler
+        reads its ``slow_when_idle`` sensors at its idle interval only.  (Read without the lock by
+        the sampler thread: three attribute reads, each of them atomic.)"""
+        return bool(self.watch_peak or self.pending
+                    or (self.quiet_target_s is not None and self.quiet_power_w is None))
+
     def interrupt(self) -> None:
         """A window began or ended: the tick after this does not count as quiet time."""
         self._interrupted = True

@@ -23,7 +23,7 @@ from collections import deque
 from typing import Callable
 
 from .measurement import DomainProvenance, Gap, Measurement
-from .sampler import Sampler
+from .sampler import DEFAULT_IDLE_INTERVAL_S, Sampler
 from .sensors.base import DomainInfo, Sensor
 from .edges import Snapshot
 from .series import DEFAULT_LOW_UTIL
@@ -127,6 +127,10 @@ class Meter:
             injected ``clock`` (tests, simulations; see :class:`~ipython_energy.sampler.Sampler`).
         low_util: Busy fraction (0-1) below which energy counts as spent at low utilisation
             (``Measurement.domains_low_util_j``), for domains whose sensor reports utilisation.
+        idle_interval_s: How often a costly counter (a sensor that declares ``slow_when_idle``:
+            NVML's) is read while no window is open, no snapshot waits to be refined and the idle
+            baseline is not being measured; every ``interval_s`` otherwise (see
+            :class:`~ipython_energy.sampler.Sampler`).  None reads it at every tick always.
     """
 
     def __init__(
@@ -144,12 +148,13 @@ class Meter:
         idle_measure_s: float = IDLE_MEASURE_S,
         background: bool = True,
         low_util: float = DEFAULT_LOW_UTIL,
+        idle_interval_s: float | None = DEFAULT_IDLE_INTERVAL_S,
     ):
         self.clock = clock
         self.low_util = low_util
         self.sampler = Sampler(
             sensors, interval_s=interval_s, clock=clock, buffer_s=buffer_s, hang_timeout_s=hang_timeout_s,
-            background=background, low_util=low_util,
+            background=background, low_util=low_util, idle_interval_s=idle_interval_s,
         )
         self._sensors = list(sensors)
         self._lock = self.sampler.lock
@@ -296,14 +301,18 @@ class Meter:
     def cell_began(self) -> None:
         """A cell started executing (IPython's ``pre_run_cell``).  O(1) and lock-free: the time is
         queued; the edge (a mark of the series at that time, no sensor read) is taken later, off the
-        cell's path, by the next window edge or :meth:`session`."""
+        cell's path, by the next window edge or :meth:`session`.  Where a costly counter is read only
+        every few seconds between windows, a read of it is started (not waited for) so that the mark
+        lies between two reads (:meth:`Sampler.read_soon`)."""
         self._cell_marks.append((self.clock(), 1))
+        self.sampler.read_soon()
         if len(self._cell_marks) > CELL_MARKS_QUEUED:
             self._apply_cell_marks_now()
 
     def cell_ended(self) -> None:
         """A cell finished (IPython's ``post_run_cell``); an unmatched call is ignored."""
         self._cell_marks.append((self.clock(), -1))
+        self.sampler.read_soon()
         if len(self._cell_marks) > CELL_MARKS_QUEUED:
             self._apply_cell_marks_now()
 

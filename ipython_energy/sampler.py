@@ -33,6 +33,19 @@ After each stored tick the sampler updates its :class:`~ipython_energy.edges.Tic
 (peak power, begin-edge refinement, quiet-time energy), arithmetic over the series that calls
 nothing outside them: the sampler never calls back into the meter.
 
+A hardware sensor whose domains are costly cumulative counters (NVML's: ~3 ms of CPU per read on
+H100/H200) declares ``slow_when_idle``: it is read at every tick only while the meter's ticks serve
+a window (:attr:`~ipython_energy.edges.TickTally.active`: a window open, a snapshot to refine, the
+idle baseline being measured), and every ``idle_interval_s`` otherwise.  Every window edge still
+reads it, so a window's energy (the counter's difference across its edges) is as exact as before,
+and so are the session's parts between windows; only the time resolution of its series between
+windows drops.  An edge is placed between two reads one counter update apart: after the ticks stop
+serving a window they go on reading at every tick for one update period and two intervals (the
+*tail*), and a mark taken without a read (a cell that begins or ends, see :meth:`Sampler.read_soon`)
+starts a read at once, without waiting for it, and such a tail.  When the ticks start serving a
+window again, the first :data:`PROBE_TICKS` come every :data:`PROBE_FRACTION` of the counter's
+period, as after a start, to find its update phase again.
+
 When a counter updates slowly, tick times are dithered within each interval (a
 golden-ratio sequence over the whole interval) so that a counter updating at about the
 sampling rate is observed at varying phases; that is what lets
@@ -65,6 +78,9 @@ DEFAULT_BUFFER_S = 600.0
 #: phase down sooner), before the first window depends on it.
 PROBE_TICKS = 12
 PROBE_FRACTION = 0.25
+#: Default for ``idle_interval_s``: how often a ``slow_when_idle`` sensor (an NVML energy counter) is
+#: read while no window needs the ticks (the ``nvml_idle_interval_s`` setting).
+DEFAULT_IDLE_INTERVAL_S = 2.0
 #: How often a sensor's volatile state (temperature…) is refreshed, in seconds.
 STATE_INTERVAL_S = 2.0
 #: The sampler thread stores its readings of nonblocking sensors in batches of this many ticks
@@ -99,7 +115,8 @@ class _SensorSlot:
 
     __slots__ = ("sensor", "domains", "series", "targets", "read_values", "tuples", "inline", "sample",
                  "values_at", "start", "wake", "done", "busy_since", "hung", "edge", "state", "state_t", "reader",
-                 "round_trips_s", "util", "util_due_s", "util_t", "coolest_c")
+                 "round_trips_s", "util", "util_due_s", "util_t", "coolest_c", "slow_when_idle", "idle_due_s",
+                 "read_t")
 
     def __init__(self, sensor: Sensor):
         self.sensor = sensor
@@ -127,6 +144,11 @@ class _SensorSlot:
         self.util = caps.utilisation
         self.util_due_s = 0.0
         self.util_t = -math.inf
+        #: For a ``slow_when_idle`` sensor, how long after its last read (``read_t``, sampler clock, a
+        #: tick's or an edge's) the next is due while no window needs the ticks; 0: every tick.
+        self.slow_when_idle = bool(caps.slow_when_idle)
+        self.idle_due_s = 0.0
+        self.read_t = -math.inf
         #: Readings come as one (energy_j, power_w) pair per domain, in the order of domains().
         self.tuples = self.inline or self.read_values is not None
         self.wake = threading.Lock()
@@ -162,6 +184,9 @@ class Sampler:
             get their reader threads.
         low_util: Busy fraction (0-1) below which a domain's energy counts as spent at low
             utilisation (:meth:`DomainSeries.set_util`), for sensors that report utilisation.
+        idle_interval_s: How often a blocking sensor that declares ``slow_when_idle`` is read while
+            the ticks serve no window (default :data:`DEFAULT_IDLE_INTERVAL_S`); None, or a value not
+            above ``interval_s``, reads it at every tick always.
 
     After each tick's readings are stored (see :meth:`sync`: in batches, on the sampler thread or on
     whichever thread asks for the series first) the sampler updates :attr:`tally`
@@ -179,10 +204,14 @@ class Sampler:
         capacity: int | None = None,
         background: bool = True,
         low_util: float = DEFAULT_LOW_UTIL,
+        idle_interval_s: float | None = DEFAULT_IDLE_INTERVAL_S,
     ):
         if interval_s <= 0:
             raise ValueError("interval_s must be positive")
         self.interval_s = float(interval_s)
+        slow = idle_interval_s is not None and idle_interval_s > interval_s
+        #: How often ``slow_when_idle`` sensors are read while no window needs the ticks (None: every tick).
+        self.idle_interval_s = float(idle_interval_s) if slow else None
         self.clock = clock
         self.background = background
         self.hang_timeout_s = (
@@ -207,6 +236,9 @@ class Sampler:
                 self.domain_slot[d.name] = slot
                 slot.series.append((d.name, ds))
             slot.targets = tuple(ds for _, ds in slot.series)
+            if slow and not slot.inline and slot.slow_when_idle:
+                # half an interval early, as for utilisation: dithered ticks must not skip one that is due
+                slot.idle_due_s = self.idle_interval_s - 0.5 * self.interval_s
             if slot.util is not None:
                 # half an interval early: dithered ticks must not skip a reading that is due
                 period = getattr(slot.sensor, "util_period_s", 0.0)
@@ -216,6 +248,14 @@ class Sampler:
         self.tally = TickTally(self.series)
         self._inline = [s for s in self.slots if s.inline]
         self._readers = [s for s in self.slots if not s.inline]
+        #: True when some sensor is read at the idle interval while the ticks serve no window.
+        self._slow = any(s.idle_due_s > 0 for s in self._readers)
+        #: After the ticks stop serving (or a mark without a read), every tick still reads for this
+        #: long: one update of the slowest such counter and two (dithered) intervals, so that a read
+        #: sees the update after the edge.  Until ``_serving_until`` on the sampler clock.
+        self._tail_s = 2.0 * self.interval_s + max(
+            (d.update_period_s for s in self._readers if s.idle_due_s for d in s.domains), default=0.0)
+        self._serving_until = -_INF
         # What the sampler thread records at each tick and :meth:`sync` stores: tick ``n`` is at
         # index ``n & _RING_MASK`` of the tick times and of one list of samples per nonblocking
         # sensor (its ``sample()``, or the exception it raised).  The thread appends, advances
@@ -297,7 +337,7 @@ class Sampler:
         now = self.clock()
         readers = self._readers
         if readers:
-            self._dispatch_readers(now)
+            self._dispatch_readers(now, self._serving(now, False))
         n = self._n
         i = n & _RING_MASK
         self._times[i] = now
@@ -510,6 +550,7 @@ class Sampler:
     def _dispatch_edge(self, slot: _SensorSlot, now: float) -> None:
         """Start an edge read of a blocking sensor; the caller holds ``slot.done``."""
         slot.busy_since = now
+        slot.read_t = now
         slot.edge = True
         if not self._stopped:
             slot.wake.release()
@@ -594,7 +635,9 @@ class Sampler:
         ticks after a start come every ``PROBE_FRACTION`` of such a counter's period instead, where
         that is shorter than the interval: dense enough that a counter updating faster than declared
         is seen moving on consecutive reads (and one that does not, standing still between them)
-        within a fraction of a second, before the first window depends on it.
+        within a fraction of a second, before the first window depends on it.  Where a sensor is read
+        only every ``idle_interval_s`` between windows, the ticks after the tally becomes active again
+        (a window began) are such probes too: the counter's update phase may have moved meanwhile.
         """
         interval = self.interval_s
         dither = self._dither
@@ -605,13 +648,21 @@ class Sampler:
         clock = self.clock
         readers = self._readers
         times, captures = self._times, self._captures
+        slow, tally = self._slow, self.tally
+        was_active = True
         k = 0
         g_prev = 0.0
         overhead = 0.0
         t_prev = monotonic()
         while True:
             k += 1
-            if probe_left:
+            if slow:  # a window began after reads at the idle interval: probe the counter's phase again
+                active = tally.active
+                if active and not was_active and probe_s is not None:
+                    probe_left = PROBE_TICKS
+                was_active = active
+            probing = probe_left > 0
+            if probing:
                 probe_left -= 1
                 want = probe_s
             elif dither:
@@ -633,7 +684,7 @@ class Sampler:
                 return
             now = clock()
             if readers:
-                self._dispatch_readers(now)
+                self._dispatch_readers(now, self._serving(now, probing))
             n = self._n
             i = n & _RING_MASK
             times[i] = now
@@ -654,14 +705,52 @@ class Sampler:
                 overhead += 0.125 * (late - overhead)
             t_prev = t
 
-    def _dispatch_readers(self, now: float) -> None:
-        """Start a read on every idle blocking sensor; mark the ones in flight too long as hung."""
+    def _serving(self, now: float, probing: bool) -> bool:
+        """Whether this tick reads the ``slow_when_idle`` sensors: always where there are none, on
+        probe ticks, while the tally is active (a window is open, a snapshot waits, the idle
+        baseline is measured) and for :attr:`_tail_s` after that or after :meth:`read_soon`."""
+        if not self._slow or probing:
+            return True
+        if self.tally.active:
+            self._serving_until = now + self._tail_s
+            return True
+        return now < self._serving_until
+
+    def read_soon(self) -> None:
+        """A mark is being taken without a sensor read (a cell began or ended): start a read of the
+        ``slow_when_idle`` sensors now, without waiting for it (a lock taken and released per sensor:
+        microseconds), and read them at every tick for :attr:`_tail_s`, so that the mark falls
+        between two reads one counter update apart rather than two idle reads seconds apart.  Nothing
+        to do while the ticks read them anyway.  A sampler driven by its caller (``background=False``)
+        waits for the read, so that its time is the mark's."""
+        if not self._slow or self._stopped:
+            return
+        now = self.clock()
+        if now < self._serving_until or self.tally.active:
+            self._serving_until = max(self._serving_until, now + self._tail_s)
+            return
+        self._serving_until = now + self._tail_s
         for slot in self._readers:
-            if slot.done.acquire(blocking=False):
+            if slot.idle_due_s and not slot.hung and slot.done.acquire(blocking=False):
                 slot.busy_since = now
+                slot.read_t = now
                 slot.edge = False
                 slot.wake.release()
-                continue
+                if not self.background and slot.done.acquire(timeout=self.hang_timeout_s):
+                    slot.done.release()
+
+    def _dispatch_readers(self, now: float, serving: bool) -> None:
+        """Start a read on every idle blocking sensor that is due (a ``slow_when_idle`` one only
+        every ``idle_interval_s`` unless ``serving``: the ticks serve a window, or probe); mark the
+        ones in flight too long as hung."""
+        for slot in self._readers:
+            if serving or not slot.idle_due_s or now - slot.read_t >= slot.idle_due_s:
+                if slot.done.acquire(blocking=False):
+                    slot.busy_since = now
+                    slot.read_t = now
+                    slot.edge = False
+                    slot.wake.release()
+                    continue
             since = slot.busy_since
             if since is not None and not slot.hung and now - since > self.hang_timeout_s:
                 slot.hung = True

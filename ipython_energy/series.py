@@ -59,6 +59,10 @@ FAST_EVIDENCE = 3
 #: is no power at all (see :meth:`DomainSeries.power_now_w`).
 POWER_SPAN = 0.75
 MIN_POWER_SPAN_S = 0.02
+#: A stale counter's last two points read more than this many update periods apart say little
+#: about its power now: the sensor's own power reading, where it gives one, is used instead (see
+#: :meth:`DomainSeries._two_update_slope_w`).
+SPARSE_UPDATES = 2.5
 #: Closed gaps remembered per domain.
 GAP_HISTORY = 512
 #: A window shorter than its counter's update period, on a domain with no gap in it, gets at
@@ -353,6 +357,7 @@ class DomainSeries:
         if self.stale:
             lock = self.phase
             if had:
+                lock.age(t_hi)  # what was known of the phase fades between pieces of evidence
                 if moved:
                     lock.moved(self.last_lo, t_hi)  # an update fell after the last read began, before this one ended
                 elif self.last_increment_j > 0:
@@ -790,12 +795,17 @@ class DomainSeries:
 
         Two periods rather than one: a load that alternates at about the update rate then averages
         out instead of being extrapolated with the opposite phase, while a ramp is lagged by only
-        half a period.
+        half a period.  When the last two reads are more than :data:`SPARSE_UPDATES` periods apart
+        (read at the idle interval), the sensor's own power reading, where it has one (NVML does).
         """
         pts = self.points
         n = len(pts)
         if n < 2:
             return max(0.0, self.last_power_w or 0.0)
+        if self.last_power_w is not None and pts[-1][3] - pts[-2][3] > SPARSE_UPDATES * self.info.update_period_s:
+            # the last two reads are seconds apart (a counter read at the idle interval between
+            # windows, or one that stalled): their mean is old news; the sensor's own power is not
+            return max(0.0, self.last_power_w)
         k = 3 if n >= 3 and pts[-1][0] - pts[-3][0] <= 2.5 * self.info.update_period_s else 2
         t1, e1 = pts[-1][0], pts[-1][1]
         stop = min(n, 64)

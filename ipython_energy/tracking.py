@@ -50,7 +50,7 @@ class Tracker:
             })
             meter = Meter(found.sensors, interval_s=config.interval_s, idle_power_w=config.idle_power_w,
                           pue=config.pue, carbon_g_per_kwh=config.carbon_g_per_kwh, notes=found.notes,
-                          low_util=config.low_util / 100.0)
+                          low_util=config.low_util / 100.0, idle_interval_s=config.nvml_idle_interval_s)
         self.meter = meter
         self.meter.start()
         self._writer = writer

@@ -39,6 +39,7 @@ def shell(energy_home, flat_trace, sqlite_uri, monkeypatch, tmp_path):
 def test_config_magic_beats_environment_beats_default(shell, monkeypatch):
     monkeypatch.setenv("IPYTHON_ENERGY_EXPERIMENT", "from-env")
     monkeypatch.setenv("IPYTHON_ENERGY_INTERVAL_S", "0.05")
+    monkeypatch.setenv("IPYTHON_ENERGY_NVML_IDLE_INTERVAL_S", "5")
     shell.run_line_magic("config", "EnergyMagics.experiment = 'from-config'")
     shell.run_line_magic("load_ext", "ipython_energy")
     settings = ipython_energy.tracker().config
@@ -46,6 +47,7 @@ def test_config_magic_beats_environment_beats_default(shell, monkeypatch):
     assert settings.interval_s == 0.05
     assert settings.live_interval_s == 2.0
     assert ipython_energy.tracker().meter.interval_s == 0.05
+    assert ipython_energy.tracker().meter.sampler.idle_interval_s == 5.0
 
 
 def test_settings_are_read_once_when_the_extension_loads(shell, monkeypatch):
@@ -85,7 +87,7 @@ def test_environment_values_are_parsed_and_mlflow_fallbacks_apply():
 def test_without_variables_every_setting_has_its_default():
     config, _ = cfg.from_env({})
     assert config.values() == {
-        "sensors": "auto", "interval_s": 0.1, "idle_power_w": None, "pue": None, "carbon_g_per_kwh": None,
+        "sensors": "auto", "interval_s": 0.1, "nvml_idle_interval_s": 2.0, "idle_power_w": None, "pue": None, "carbon_g_per_kwh": None,
         "tracking_uri": None, "experiment": "ipython-energy", "log": True, "live_interval_s": 2.0,
         "autolog": False, "quiet": False, "cpu_idle_w_per_core": None, "cpu_active_w_per_core": None,
         "cpu_tdp_w": None, "mlflow_timeout_s": 120.0, "mlflow_slow_s": 1.0, "low_util": 30.0,

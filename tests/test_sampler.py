@@ -652,3 +652,188 @@ def test_declared_capabilities_are_used_and_plain_sensors_need_none():
         assert (e1 - e0) / (t1 - t0) == pytest.approx(10.0)
     finally:
         s.stop()
+
+
+def test_phase_lock_widens_without_evidence_and_keeps_its_centre():
+    """Between pieces of evidence the update phase may drift (the real period differs a little from
+    the nominal one): what is known widens by DRIFT per second, around the same centre, never to
+    the whole period, and the next evidence narrows it again instead of conflicting with it."""
+    from ipython_energy.phase import DRIFT
+
+    lock = PhaseLock(0.1)
+    lock.moved(10.0301, 10.0319)
+    phase, width = lock.estimate()
+    assert lock.locked and width <= 2
+    lock.age(10.0319 + 0.5 * 0.001 / DRIFT)  # less than a bin (1 ms) of drift: nothing changes
+    assert lock.estimate() == (phase, width)
+    lock.age(10.0319 + 5 * 0.001 / DRIFT)  # 5 ms of possible drift on each side
+    wide_phase, wide = lock.estimate()
+    assert wide_phase == pytest.approx(phase, abs=0.0011)
+    assert wide == pytest.approx(width + 2 * 5, abs=1)
+    assert not lock.locked
+    lock.age(10.0319 + 1000 * 0.001 / DRIFT)  # more than the whole period
+    assert lock.known and lock.estimate()[1] < PhaseLock.BINS
+    t = 10.0 + 1000 * 0.001 / DRIFT
+    lock.moved(t + 0.0361, t + 0.0379)  # the updates moved 6 ms later meanwhile
+    assert lock.locked and lock.last_update(t + 0.09) == pytest.approx(t + 0.037, abs=0.002)
+    assert lock.resets == 0
+
+
+# -- the idle schedule of a costly counter (NVML) ----------------------------------------------
+
+def _nvml_meter(monkeypatch, clock, gpu, **meter_kw):
+    """A driven meter over the real NVML backend with ``gpu`` behind the fake ``pynvml`` (the
+    hardware seam), and the sampler's own tick schedule (dithered, dense first reads)."""
+    import sys
+
+    from ipython_energy.meter import Meter
+    from ipython_energy.sensors import discover
+    from tests.sensors.fake_pynvml import make_fake_pynvml
+
+    monkeypatch.setitem(sys.modules, "pynvml", make_fake_pynvml([gpu]))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    found = discover("nvml")
+    meter = Meter(found.sensors, interval_s=0.1, clock=clock, background=False, **meter_kw)
+    meter.start()
+    return meter, Ticks(meter.sampler, clock, dither=True, probe_s=0.025)
+
+
+def _reads(gpu) -> tuple[int, int, int]:
+    return gpu.counter_reads, gpu.power_reads, gpu.util_reads
+
+
+@pytest.mark.parametrize("idle_interval_s,most_per_minute", [(2.0, 31), (None, 600)])
+def test_nvml_counter_is_read_every_tick_only_while_a_window_is_open(monkeypatch, idle_interval_s,
+                                                                      most_per_minute):
+    """A counter GPU (fake ``pynvml``: a counter read costs ~3 ms of CPU on H100/H200) is read at
+    every tick while a window is open and every ``idle_interval_s`` otherwise: an idle minute
+    makes at most 31 counter reads (and as many power and utilisation reads) instead of 600.  With
+    no idle interval, as before, every tick reads it."""
+    from tests.sensors.fake_pynvml import FakeGpu
+
+    clock = Clock()
+    gpu = FakeGpu(uuid="GPU-0", power_w=150.0, counter_period_s=0.1, counter_phase_s=0.037, util_pct=40.0,
+                  clock=clock, t0=clock() - 100.0)
+    meter, ticks = _nvml_meter(monkeypatch, clock, gpu, idle_interval_s=idle_interval_s)
+    ticks.run(5.0)  # the idle baseline is measured at full rate first
+    assert meter.idle_source == "measured"
+    before = _reads(gpu)
+    ticks.run(60.0)
+    counter, power, util = (b - a for a, b in zip(before, _reads(gpu)))
+    assert most_per_minute - 30 <= counter <= most_per_minute
+    assert power == counter
+    assert util <= counter
+    w = meter.begin("cell")
+    before = _reads(gpu)
+    ticks.run(10.0)
+    w.end()
+    counter_in_window = gpu.counter_reads - before[0]
+    assert counter_in_window >= 95  # every tick, plus the edges
+    before = _reads(gpu)
+    ticks.run(60.0)
+    assert gpu.counter_reads - before[0] <= most_per_minute  # back to the idle rate after the window
+    meter.stop()
+
+
+def test_polled_gpu_is_read_every_tick_even_when_idle(monkeypatch):
+    """A GPU without an energy counter gives power only, which the series integrates: a lower rate
+    would lose accuracy, so it is never read at the idle interval."""
+    from tests.sensors.fake_pynvml import FakeGpu
+
+    clock = Clock()
+    gpu = FakeGpu(uuid="GPU-0", power_w=80.0, has_counter=False, clock=clock, t0=clock())
+    meter, ticks = _nvml_meter(monkeypatch, clock, gpu, idle_power_w=0.0)
+    ticks.run(3.0)
+    before = gpu.power_reads
+    ticks.run(10.0)
+    assert gpu.power_reads - before >= 95
+    meter.stop()
+
+
+def _sessions_with_windows(monkeypatch, gpu_kw: dict, idle_interval_s):
+    """Idle stretches, windows of 0.5-10 s, a cell outside any window and a sweep's marks, on one
+    fake GPU.  Returns each window's (measured, true) energy, the mark stretch's (measured, true)
+    energy, and the session with the true energy of each part (``true_<part>_j``)."""
+    from tests.sensors.fake_pynvml import FakeGpu
+
+    clock = Clock()
+    gpu = FakeGpu(uuid="GPU-0", counter_period_s=0.1, counter_phase_s=0.037, util_pct=40.0, clock=clock,
+                  t0=clock() - 100.0, **gpu_kw)
+    meter, ticks = _nvml_meter(monkeypatch, clock, gpu, idle_interval_s=idle_interval_s)
+
+    def true_j(a, b):
+        return gpu.true_energy_j(b - gpu.t0) - gpu.true_energy_j(a - gpu.t0)
+
+    windows = []
+    ticks.run(4.0)
+    for idle_s, length_s in [(30.0, 10.0), (7.3, 0.5), (12.9, 3.1), (2.2, 1.7), (41.0, 6.4)]:
+        ticks.run(idle_s)
+        w = meter.begin("w")
+        ticks.run(length_s)
+        m = w.end()
+        windows.append((m.energy_j, true_j(w.begin_s, w.end_s)))
+    ticks.run(5.03)
+    cell = [clock()]
+    meter.cell_began()  # a cell that is not measured: other_cells
+    ticks.run(4.4)
+    cell.append(clock())
+    meter.cell_ended()
+    a = meter.mark()  # a sweep's ledger marks, with idle between them
+    ticks.run(9.7)
+    b = meter.mark()
+    ticks.run(40.0)  # every edge settled
+    marked = (meter.energy_between(a, b), true_j(a.t, b.t))
+    meter.mark()  # the session below ends just after reads, not seconds past the last one
+    ticks.run(0.25)
+    session = meter.session()
+    session["true_in_runs_j"] = sum(t for _, t in windows)
+    session["true_other_cells_j"] = true_j(*cell)
+    session["true_j"] = true_j(meter.started_s, meter.started_s + session["duration_s"])
+    session["true_idle_j"] = session["true_j"] - session["true_in_runs_j"] - session["true_other_cells_j"]
+    meter.stop()
+    return windows, marked, session
+
+
+PARTS = ("in_runs", "other_cells", "idle")
+
+
+def test_idle_schedule_keeps_windows_and_session_exact_at_constant_power(monkeypatch):
+    """Constant 150 W through the fake ``pynvml`` with a 100 ms counter, read every 2 s between
+    windows: each window's energy, a sweep's marks and the session's three parts are power × time
+    to the update-time estimate (±1 ms at an edge: 0.15 J here), and the parts add up to the total."""
+    p = 150.0
+    windows, marked, session = _sessions_with_windows(monkeypatch, {"power_w": p}, 2.0)
+    for got, true in windows:
+        assert got == pytest.approx(true, abs=2 * 0.001 * p)
+    assert marked[0] == pytest.approx(marked[1], abs=2 * 0.001 * p)
+    assert sum(session[f"{part}_j"] for part in PARTS) == pytest.approx(session["total_j"], rel=1e-12)
+    assert session["total_j"] == pytest.approx(p * session["duration_s"], abs=2 * 0.001 * p)
+    for part in PARTS:  # five windows, a cell: up to a dozen edges in a part
+        assert session[f"{part}_j"] == pytest.approx(p * session[f"{part}_s"], abs=12 * 0.001 * p)
+    assert session["other_cells_s"] == pytest.approx(4.4, abs=1e-9)
+
+
+def test_idle_schedule_is_as_accurate_as_reading_every_tick(monkeypatch):
+    """A load that changes all the time (150 ± 100 W, 7.3 s period) and windows that begin after
+    idle stretches of 2-41 s: each window's error with the counter read every 2 s between windows
+    is that of reading it at every tick (within 0.1 % of the window's energy), and within 0.5 %;
+    so are a sweep's marks and each of the session's parts (to the update-time estimate, ±1 ms at
+    each of its up to ten edges: 2.5 J at 250 W)."""
+    def power_w(x):
+        return 150.0 + 100.0 * math.sin(2 * math.pi * x / 7.3)
+
+    def energy_j(x):
+        return 150.0 * x - 100.0 * 7.3 / (2 * math.pi) * (math.cos(2 * math.pi * x / 7.3) - 1.0)
+
+    load = {"power_w_at": power_w, "energy_j_at": energy_j}
+    slow, slow_marked, slow_session = _sessions_with_windows(monkeypatch, load, 2.0)
+    full, full_marked, full_session = _sessions_with_windows(monkeypatch, load, None)
+    for (got_slow, true), (got_full, _) in zip(slow, full):
+        assert abs(got_slow - true) <= abs(got_full - true) + 0.001 * true
+        assert got_slow == pytest.approx(true, rel=0.005)
+    for got, true in (slow_marked, full_marked):
+        assert got == pytest.approx(true, abs=1.0)
+    for s in (slow_session, full_session):
+        assert s["total_j"] == pytest.approx(s["true_j"], abs=3.0)
+        for part in PARTS:
+            assert s[f"{part}_j"] == pytest.approx(s[f"true_{part}_j"], abs=10 * 0.001 * 250.0), part

@@ -129,6 +129,13 @@ class SensorBase:
             fraction (0-1) or ``None`` per domain, in the order of :meth:`domains`.  A reading
             describes the time since the sensor's previous utilisation reading (as NVML's and a
             CPU-time difference do).  The sampler calls it at most every :attr:`util_period_s`.
+        slow_when_idle: True for a blocking sensor whose every domain is a cumulative counter that
+            is costly to read (NVML's energy counter: ~3 ms of CPU per read on H100/H200).  A
+            window's energy is then exact from the reads at its two edges, whatever the rate in
+            between, so the sampler reads it at its idle interval (``Sampler(idle_interval_s=...)``)
+            while no window is open, and at every tick only while one is (see
+            :attr:`~ipython_energy.edges.TickTally.active`).  Polled power is integrated, so a
+            sensor that gives power only must never set it.
     """
 
     name: str = "sensor"
@@ -140,6 +147,7 @@ class SensorBase:
     #: Least time between two :attr:`utilisation` calls (sampler clock): 0 calls it after every
     #: read; a sensor whose utilisation costs a driver call reads it less often than its energy.
     util_period_s: ClassVar[float] = 0.0
+    slow_when_idle: bool = False
 
     def start(self, t0: float) -> None:
         """Called once, when sampling first starts, with the sampler's clock time.  Default: nothing."""

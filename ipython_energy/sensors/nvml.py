@@ -15,6 +15,10 @@ that the two numberings agree.
 * Utilisation: ``nvmlDeviceGetUtilizationRates(...).gpu`` (per cent of NVML's own sample
   period, 1/6 s to 1 s, during which a kernel was running), read every
   :data:`UTIL_PERIOD_S` rather than with every energy read, where the GPU supports it.
+* A counter GPU is ``slow_when_idle``: its counter read costs ~3 ms of CPU on H100/H200, so the
+  sampler reads it at every tick only while a window is open, and at its idle interval otherwise
+  (the edges' reads keep every window's energy exact).  A polled GPU is read at every tick always:
+  its energy is integrated power, which a lower rate would make less accurate.
 
 ``pynvml`` is imported inside the functions, never at module import.  A GPU that
 stops answering (``NVMLError`` on read, e.g. "GPU is lost") raises from
@@ -52,6 +56,7 @@ class NvmlSensor(SensorBase):
         self._nv = pynvml
         self._handle = handle
         self._counter = counter
+        self.slow_when_idle = counter
         if not util:
             self.utilisation = None  # this GPU gives no utilisation: the capability is absent
         self._lock = threading.Lock()
