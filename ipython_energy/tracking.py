@@ -74,7 +74,7 @@ class Tracker:
         if register:
             self._register()
         self._start_live()
-        atexit.register(self.close)
+        atexit.register(self._at_exit)
 
     # ---- the calling context's active sweep and run ------------------------------------------
     @property
@@ -91,6 +91,10 @@ class Tracker:
     @property
     def writer(self):
         if self._writer is None:
+            # MLflow imports it on the writer's thread; imported there only once the interpreter is
+            # exiting (a short worker script), its atexit hook could no longer be registered and
+            # every write would fail with "can't register atexit after shutdown".
+            import concurrent.futures.thread  # noqa: F401
             from .spool import Spool, SpoolError
             from .writer import Writer
 
@@ -496,14 +500,29 @@ class Tracker:
             lines.append(f"ipython-energy: MLflow at {uri} is answering promptly again.")
         return "\n".join(lines) or None
 
-    def close(self, timeout_s: float = 5.0) -> None:
-        """End open runs and sweeps (as KILLED for runs the user never closed), flush, stop threads."""
+    def _at_exit(self) -> None:
+        """The process exits: a worker's last runs and its leaving the sweep should reach MLflow
+        (the last member to leave closes the sweep), so the writer is waited for while MLflow
+        answers, up to ``mlflow_timeout_s``; once it is reported as not answering (about 2 s),
+        what is left stays in the spool for the next process on this host."""
+        self.close(patient=True)
+
+    def close(self, timeout_s: float = 5.0, *, patient: bool = False) -> None:
+        """End open runs and sweeps (as KILLED for runs the user never closed), flush, stop threads.
+
+        ``patient``: wait beyond ``timeout_s`` as long as MLflow answers (see :meth:`_at_exit`).
+        """
         with self._lock:
             for run in list(self.open_runs):
                 self.end_run(run, "KILLED")
             for sweep in list(self.sweeps.values()):
                 if not sweep.ended:
                     self.end_sweep(sweep)
+        if patient and self._writer is not None:
+            deadline = time.monotonic() + self.config.mlflow_timeout_s
+            while not self._writer.flush(1.0) and time.monotonic() < deadline \
+                    and self._writer.status().backend_ok:
+                pass
         self._stop_live.set()
         if self._writer is not None:
             self._writer.close(timeout_s)
@@ -512,6 +531,6 @@ class Tracker:
             registry.unregister(self.session)
             self._registered = False
         try:
-            atexit.unregister(self.close)
+            atexit.unregister(self._at_exit)
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
