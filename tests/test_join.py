@@ -23,7 +23,7 @@ import ipython_energy
 from ipython_energy.config import from_env
 from ipython_energy.runs import EnergyError
 from ipython_energy.runtime import new_tracker
-from tests.helpers.mlflow_readback import assert_one_total_per_step, assert_sweep_total_exact, runs, split_sweep
+from tests.helpers.mlflow_readback import assert_sweep_total_exact, history, runs, split_sweep
 
 #: A launcher's worker as small as it can be: no sweep, no flush; the sweep comes from the
 #: environment, and the process leaves it when it exits.
@@ -87,7 +87,9 @@ def test_workers_given_the_sweep_in_the_environment_land_in_one_sweep(energy_hom
     assert sorted(members.values()) == ["FINISHED", "FINISHED"], "each process joined once and left at exit"
     assert parent.info.status == "FINISHED", "the last member to leave closed the parent"
     assert_sweep_total_exact(client, parent, children)
-    assert_one_total_per_step(client, parent)
+    points = history(client, parent.info.run_id, "sweep_energy_j")
+    # One point per finished run, and one per member leaving (at the step it left at).
+    assert len(points) == 6 + 2 and len({(p.step, p.value) for p in points}) == len(points)
 
 
 def test_a_sweep_is_joined_by_its_run_id_from_the_api_and_the_environment(energy_home, flat_trace, sqlite_uri,
