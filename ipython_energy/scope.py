@@ -16,6 +16,11 @@ in a :class:`~contextvars.ContextVar`, not on the tracker.  The rules:
   (``contextvars.copy_context().run``).  Runs of different threads are siblings that overlap;
   the sweep's ledger flags them (``energy.shares_devices``).
 
+In Jupyter, cells run one after another in one context, so a sweep or run made active in a
+cell stays active for the next.  A cell with top-level ``await`` runs in a task of its own
+(ipykernel), so what it makes active (``%energy sweep`` in such a cell) may last for that cell only,
+as for any context variable: start a sweep in a cell without ``await``.
+
 Ending a run or sweep from another context leaves a stale entry in the context that set it;
 entries are checked when read (an ended run or sweep is not active), so nothing is cleaned up
 across contexts.

@@ -209,3 +209,34 @@ def test_a_thread_follows_the_notebooks_current_sweep(driven):
             second = pool.submit(trial, "second").result(30)
         third = pool.submit(trial, "third").result(30)
     assert (first.sweep, second.sweep, third.sweep) == (one, two, None)
+
+
+def test_an_optuna_search_with_two_jobs_puts_each_trial_in_the_notebooks_sweep(energy_home, flat_trace, sqlite_uri):
+    """A real Optuna study, ``n_jobs=2`` (its own thread pool), whose objective opens
+    ``energy.run()``: every trial is a child of the sweep the main thread started, none nested in
+    another, each tagged with the pool thread that ran it.  Replay sensor, real clock."""
+    optuna = pytest.importorskip("optuna")
+    config, _ = from_env({"IPYTHON_ENERGY_SENSORS": f"replay:{flat_trace}"})
+    tracker = new_tracker(config.with_values(tracking_uri=sqlite_uri), register=False)
+    set_tracker(tracker)
+    try:
+        def objective(trial):
+            x = trial.suggest_float("x", -1, 1)
+            with energy.run(f"trial {trial.number}", params={"x": x}) as run:
+                threading.Event().wait(0.3)
+            assert run.parent is None
+            return x * x
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        with energy.sweep("optuna") as sweep:
+            optuna.create_study().optimize(objective, n_trials=4, n_jobs=2)
+        assert sweep.finished_runs == 4
+        assert energy.flush(120)
+    finally:
+        set_tracker(None)
+        tracker.close()
+    parent, children, _ = _mlflow(sqlite_uri, "optuna")
+    assert sorted(children) == [f"trial {i}" for i in range(4)]
+    threads = {c.data.tags["energy.thread"] for c in children.values()}
+    assert "MainThread" not in threads and 1 <= len(threads) <= 2
+    assert parent.data.metrics["sweep_runs"] == 4
