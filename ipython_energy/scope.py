@@ -30,22 +30,15 @@ from __future__ import annotations
 
 import threading
 from contextvars import ContextVar
-from typing import Any, NamedTuple
+from typing import Any
 
 
-class Scope(NamedTuple):
-    """What one context has active in one tracker (immutable: a context's copy never changes another's)."""
-
-    tracker: Any
-    #: The sweep this context made active; None: the home sweep.
-    sweep: Any
-    #: The run made active here (``%energy run``): later cells belong to it.
-    run: Any
-    #: Runs opened here and not yet ended, innermost last.
-    runs: tuple
-
-
-_SCOPE: ContextVar[Scope | None] = ContextVar("ipython_energy_scope", default=None)
+#: Per context: ``(tracker, sweep, run, runs)``, a plain tuple (immutable, so that a context's copy
+#: never changes another's; cheap to make, as every run start and end makes one).  ``sweep``: the
+#: sweep this context made active (None: the home sweep); ``run``: the run made active here
+#: (``%energy run``: later cells belong to it); ``runs``: runs opened here and not ended, innermost last.
+_SCOPE: ContextVar[tuple | None] = ContextVar("ipython_energy_scope", default=None)
+_NONE = (None, None, None, ())
 
 
 def _live(sweep):
@@ -60,32 +53,32 @@ class Scopes:
         #: The sweep last made active in the main thread: what a context that set none sees.
         self.home_sweep = None
 
-    def _own(self) -> Scope | None:
+    def _own(self) -> tuple:
+        """This context's ``(tracker, sweep, run, runs)`` for this tracker, or all unset."""
         scope = _SCOPE.get()
-        return scope if scope is not None and scope.tracker is self._tracker else None
+        return scope if scope is not None and scope[0] is self._tracker else _NONE
 
-    def _set(self, **changes: Any) -> None:
-        scope = self._own() or Scope(self._tracker, None, None, ())
-        _SCOPE.set(scope._replace(**changes))
+    def _set(self, sweep, run, runs: tuple) -> None:
+        _SCOPE.set((self._tracker, sweep, run, runs))
 
     # ---- sweeps ------------------------------------------------------------------------------
     @property
     def sweep(self):
         """The active sweep here: this context's own, else the home sweep (ended ones are not active)."""
-        scope = self._own()
-        own = _live(scope.sweep) if scope is not None else None
+        own = _live(self._own()[1])
         return own if own is not None else _live(self.home_sweep)
 
     def activate_sweep(self, sweep) -> None:
-        self._set(sweep=sweep)
+        _tracker, _sweep, run, runs = self._own()
+        self._set(sweep, run, runs)
         if threading.current_thread() is threading.main_thread():
             self.home_sweep = sweep
 
     def leave_sweep(self, sweep) -> None:
         """``sweep`` ended: this context (and the main thread, if it was the home sweep) has none."""
-        scope = self._own()
-        if scope is not None and scope.sweep is sweep:
-            self._set(sweep=None)
+        _tracker, own, run, runs = self._own()
+        if own is sweep:
+            self._set(None, run, runs)
         if self.home_sweep is sweep:
             self.home_sweep = None
 
@@ -93,33 +86,30 @@ class Scopes:
     @property
     def run(self):
         """The active run here (``%energy run``), if this thread opened it and it is still open."""
-        scope = self._own()
-        run = scope.run if scope is not None else None
+        run = self._own()[2]
         if run is None or run.measurement is not None or run.thread is not threading.current_thread():
             return None
         return run
 
     def open_runs(self) -> list:
         """The runs this thread opened in this context that are still open, innermost last."""
-        scope = self._own()
-        if scope is None:
+        runs = self._own()[3]
+        if not runs:
             return []
         thread = threading.current_thread()
-        return [r for r in scope.runs if r.measurement is None and r.thread is thread]
+        return [r for r in runs if r.measurement is None and r.thread is thread]
 
     def parent(self):
         """The run a new run opened here nests in: the innermost open one (not superseded)."""
         return next((r for r in reversed(self.open_runs()) if not r.discarded), None)
 
     def opened(self, run, activate: bool) -> None:
-        changes: dict[str, Any] = {"runs": tuple(self.open_runs()) + (run,)}
-        if activate:
-            changes["run"] = run
-        self._set(**changes)
+        _tracker, sweep, active, _runs = self._own()
+        self._set(sweep, run if activate else active, (*self.open_runs(), run))
 
     def ended(self, run) -> None:
-        scope = self._own()
-        if scope is None or (scope.run is not run and not any(r is run for r in scope.runs)):
+        _tracker, sweep, active, runs = self._own()
+        if active is not run and not any(r is run for r in runs):
             return
-        self._set(runs=tuple(r for r in scope.runs if r is not run and r.measurement is None),
-                  run=None if scope.run is run else scope.run)
+        self._set(sweep, None if active is run else active,
+                  tuple(r for r in runs if r is not run and r.measurement is None))
