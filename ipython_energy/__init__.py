@@ -52,8 +52,8 @@ def sweep(name: str, planned: int | None = None, budget_j: float | None = None, 
         stop_at_budget: Refuse to start further runs once the budget is spent
             (:class:`~ipython_energy.runs.BudgetExceeded`).
 
-    Active in the calling thread or asyncio task, and in every thread that has set none when
-    called from the main thread (a thread pool's trials join it): docs/architecture.md.
+    Made active in the calling thread or asyncio task; called from the main thread, also in every
+    thread that made no sweep active itself, so a thread pool's trials join it (docs/architecture.md).
     Returns a :class:`~ipython_energy.runs.Sweep`, usable as a context manager.
     """
     return tracker().start_sweep(name, planned=planned, budget_j=budget_j, stop_at_budget=stop_at_budget)
