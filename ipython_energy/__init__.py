@@ -46,12 +46,15 @@ def sweep(name: str, planned: int | None = None, budget_j: float | None = None, 
     """Start (or join) sweep ``name``: an MLflow parent run whose ``sweep_energy_j`` rises as runs finish.
 
     Args:
-        name: Sweep name; runs started while it is active become its children.
+        name: Sweep name; runs started while it is active become its children.  Or the MLflow run
+            id of a sweep's parent run (32 hex digits): join that sweep, under its name.
         planned: Number of runs planned, for the forecast of the total.
         budget_j: Energy budget in joules; the summary warns when it is exceeded.
         stop_at_budget: Refuse to start further runs once the budget is spent
             (:class:`~ipython_energy.runs.BudgetExceeded`).
 
+    Made active in the calling thread or asyncio task; called from the main thread, also in every
+    thread that made no sweep active itself, so a thread pool's trials join it (docs/architecture.md).
     Returns a :class:`~ipython_energy.runs.Sweep`, usable as a context manager.
     """
     return tracker().start_sweep(name, planned=planned, budget_j=budget_j, stop_at_budget=stop_at_budget)
@@ -59,6 +62,9 @@ def sweep(name: str, planned: int | None = None, budget_j: float | None = None, 
 
 def run(name: str | None = None, params: Mapping[str, Any] | None = None):
     """Start a run (in the active sweep, if any); use it as a context manager.
+
+    Each thread and asyncio task has its own runs: a run nests only in a run the same thread
+    opened in the same context; runs of two threads are siblings (flagged where they overlap).
 
     The yielded :class:`~ipython_energy.runs.Run` has ``energy_j`` (running total),
     ``add_units(n, unit)`` and, once ended, ``measurement``.  An exception inside the

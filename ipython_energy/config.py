@@ -85,6 +85,19 @@ class Text(Unicode):
         return text
 
 
+class Name(Text):
+    """A name as a sweep or run takes it (:func:`~ipython_energy.validate.check_name`), or None (unset)."""
+
+    def validate(self, obj, value: Any) -> str | None:
+        from .validate import check_name
+
+        text = super().validate(obj, value)
+        try:
+            return None if text is None else check_name(text, self.name)
+        except ValueError as exc:
+            raise ConfigError(f"{self.name}: {exc}") from None
+
+
 def _unset_or_number(low: float, high: float, help: str) -> Number:
     """A setting that is either unset (None: the tracker decides) or a number in [low, high]."""
     return Number(None, allow_none=True, min=low, max=high, help=help).tag(config=True)
@@ -136,6 +149,12 @@ class EnergySettings(Configurable):
         30.0, min=0.0, max=100.0,
         help="Utilisation in per cent below which a domain's energy counts as spent at low utilisation "
              "(`energy_low_util_j`), for sensors that report utilisation (see docs/sensors.md).").tag(config=True)
+
+    sweep = Name(
+        None, allow_none=True,
+        help="Sweep that runs started outside any other sweep join: a name in the experiment (created if "
+             "missing) or the MLflow run id of a sweep's parent run. Lets a launcher put every worker "
+             "process in one sweep; each leaves it when it exits.").tag(config=True)
 
     mlflow_timeout_s = Number(
         120.0, min=1.0, max=3600.0,
@@ -235,6 +254,10 @@ class EnergySettings(Configurable):
     @default("cpu_tdp_w")
     def _cpu_tdp_w_default(self):
         return self._from_env("cpu_tdp_w")
+
+    @default("sweep")
+    def _sweep_default(self):
+        return self._from_env("sweep")
 
     @default("mlflow_timeout_s")
     def _mlflow_timeout_s_default(self):

@@ -19,7 +19,7 @@ from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_ar
 from .config import SETTING_NAMES, ConfigError, EnergySettings, suggest, unknown_variables
 from .display import LiveReadout, journal_lines, load_report, status_text, summary_line
 from .runtime import current, get_tracker, new_tracker, set_tracker
-from .runs import BudgetExceeded, Run
+from .runs import EnergyError, Run
 from .tracking import Tracker
 from .validate import (QUOTE_LIMIT, check_name, check_param_key, check_positive, check_units, parse_energy,
                        quote, status_for)
@@ -229,7 +229,7 @@ class EnergyMagics(Magics, EnergySettings):
         try:  # which run the cell belongs to; everything is checked before the cell runs
             scope = tracker.begin_cell(f"In [{count}]", run_name=run_name, sweep_name=sweep_name, params=params,
                                        units=units, log=tracker.config.log and not args.no_log)
-        except (BudgetExceeded, ValueError) as exc:
+        except (EnergyError, ValueError) as exc:
             raise UsageError(str(exc)) from None
         run = scope.run
         live = LiveReadout(scope.window) if args.live else None
@@ -358,7 +358,7 @@ class EnergyMagics(Magics, EnergySettings):
         Usage::
 
             %energy                                   status: sensors, power now, active run and sweep
-            %energy sweep NAME [--planned N] [--budget 5kJ] [--stop-at-budget]
+            %energy sweep NAME|RUN_ID [--planned N] [--budget 5kJ] [--stop-at-budget]  start or join
             %energy run NAME [--param KEY=VALUE ...]  start a run; later cells belong to it
             %energy end [run|sweep]                   end the active run (or, with none, the sweep)
             %energy autolog on|off                    measure every cell as a cell of the active run
@@ -410,7 +410,7 @@ class EnergyMagics(Magics, EnergySettings):
         try:
             sweep = self.tracker.start_sweep(_name(a.name, "sweep"), planned=planned, budget_j=budget,
                                              stop_at_budget=a.stop_at_budget)
-        except ValueError as exc:
+        except (ValueError, EnergyError) as exc:
             raise UsageError(str(exc)) from None
         print(f"ipython-energy: {sweep.describe()} — runs started now belong to it")
 
@@ -422,7 +422,7 @@ class EnergyMagics(Magics, EnergySettings):
         params = _parse_params(a.param)
         try:
             run = self.tracker.start_run(_name(a.name, "run"), params, activate=True)
-        except (ValueError, BudgetExceeded) as exc:
+        except (ValueError, EnergyError) as exc:
             raise UsageError(str(exc)) from None
         where = f" in sweep {run.sweep.name!r}" if run.sweep else ""
         print(f"ipython-energy: run {run.name!r} started{where}; %energy end closes it")

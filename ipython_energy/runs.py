@@ -160,6 +160,8 @@ class Sweep:
     unlogged_runs: int = 0
     overlapping_runs: int = 0
     start_ms: int = 0
+    #: The MLflow experiment of its parent run (None: the tracker's; another for a sweep joined by run id).
+    experiment: str | None = None
     #: Whether MLflow was told of this sweep (its SweepStart was sent), and with which plan.
     logged: bool = False
     logged_plan: tuple[int | None, float | None] = (None, None)

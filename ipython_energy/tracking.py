@@ -2,7 +2,8 @@
 
 A :class:`Tracker` (one per process, made by :mod:`ipython_energy.runtime`) starts and ends the
 handles of :mod:`ipython_energy.runs`, opens their windows on the meter, and hands every event for
-MLflow to the writer, so nothing here waits on MLflow.
+MLflow to the writer, so nothing here waits on MLflow.  The active sweep and run are per context
+(thread, asyncio task): :mod:`ipython_energy.scope`.
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ import os
 import threading
 import time
 import uuid
+import warnings
 from typing import Any, Mapping
 
-from . import events, registry
+from . import events, joining, registry
 from .config import Config
 from .measurement import Measurement, format_energy
 from .store import ChartRenderer
-from .runs import BudgetExceeded, CellScope, Run, Stage, Sweep, SweepLedger
+from .runs import BudgetExceeded, CellScope, EnergyError, Run, Stage, Sweep, SweepLedger
+from .scope import Scopes
 from .validate import check_name, check_params, quote
 
 
@@ -56,10 +59,12 @@ class Tracker:
         self._writer = writer
         self._render_chart = render_chart  # draws a sweep's energy_sweep.html artifact (None: no artifact)
         self._lock = threading.RLock()
-        self.sweep: Sweep | None = None
-        self.run: Run | None = None
-        self.open_runs: list[Run] = []
+        self._scopes = Scopes(self)
+        self.open_runs: list[Run] = []  # every open run, of every thread and task
         self.sweeps: dict[str, Sweep] = {}
+        self._joined: Sweep | None = None  # the sweep of the `sweep` setting, once a run joined it
+        self._sweep_ids: dict[str, tuple[str, str]] = {}  # sweep run id -> (name, experiment)
+        self._join_error: str | None = None  # why the sweep setting's run id could not be joined
         self.run_counter = 0
         self._uids = 0
         self._reported: dict[str, str] = {"spool": "ok", "mlflow": "ok"}  # each condition as last reported
@@ -69,12 +74,27 @@ class Tracker:
         if register:
             self._register()
         self._start_live()
-        atexit.register(self.close)
+        atexit.register(self._at_exit)
+
+    # ---- the calling context's active sweep and run ------------------------------------------
+    @property
+    def sweep(self) -> Sweep | None:
+        """The active sweep of the calling context (see :mod:`ipython_energy.scope`)."""
+        return self._scopes.sweep
+
+    @property
+    def run(self) -> Run | None:
+        """The active run of the calling context (``%energy run``; a thread sees only its own)."""
+        return self._scopes.run
 
     # ---- lazily made parts ------------------------------------------------------------------
     @property
     def writer(self):
         if self._writer is None:
+            # MLflow imports it on the writer's thread; imported there only once the interpreter is
+            # exiting (a short worker script), its atexit hook could no longer be registered and
+            # every write would fail with "can't register atexit after shutdown".
+            import concurrent.futures.thread  # noqa: F401
             from .spool import Spool, SpoolError
             from .writer import Writer
 
@@ -104,10 +124,16 @@ class Tracker:
 
     # ---- sweeps ------------------------------------------------------------------------------
     def start_sweep(self, name: str, *, planned: int | None = None, budget_j: float | None = None,
-                    stop_at_budget: bool = False, log: bool | None = None) -> Sweep:
+                    stop_at_budget: bool = False, log: bool | None = None, activate: bool = True) -> Sweep:
         """Start sweep ``name``, or make the running one of that name active again, with any new
-        ``planned`` / ``budget_j`` (a change MLflow is told of: :meth:`_log_sweep`)."""
+        ``planned`` / ``budget_j`` (a change MLflow is told of: :meth:`_log_sweep`).
+
+        ``name`` may be the MLflow run id of a sweep's parent run (another process's sweep): this
+        process joins that sweep, in that run's experiment (:func:`~ipython_energy.joining.sweep_of_run`;
+        the one call here that waits on MLflow, as the answer decides which sweep this is).
+        """
         name = check_name(name, "sweep")
+        name, experiment = self._sweep_identity(name)
         if planned is not None:
             if isinstance(planned, bool) or not isinstance(planned, int) or planned <= 0 or planned > 10_000_000:
                 raise ValueError(f"planned must be a positive whole number of runs, not {quote(planned)}")
@@ -125,12 +151,49 @@ class Tracker:
                     sweep.budget_j = budget_j
                 sweep.stop_at_budget = sweep.stop_at_budget or stop_at_budget
             else:
-                sweep = Sweep(self, name, self._new_uid(), planned, budget_j, stop_at_budget, start_ms=_now_ms())
+                sweep = Sweep(self, name, self._new_uid(), planned, budget_j, stop_at_budget, start_ms=_now_ms(),
+                              experiment=experiment)
                 sweep.ledger = SweepLedger(self.meter, self.meter.mark())
                 self.sweeps[name] = sweep
-            self.sweep = sweep
+            if activate:
+                self._scopes.activate_sweep(sweep)
             self._log_sweep(sweep, self.config.log if log is None else log)
         return sweep
+
+    def _sweep_identity(self, name: str) -> tuple[str, str]:
+        """``(name, experiment)`` of the sweep ``name`` names: a sweep's name in the configured
+        experiment, or, for the run id of an existing sweep's parent run, that sweep's."""
+        if not joining.is_run_id(name) or not self.config.log:
+            return name, self.config.experiment
+        found = self._sweep_ids.get(name)
+        if found is None:
+            try:
+                found = joining.sweep_of_run(self.tracking_uri, name, timeout_s=min(self.config.mlflow_timeout_s, 10.0))
+            except joining.LookupFailed as exc:
+                raise EnergyError(f"cannot join the sweep of MLflow run {name} at {self.tracking_uri}: {exc}. "
+                                  "A sweep's name joins it without asking MLflow") from None
+            if found is None:  # no such run: an identifier a launcher made up, a name like any other
+                return name, self.config.experiment
+            self._sweep_ids[name] = found
+        return found
+
+    def _joined_sweep(self) -> Sweep | None:
+        """The sweep of the ``sweep`` setting (``IPYTHON_ENERGY_SWEEP``) for a run started outside
+        any other sweep: joined at the first such run, left when the tracker closes."""
+        name = self.config.sweep
+        if not name:
+            return None
+        with self._lock:
+            if self._join_error is not None:
+                return None
+            if self._joined is None or self._joined.ended:
+                try:
+                    self._joined = self.start_sweep(name, activate=False)
+                except EnergyError as exc:  # the run id could not be looked up: measure, outside it
+                    self._join_error = str(exc)
+                    warnings.warn(f"ipython-energy: the sweep setting is ignored: {exc}", RuntimeWarning, 2)
+                    return None
+            return self._joined
 
     def _log_sweep(self, sweep: Sweep, start: bool) -> None:
         """Tell MLflow what it does not know yet of ``sweep`` (the tracker's lock is held).
@@ -144,7 +207,7 @@ class Tracker:
             if start:
                 sweep.logged, sweep.logged_plan = True, sweep.plan
                 self._submit(events.SweepStart(sweep.uid, sweep.name, sweep.start_ms, self.tracking_uri,
-                                               self.config.experiment, session=self.session,
+                                               sweep.experiment or self.config.experiment, session=self.session,
                                                planned=sweep.planned, budget_j=sweep.budget_j))
         elif sweep.logged_plan != sweep.plan:
             sweep.logged_plan = sweep.plan
@@ -158,8 +221,7 @@ class Tracker:
             if self.run is not None and self.run.sweep is sweep:
                 self.end_run(self.run, status)
             sweep.ended = True
-            if self.sweep is sweep:
-                self.sweep = None
+            self._scopes.leave_sweep(sweep)
             between = sweep.ledger.leave() if sweep.ledger is not None else None
             if between is not None:
                 sweep.left(between)
@@ -172,15 +234,15 @@ class Tracker:
                   sweep: Sweep | None = None, activate: bool = False, implicit: bool = False,
                   log: bool | None = None, cell: bool = False, label: str | None = None,
                   tags: Mapping[str, str] | None = None, group_uid: str | None = None) -> Run:
-        """Start a run (in ``sweep``, else the active sweep).
+        """Start a run (in ``sweep``, else the active sweep, else the sweep of the ``sweep`` setting).
 
         ``tags`` go to MLflow with the run's start; ``group_uid``: the run is a repeat of that
         group (:meth:`start_group`), its MLflow child unless it is a run of a sweep or nested.
 
-        A run opened while another run is open in this process is *nested* in the innermost one
-        (docs/metrics.md, "Nested runs"): its energy is already in the enclosing run's, so it is a
-        child of that run in MLflow, not of the sweep, and the sweep's totals leave it out.  It is
-        logged only when the enclosing run is.  ``activate`` ends the active run first (runs
+        A run opened while another run this thread opened is open in this context is *nested* in
+        the innermost one (docs/metrics.md, "Nested runs"): its energy is already in the enclosing
+        run's, so it is a child of that run in MLflow, not of the sweep, and the sweep's totals
+        leave it out.  It is logged only when the enclosing run is.  ``activate`` ends the active run first (runs
         started one after another are siblings), and a real run opened inside a cell that was
         going to be its own run takes that run's place (``discarded``) rather than nesting in it.
         """
@@ -191,6 +253,8 @@ class Tracker:
             sweep = sweep if sweep is not None else self.sweep
             if sweep is not None and sweep.ended:
                 sweep = None
+            if sweep is None:
+                sweep = self._joined_sweep()
             if sweep is not None and sweep.stop_at_budget and sweep.over_budget:
                 raise BudgetExceeded(
                     f"sweep {sweep.name!r} has used {format_energy(sweep.total_j)} of its "
@@ -205,10 +269,11 @@ class Tracker:
                             run.sweep.ledger.drop(run)
             if activate and self.run is not None and self.run.measurement is None:
                 self.end_run(self.run)
-            # Nested: inside a run this thread opened.  Runs of other threads (a thread pool, an
-            # Optuna n_jobs search) are siblings that overlap; the sweep counts the machine once.
+            # Nested: inside a run this thread opened in this context.  Runs of other threads (a
+            # thread pool, an Optuna n_jobs search) and of sibling asyncio tasks overlap; the sweep
+            # counts the machine once.
             thread = threading.current_thread()
-            parent = next((r for r in reversed(self.open_runs) if not r.discarded and r.thread is thread), None)
+            parent = self._scopes.parent()
             self.run_counter += 1
             if name is None:
                 name = ", ".join(f"{k}={v}" for k, v in params.items()) or f"run {self.run_counter}"
@@ -217,22 +282,23 @@ class Tracker:
                       thread=thread)
             run.logged = (self.config.log if log is None else log) and (parent is None or parent.logged)
             self.open_runs.append(run)
+            self._scopes.opened(run, activate)
             if sweep is not None and parent is None and sweep.ledger is not None:
                 sweep.ledger.enter(run)
-            if activate:
-                self.run = run
             if run.logged:
                 # Start temperatures, like every other provenance tag, come with the run's end.
                 tags = {**(tags or {}), "energy.session": self.session,
-                        "energy.interval_s": f"{self.meter.interval_s:g}"}
+                        "energy.interval_s": f"{self.meter.interval_s:g}",
+                        "energy.pid": str(os.getpid()), "energy.thread": thread.name}
                 if parent is not None:
                     tags["energy.parent_run"] = parent.name
                     if sweep is not None:
                         tags["energy.sweep"] = sweep.name
                 elif sweep is not None:
                     self._log_sweep(sweep, True)  # its parent run, if MLflow does not have it yet
+                experiment = (sweep.experiment if sweep is not None else None) or self.config.experiment
                 self._submit(events.RunStart(
-                    run.uid, name, _now_ms(), self.tracking_uri, self.config.experiment,
+                    run.uid, name, _now_ms(), self.tracking_uri, experiment,
                     sweep_uid=sweep.uid if sweep is not None and parent is None else None,
                     params=params, tags=tags,
                     parent_uid=parent.uid if parent is not None else group_uid if sweep is None else None))
@@ -250,9 +316,10 @@ class Tracker:
             sweep = sweep if sweep is not None else self.sweep
             if sweep is not None and sweep.ended:
                 sweep = None
-            thread = threading.current_thread()
-            parent = next((r for r in reversed(self.open_runs)
-                           if not r.discarded and not r.implicit and r.thread is thread), None)
+            if sweep is None:
+                sweep = self._joined_sweep()
+            parent = next((r for r in reversed(self._scopes.open_runs())
+                           if not r.discarded and not r.implicit), None)
             if not ((self.config.log if log is None else log) and (parent is None or parent.logged)):
                 return None
             uid = self._new_uid()
@@ -262,7 +329,8 @@ class Tracker:
             if sweep is not None:
                 tags["energy.sweep"] = sweep.name
             under = parent.uid if parent is not None else sweep.uid if sweep is not None else None
-            self._submit(events.RunStart(uid, name, _now_ms(), self.tracking_uri, self.config.experiment,
+            experiment = (sweep.experiment if sweep is not None else None) or self.config.experiment
+            self._submit(events.RunStart(uid, name, _now_ms(), self.tracking_uri, experiment,
                                          tags=tags, parent_uid=under, kind="group"))
         return uid
 
@@ -336,8 +404,7 @@ class Tracker:
             run.status = status
             if run in self.open_runs:
                 self.open_runs.remove(run)
-            if self.run is run:
-                self.run = None
+            self._scopes.ended(run)
             part, part_tags = {}, {}
             if run.sweep is not None and run.parent is None and run.sweep.ledger is not None:
                 part, part_tags = run.sweep.ledger.close(run)
@@ -369,7 +436,8 @@ class Tracker:
     def stage(self, name: str) -> Stage:
         name = check_name(name, "stage")
         with self._lock:
-            run = self.open_runs[-1] if self.open_runs else None
+            runs = self._scopes.open_runs()
+            run = runs[-1] if runs else None
             return Stage(self, name, run, self.meter.begin(f"stage {name}"))
 
     # ---- live --------------------------------------------------------------------------------
@@ -404,7 +472,8 @@ class Tracker:
     def live_state(self) -> dict[str, Any]:
         power = self.meter.power_now()
         session = self.meter.session()
-        run = self.run or (self.open_runs[-1] if self.open_runs else None)
+        run = self.open_runs[-1] if self.open_runs else None  # the live thread has no run of its own
+        sweep = self.sweep or (self._joined if self._joined is not None and not self._joined.ended else None)
         return {
             "session": self.session, "pid": os.getpid(), "updated_at": time.time(),
             "power_w": sum(power.values()), "domains": power,
@@ -413,10 +482,10 @@ class Tracker:
             "tracking_uri": self.tracking_uri, "experiment": self.config.experiment,
             **registry.session_figures(session),
             "active_run": None if run is None else {"name": run.name, "uid": run.uid, "energy_j": run.energy_j},
-            "active_sweep": None if self.sweep is None else {
-                "name": self.sweep.name, "uid": self.sweep.uid, "total_j": self.sweep.total_j,
-                "runs": self.sweep.finished_runs, "unlogged_j": self.sweep.unlogged_j,
-                "unlogged_runs": self.sweep.unlogged_runs},
+            "active_sweep": None if sweep is None else {
+                "name": sweep.name, "uid": sweep.uid, "total_j": sweep.total_j,
+                "runs": sweep.finished_runs, "unlogged_j": sweep.unlogged_j,
+                "unlogged_runs": sweep.unlogged_runs},
         }
 
     def write_live_file(self) -> None:
@@ -478,14 +547,29 @@ class Tracker:
             lines.append(f"ipython-energy: MLflow at {uri} is answering promptly again.")
         return "\n".join(lines) or None
 
-    def close(self, timeout_s: float = 5.0) -> None:
-        """End open runs and sweeps (as KILLED for runs the user never closed), flush, stop threads."""
+    def _at_exit(self) -> None:
+        """The process exits: a worker's last runs and its leaving the sweep should reach MLflow
+        (the last member to leave closes the sweep), so the writer is waited for while MLflow
+        answers, up to ``mlflow_timeout_s``; once it is reported as not answering (about 2 s),
+        what is left stays in the spool for the next process on this host."""
+        self.close(patient=True)
+
+    def close(self, timeout_s: float = 5.0, *, patient: bool = False) -> None:
+        """End open runs and sweeps (as KILLED for runs the user never closed), flush, stop threads.
+
+        ``patient``: wait beyond ``timeout_s`` as long as MLflow answers (see :meth:`_at_exit`).
+        """
         with self._lock:
             for run in list(self.open_runs):
                 self.end_run(run, "KILLED")
             for sweep in list(self.sweeps.values()):
                 if not sweep.ended:
                     self.end_sweep(sweep)
+        if patient and self._writer is not None:
+            deadline = time.monotonic() + self.config.mlflow_timeout_s
+            while not self._writer.flush(1.0) and time.monotonic() < deadline \
+                    and self._writer.status().backend_ok:
+                pass
         self._stop_live.set()
         if self._writer is not None:
             self._writer.close(timeout_s)
@@ -494,6 +578,6 @@ class Tracker:
             registry.unregister(self.session)
             self._registered = False
         try:
-            atexit.unregister(self.close)
+            atexit.unregister(self._at_exit)
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass

@@ -90,8 +90,15 @@ def test_without_variables_every_setting_has_its_default():
         "sensors": "auto", "interval_s": 0.1, "nvml_idle_interval_s": 2.0, "idle_power_w": None, "pue": None, "carbon_g_per_kwh": None,
         "tracking_uri": None, "experiment": "ipython-energy", "log": True, "live_interval_s": 2.0,
         "autolog": False, "quiet": False, "cpu_idle_w_per_core": None, "cpu_active_w_per_core": None,
-        "cpu_tdp_w": None, "mlflow_timeout_s": 120.0, "mlflow_slow_s": 1.0, "low_util": 30.0,
+        "cpu_tdp_w": None, "sweep": None, "mlflow_timeout_s": 120.0, "mlflow_slow_s": 1.0, "low_util": 30.0,
         "cooldown_margin_c": 3.0, "cooldown_max_s": 120.0}
+
+
+def test_the_sweep_setting_is_a_name_checked_like_any_sweep_name():
+    assert cfg.from_env({"IPYTHON_ENERGY_SWEEP": " grid "})[0].sweep == "grid"
+    assert cfg.from_env({"IPYTHON_ENERGY_SWEEP": " "})[0].sweep is None
+    with pytest.raises(cfg.ConfigError, match="sweep: sweep name must not contain control characters"):
+        cfg.from_env({"IPYTHON_ENERGY_SWEEP": "a\x07b"})
 
 
 def test_own_variable_beats_mlflow_fallback():
