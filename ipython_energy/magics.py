@@ -305,7 +305,7 @@ class EnergyMagics(Magics, EnergySettings):
                 _, result = run_groups(tracker, {name: lambda: self._execute(cell)}, n=args.repeat,
                                        warmups=args.warmup, order="sequential", cooldown=args.cooldown,
                                        params=args.params, units=args.units, log=log_on, groups=groups)
-            except BudgetExceeded as exc:  # the cell's own exceptions propagate unchanged
+            except EnergyError as exc:  # the cell's own exceptions propagate unchanged
                 raise UsageError(str(exc)) from None
             return result
         finally:

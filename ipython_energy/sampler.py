@@ -594,7 +594,6 @@ class Sampler:
             return
         clock = self.clock
         now = clock()
-        gen = self._generation
         dispatched: list[_SensorSlot] = []
         in_flight: list[_SensorSlot] = []
         for slot in readers:
