@@ -8,6 +8,11 @@ an MLflow sqlite store are real, read back with the MLflow client.
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -204,3 +209,201 @@ def test_bad_arguments_are_refused_before_any_trial():
         measure(quadratic, budget_j=-1)
     with pytest.raises(TypeError, match="callable"):
         measure("quadratic")
+
+
+# ---------------------------------------------------------------------------------------------
+# Worker processes on several hosts: one Optuna study on PostgreSQL, one mlflow server on PostgreSQL
+# ---------------------------------------------------------------------------------------------
+WORKER = textwrap.dedent("""
+    import os, socket, sys, time
+    import optuna
+    import ipython_energy as energy
+    from ipython_energy.optuna import measure
+
+    storage, study_name, n_trials, trial_s = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+    budget_j = float(sys.argv[5]) if len(sys.argv) > 5 else None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=study_name, storage=storage)
+
+    def objective(trial):
+        x = trial.suggest_float("x", 0.0, 1.0)
+        # a mark the test waits for: this host is inside trial N now
+        open(os.path.join(os.environ["MARKS"], f"{socket.gethostname()}-{trial.number}"), "w").close()
+        time.sleep(trial_s)
+        return x
+
+    with measure(objective, budget_j=budget_j) as measured:
+        study.optimize(measured, n_trials=n_trials)
+    assert energy.flush(240), "flush timed out"
+    print("DONE", socket.gethostname(), flush=True)
+""")
+
+#: The next process on a host: loading the package there closes the runs of its dead processes.
+RECOVER = textwrap.dedent("""
+    import ipython_energy as energy
+    assert energy.tracker().writer.recover_now(240), "recovery pass timed out"
+    assert energy.flush(240), "flush timed out"
+""")
+
+
+def unshare_missing() -> str | None:
+    """Why a process with a hostname of its own cannot be started here, or None."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return "needs root and unshare(1) to give each worker a hostname of its own (unshare --uts)"
+    done = subprocess.run(["unshare", "--uts", "true"], capture_output=True, text=True)
+    return None if done.returncode == 0 else f"unshare --uts fails here: {done.stderr.strip()}"
+
+
+class Hosts:
+    """Worker processes, each with a hostname (``unshare --uts``) and an IPYTHON_ENERGY_HOME of its
+    own, as on separate machines; the replay sensor (120 W flat) stands in for each host's hardware."""
+
+    def __init__(self, tmp_path, trace, tracking_uri):
+        self.tmp_path = tmp_path
+        self.marks = tmp_path / "marks"
+        self.marks.mkdir()
+        self.env = dict(os.environ)
+        for key in list(self.env):
+            if key.startswith("IPYTHON_ENERGY_"):
+                del self.env[key]
+        self.env.update({"IPYTHON_ENERGY_SENSORS": f"replay:{trace}", "MLFLOW_TRACKING_URI": tracking_uri,
+                         "MARKS": str(self.marks), "PYTHONPATH": os.pathsep.join(sys.path),
+                         "MLFLOW_DISABLE_TELEMETRY": "true"})
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, host: str, script: str, *args) -> subprocess.Popen:
+        path = self.tmp_path / f"{host}-{len(self.procs)}.py"
+        path.write_text(script)
+        env = dict(self.env, IPYTHON_ENERGY_HOME=str(self.tmp_path / f"home-{host}"))
+        log = open(self.tmp_path / f"{path.stem}.log", "w")
+        proc = subprocess.Popen(["unshare", "--uts", "sh", "-c", f'hostname {host} && exec "$0" "$@"',
+                                 sys.executable, str(path), *map(str, args)],
+                                env=env, cwd=self.tmp_path, stdout=log, stderr=subprocess.STDOUT)
+        proc.log = path.with_suffix(".log")
+        self.procs.append(proc)
+        return proc
+
+    def wait(self, proc, timeout_s: float = 420.0) -> str:
+        proc.wait(timeout_s)
+        out = proc.log.read_text()
+        assert proc.returncode == 0, out[-3000:]
+        return out
+
+    def close(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+
+
+@pytest.fixture
+def hosts(tmp_path, flat_trace, mlflow_server_pg, energy_home):
+    reason = unshare_missing()
+    if reason is not None:
+        pytest.skip(reason)
+    made = Hosts(tmp_path, flat_trace, mlflow_server_pg.uri)
+    yield made
+    made.close()
+
+
+def new_study(postgres, name: str, **kw) -> tuple[str, "optuna.study.Study"]:
+    """An Optuna study on a fresh PostgreSQL database: ``(storage URL, study)``."""
+    storage = postgres.new_database()
+    return storage, optuna.create_study(study_name=name, storage=storage, **kw)
+
+
+def check_ledger(uri: str, sweep: str, study) -> tuple:
+    """What must hold for a study measured on many hosts, read back from MLflow and the study:
+    one parent run; every finished trial exactly once as a child with its energy, equal to the
+    trial's ``energy_j`` user attribute; unique run numbers; the sweep's runs energy the sum of its
+    children's.  Returns ``(client, parent, {trial number: child run})``."""
+    client, found = runs(uri)
+    sweeps, children = split_sweep(found)
+    assert [s.data.tags["energy.sweep"] for s in sweeps] == [sweep], "one parent run for the study"
+    (parent,) = sweeps
+    parent = client.get_run(parent.info.run_id)
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    numbers = [int(c.data.tags["optuna.trial_number"]) for c in children if "optuna.trial_number" in c.data.tags]
+    assert len(numbers) == len(set(numbers)), f"a trial logged twice: {sorted(numbers)}"
+    by_number = {int(c.data.tags["optuna.trial_number"]): c for c in children if "optuna.trial_number" in c.data.tags}
+    finished = [t for t in study.get_trials() if t.state.is_finished()]
+    assert sorted(by_number) == sorted(t.number for t in finished)
+    for trial in finished:
+        assert trial.user_attrs["energy_j"] == by_number[trial.number].data.metrics["energy_j"]
+    indices = [c.data.tags.get("energy.run_index") for c in children]
+    assert len(set(indices)) == len(indices), f"run numbers repeated: {sorted(indices)}"
+    assert parent.data.metrics["sweep_runs_energy_j"] == pytest.approx(
+        math.fsum(c.data.metrics["energy_j"] for c in children), rel=1e-9)
+    return client, parent, by_number
+
+
+@pytest.mark.slow
+@pytest.mark.server
+@pytest.mark.timeout(900)
+def test_three_hosts_one_study_one_sweep(hosts, postgres, mlflow_server_pg):
+    """Issue 14, done-when 1: three worker processes with their own hostnames and homes run trials
+    of one study on PostgreSQL storage against one mlflow server on PostgreSQL, concurrently."""
+    storage, study = new_study(postgres, "hosts")
+    workers = [hosts.start(f"w{i}", WORKER, storage, "hosts", 4, 0.3) for i in (1, 2, 3)]
+    for proc in workers:
+        assert "DONE" in hosts.wait(proc)
+    study = optuna.load_study(study_name="hosts", storage=storage)
+    assert len(study.trials) == 12 and all(t.state.name == "COMPLETE" for t in study.trials)
+    client, parent, by_number = check_ledger(mlflow_server_pg.uri, "hosts", study)
+    assert {r.data.tags["energy.host"] for r in by_number.values()} == {"w1", "w2", "w3"}
+    for run in by_number.values():
+        assert run.info.status == "FINISHED"
+        assert run.data.metrics["energy_j"] >= 120.0 * 0.3 * 0.95  # 120 W over at least the trial's sleep
+    assert client.get_run(parent.info.run_id).info.status == "FINISHED"  # the last worker to leave closed it
+
+
+@pytest.mark.slow
+@pytest.mark.server
+@pytest.mark.timeout(900)
+def test_a_worker_killed_mid_trial_the_others_finish(hosts, postgres, mlflow_server_pg):
+    """Issue 14, done-when 2: SIGKILL one worker inside a trial; the other two finish the study's
+    other trials; the next process on the killed worker's host closes its run as KILLED."""
+    storage, study = new_study(postgres, "killed")
+    victim = hosts.start("w3", WORKER, storage, "killed", 3, 600.0)  # a trial that only a kill ends
+    deadline = time.monotonic() + 300
+    while not list(hosts.marks.glob("w3-*")):
+        assert victim.poll() is None and time.monotonic() < deadline, victim.log.read_text()[-3000:]
+        time.sleep(0.2)
+    others = [hosts.start(f"w{i}", WORKER, storage, "killed", 3, 0.3) for i in (1, 2)]
+    time.sleep(3.0)  # the killed run's live energy reaches MLflow every 2 s
+    victim.kill()  # SIGKILL: no atexit, no flush
+    victim.wait(10)
+    for proc in others:
+        assert "DONE" in hosts.wait(proc)
+    hosts.wait(hosts.start("w3", RECOVER))
+
+    study = optuna.load_study(study_name="killed", storage=storage)
+    states = sorted(t.state.name for t in study.trials)
+    assert states == ["COMPLETE"] * 6 + ["RUNNING"]  # Optuna never hears of the killed trial's end
+    client, parent, by_number = check_ledger(mlflow_server_pg.uri, "killed", study)
+    _client, found = runs(mlflow_server_pg.uri)
+    (killed,) = [r for r in split_sweep(found)[1] if r.data.tags.get("energy.host") == "w3"]
+    assert killed.info.status == "KILLED" and killed.data.tags.get("energy.closed_by")
+    assert killed.data.metrics["energy_j"] > 0  # the energy of its last live flush
+    assert all(r.info.status == "FINISHED" for r in by_number.values())
+
+
+@pytest.mark.slow
+@pytest.mark.server
+@pytest.mark.timeout(900)
+def test_budget_stops_every_worker_within_one_trial(hosts, postgres, mlflow_server_pg):
+    """Issue 14, done-when 4: a 150 J budget over three workers whose trials draw about
+    120 W x 0.3 s = 36 J each: every worker stops within one trial of the study crossing it."""
+    storage, study = new_study(postgres, "budget")
+    workers = [hosts.start(f"w{i}", WORKER, storage, "budget", 30, 0.3, 150.0) for i in (1, 2, 3)]
+    for proc in workers:
+        assert "DONE" in hosts.wait(proc)
+    study = optuna.load_study(study_name="budget", storage=storage)
+    done = sorted((t for t in study.trials if t.state.name == "COMPLETE"), key=lambda t: t.datetime_complete)
+    assert len(done) == len(study.trials) < 90
+    spent = [t.user_attrs["energy_j"] for t in done]
+    crossing = next(i for i in range(len(spent)) if math.fsum(spent[:i + 1]) >= 150.0)
+    # The crossing trial and at most one more per other worker: each ends the trial it is in, then stops.
+    assert len(done) - crossing <= 3, [round(s, 1) for s in spent]
+    _client, parent, _by_number = check_ledger(mlflow_server_pg.uri, "budget", study)
+    assert parent.data.metrics["sweep_budget_j"] == 150.0
