@@ -314,15 +314,15 @@ def new_study(postgres, name: str, **kw) -> tuple[str, "optuna.study.Study"]:
 
 def check_ledger(uri: str, sweep: str, study) -> tuple:
     """What must hold for a study measured on many hosts, read back from MLflow and the study:
-    one parent run; every finished trial exactly once as a child with its energy, equal to the
-    trial's ``energy_j`` user attribute; unique run numbers; the sweep's runs energy the sum of its
-    children's.  Returns ``(client, parent, {trial number: child run})``."""
+    every finished trial exactly once as a child with its energy, equal to the trial's
+    ``energy_j`` user attribute; one parent run; unique run numbers; the sweep's runs energy the
+    sum of its children's.  Returns ``(client, parent, {trial number: child run})``.
+
+    The trials are checked first, the sweep's ledger (one parent, its numbers and totals) last, so
+    that a failure of the one does not hide the state of the other."""
     client, found = runs(uri)
     sweeps, children = split_sweep(found)
-    assert [s.data.tags["energy.sweep"] for s in sweeps] == [sweep], "one parent run for the study"
-    (parent,) = sweeps
-    parent = client.get_run(parent.info.run_id)
-    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    assert {s.data.tags["energy.sweep"] for s in sweeps} == {sweep}
     numbers = [int(c.data.tags["optuna.trial_number"]) for c in children if "optuna.trial_number" in c.data.tags]
     assert len(numbers) == len(set(numbers)), f"a trial logged twice: {sorted(numbers)}"
     by_number = {int(c.data.tags["optuna.trial_number"]): c for c in children if "optuna.trial_number" in c.data.tags}
@@ -330,11 +330,25 @@ def check_ledger(uri: str, sweep: str, study) -> tuple:
     assert sorted(by_number) == sorted(t.number for t in finished)
     for trial in finished:
         assert trial.user_attrs["energy_j"] == by_number[trial.number].data.metrics["energy_j"]
+    assert len(sweeps) == 1, f"one parent run for the study, not {len(sweeps)}"
+    parent = client.get_run(sweeps[0].info.run_id)
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
     indices = [c.data.tags.get("energy.run_index") for c in children]
     assert len(set(indices)) == len(indices), f"run numbers repeated: {sorted(indices)}"
     assert parent.data.metrics["sweep_runs_energy_j"] == pytest.approx(
         math.fsum(c.data.metrics["energy_j"] for c in children), rel=1e-9)
     return client, parent, by_number
+
+
+def check_trial_runs(uri: str, hosts: set[str], seconds: float) -> list:
+    """The finished trials' runs: FINISHED, on ``hosts``, each with at least 120 W x ``seconds``."""
+    _client, found = runs(uri)
+    done = [r for r in split_sweep(found)[1] if r.info.status == "FINISHED"]
+    assert {r.data.tags["energy.host"] for r in done} == hosts
+    for run in done:
+        assert run.data.tags["optuna.state"] == "COMPLETE"
+        assert run.data.metrics["energy_j"] >= 120.0 * seconds * 0.95  # 120 W over at least the trial's sleep
+    return done
 
 
 @pytest.mark.slow
@@ -349,11 +363,8 @@ def test_three_hosts_one_study_one_sweep(hosts, postgres, mlflow_server_pg):
         assert "DONE" in hosts.wait(proc)
     study = optuna.load_study(study_name="hosts", storage=storage)
     assert len(study.trials) == 12 and all(t.state.name == "COMPLETE" for t in study.trials)
+    assert len(check_trial_runs(mlflow_server_pg.uri, {"w1", "w2", "w3"}, 0.3)) == 12
     client, parent, by_number = check_ledger(mlflow_server_pg.uri, "hosts", study)
-    assert {r.data.tags["energy.host"] for r in by_number.values()} == {"w1", "w2", "w3"}
-    for run in by_number.values():
-        assert run.info.status == "FINISHED"
-        assert run.data.metrics["energy_j"] >= 120.0 * 0.3 * 0.95  # 120 W over at least the trial's sleep
     assert client.get_run(parent.info.run_id).info.status == "FINISHED"  # the last worker to leave closed it
 
 
@@ -380,12 +391,12 @@ def test_a_worker_killed_mid_trial_the_others_finish(hosts, postgres, mlflow_ser
     study = optuna.load_study(study_name="killed", storage=storage)
     states = sorted(t.state.name for t in study.trials)
     assert states == ["COMPLETE"] * 6 + ["RUNNING"]  # Optuna never hears of the killed trial's end
-    client, parent, by_number = check_ledger(mlflow_server_pg.uri, "killed", study)
     _client, found = runs(mlflow_server_pg.uri)
     (killed,) = [r for r in split_sweep(found)[1] if r.data.tags.get("energy.host") == "w3"]
     assert killed.info.status == "KILLED" and killed.data.tags.get("energy.closed_by")
     assert killed.data.metrics["energy_j"] > 0  # the energy of its last live flush
-    assert all(r.info.status == "FINISHED" for r in by_number.values())
+    assert len(check_trial_runs(mlflow_server_pg.uri, {"w1", "w2"}, 0.3)) == 6
+    check_ledger(mlflow_server_pg.uri, "killed", study)
 
 
 @pytest.mark.slow
