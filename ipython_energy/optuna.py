@@ -1,8 +1,9 @@
 """Optuna trials measured as runs of a sweep: :func:`measure` wraps an objective for ``study.optimize``.
 
-Each trial is one MLflow child run of the sweep (named after the study unless given), with the
-trial's params as MLflow params, its number, study and state as tags (``optuna.trial_number``,
-``optuna.study``, ``optuna.state``) and its value as the metric ``optuna_value``
+Each trial is one MLflow child run of the sweep (named after the study unless ``sweep=`` or the
+environment's ``IPYTHON_ENERGY_SWEEP`` names it), with the trial's params as MLflow params, its
+number, study and state as tags (``optuna.trial_number``, ``optuna.study``, ``optuna.state``) and
+its value as the metric ``optuna_value``
 (``optuna_value_<i>`` for each value of a multi-objective trial).  Its energy goes to Optuna
 too, as user attributes of the trial, so that Optuna's storage and dashboard show it:
 ``energy_j``, ``energy_per_<unit>_j`` when the trial declared units, ``energy_estimated``, and
@@ -23,6 +24,7 @@ machine's energy over its window).
 from __future__ import annotations
 
 import math
+import os
 import threading
 from numbers import Real
 from typing import Any, Callable
@@ -64,8 +66,8 @@ class MeasuredObjective:
         self._sweeps: dict[str, Sweep] = {}
 
     def __call__(self, trial: optuna.trial.Trial):
-        study_name = trial.study.study_name
-        sweep = energy.sweep(self.sweep_name or study_name, budget_j=self.budget_j)
+        name = self.sweep_name or os.environ.get("IPYTHON_ENERGY_SWEEP") or trial.study.study_name
+        sweep = energy.sweep(name, budget_j=self.budget_j)
         with self._lock:
             self._sweeps[sweep.name] = sweep
         run = energy.run(f"trial {trial.number}")
@@ -136,7 +138,8 @@ def measure(objective: Callable[[optuna.trial.Trial], Any], sweep: str | None = 
 
     Args:
         objective: The Optuna objective (a function of the trial).
-        sweep: The sweep's name; default: the study's name.  Every process and thread that
+        sweep: The sweep's name; default: ``IPYTHON_ENERGY_SWEEP`` in the environment (a launcher
+            can hand it to its workers), else the study's name.  Every process and thread that
             optimises the study with a measured objective joins this one sweep.
         budget_j: Stop the study (``study.stop()``) once its trials have used this many joules
             in all (:func:`study_energy_j`, read from Optuna's storage, so across every worker):

@@ -50,16 +50,18 @@ def train(config):
 
 
 @pytest.fixture
-def local_ray(energy_home, sqlite_uri):
+def local_ray(energy_home, sqlite_uri, monkeypatch):
     """A local Ray cluster on 127.0.0.1 (2 CPUs, 2 GPUs declared: the fake node's), whose workers
     log to the test's store and join the sweep ``tune-grid`` through the environment."""
     # Ray's socket paths must fit in 107 bytes: a short folder of its own, not the test's tmp_path.
     temp = tempfile.mkdtemp(prefix="ray-")
+    # The raylet waits this long for its agents to start (30 s by default: too short on a loaded machine).
+    monkeypatch.setenv("RAY_agent_register_timeout_ms", "180000")
+    env_vars = {"IPYTHON_ENERGY_HOME": str(energy_home), "IPYTHON_ENERGY_SENSORS": "nvml",
+                "IPYTHON_ENERGY_SWEEP": "tune-grid", "MLFLOW_TRACKING_URI": sqlite_uri,
+                "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": os.pathsep.join(sys.path)}
     ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False,
-             _temp_dir=temp, runtime_env={"env_vars": {
-                 "IPYTHON_ENERGY_HOME": str(energy_home), "IPYTHON_ENERGY_SENSORS": "nvml",
-                 "IPYTHON_ENERGY_SWEEP": "tune-grid", "MLFLOW_TRACKING_URI": sqlite_uri,
-                 "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": os.pathsep.join(sys.path)}})
+             _temp_dir=temp, runtime_env={"env_vars": env_vars})
     yield sqlite_uri
     ray.shutdown()
     shutil.rmtree(temp, ignore_errors=True)
