@@ -50,13 +50,14 @@ def train(config):
 
 
 @pytest.fixture
-def local_ray(energy_home, sqlite_uri, monkeypatch):
+def local_ray(energy_home, sqlite_uri):
     """A local Ray cluster on 127.0.0.1 (2 CPUs, 2 GPUs declared: the fake node's), whose workers
-    log to the test's store and join the sweep ``tune-grid`` through the environment."""
+    log to the test's store and join the sweep ``tune-grid`` through the environment.
+
+    Ray 2.60's raylet gives its agent processes about 15 s to start, then aborts ("Timed out waiting
+    for file .../metrics_agent"): on a machine loaded far beyond its cores the cluster may not start."""
     # Ray's socket paths must fit in 107 bytes: a short folder of its own, not the test's tmp_path.
     temp = tempfile.mkdtemp(prefix="ray-")
-    # The raylet waits this long for its agents to start (30 s by default: too short on a loaded machine).
-    monkeypatch.setenv("RAY_agent_register_timeout_ms", "180000")
     env_vars = {"IPYTHON_ENERGY_HOME": str(energy_home), "IPYTHON_ENERGY_SENSORS": "nvml",
                 "IPYTHON_ENERGY_SWEEP": "tune-grid", "MLFLOW_TRACKING_URI": sqlite_uri,
                 "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": os.pathsep.join(sys.path)}
