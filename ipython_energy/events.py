@@ -140,6 +140,8 @@ class RunEnd(_End):
     rows: tuple[Row, ...] = ()
     tags: Mapping[str, str] = field(default_factory=dict)
     delete: bool = False
+    #: Params known only at the end (``Run.annotate``: the hyperparameters a sweep engine picked).
+    params: Mapping[str, str] = field(default_factory=dict)
 
     def energy_j(self) -> float | None:
         """The run's final ``energy_j``, if this event carries it."""
@@ -265,16 +267,21 @@ class RunEndDraft(NamedTuple):
     #: The run's part of its sweep (runs.SweepLedger): metrics and tags for a run of a sweep.
     sweep_metrics: Mapping[str, float] = MappingProxyType({})
     sweep_tags: Mapping[str, str] = MappingProxyType({})
+    #: What ``Run.annotate`` added; the run's own metrics and tags win over a name given there too.
+    params: Mapping[str, str] = MappingProxyType({})
+    extra_tags: Mapping[str, str] = MappingProxyType({})
+    extra_metrics: Mapping[str, float] = MappingProxyType({})
 
     def finish(self) -> RunEnd:
         m = self.measurement
-        rows = layout.rows({**layout.run_metrics(m, units=self.units, stages=self.stages), **self.sweep_metrics},
-                           0, self.t_ms)
+        rows = layout.rows({**self.extra_metrics, **layout.run_metrics(m, units=self.units, stages=self.stages),
+                            **self.sweep_metrics}, 0, self.t_ms)
         if self.cell_step is not None:
             rows += layout.rows(layout.cell_metrics(m), self.cell_step, self.t_ms)
-        tags = layout.provenance_tags(m, idle_source=self.idle_source, unit=next(iter(self.units), None))
-        tags.update(self.sweep_tags)
-        return RunEnd(self.uid, self.status, self.t_ms, _rows(rows), tags)
+        tags = {**self.extra_tags,
+                **layout.provenance_tags(m, idle_source=self.idle_source, unit=next(iter(self.units), None)),
+                **self.sweep_tags}
+        return RunEnd(self.uid, self.status, self.t_ms, _rows(rows), tags, params=dict(self.params))
 
 
 class CellMetricsDraft(NamedTuple):

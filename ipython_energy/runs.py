@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Mapping, NamedTuple
 
 from . import layout, rollup
 from .measurement import Measurement, format_energy
-from .validate import check_units, status_for
+from .validate import check_name, check_params, check_units, quote, status_for
 
 if TYPE_CHECKING:
     from .tracking import Tracker
@@ -290,6 +290,10 @@ class Run:
     #: The thread that opened it (``threading.current_thread()``; an id could be reused by a later
     #: thread): runs nest within one thread only.
     thread: Any = None
+    #: What :meth:`annotate` added: params, tags and step-0 metrics that reach MLflow with the run's end.
+    extra_params: dict[str, str] = field(default_factory=dict)
+    extra_tags: dict[str, str] = field(default_factory=dict)
+    extra_metrics: dict[str, float] = field(default_factory=dict)
 
     __hash__ = object.__hash__  # a ledger keys its open runs by identity
 
@@ -312,6 +316,29 @@ class Run:
         """Declare ``n`` units of work done in this run (summed per unit) for ``energy_per_<unit>_j``."""
         n, unit = check_units(n, unit)
         self.units[unit] = self.units.get(unit, 0.0) + n
+
+    def annotate(self, *, params: Mapping[str, Any] | None = None, tags: Mapping[str, Any] | None = None,
+                 metrics: Mapping[str, float] | None = None) -> None:
+        """Add params, tags and final metrics (step 0) known only while the run is open, such as
+        the hyperparameters a sweep engine picks inside the run (:mod:`ipython_energy.optuna`).
+
+        They reach MLflow with the run's end, in the same batch as its energy; a metric named like
+        one of the run's own (``energy_j``…) is left to the run's figure.  Raises ``ValueError``
+        for a name MLflow cannot store or a metric that is not a finite number, and
+        :class:`EnergyError` once the run has ended.
+        """
+        if self.measurement is not None:
+            raise EnergyError(f"run {self.name!r} has ended; annotate it before it ends")
+        params = check_params(params)
+        tags = {check_name(k, "tag"): str(v) for k, v in (tags or {}).items()}
+        checked = {}
+        for key, value in (metrics or {}).items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"metric {quote(key)} must be a finite number, not {quote(value)}")
+            checked[check_name(key, "metric")] = float(value)
+        self.extra_params.update(params)
+        self.extra_tags.update(tags)
+        self.extra_metrics.update(checked)
 
     def end(self, status: str = "FINISHED") -> Measurement:
         return self.tracker.end_run(self, status)

@@ -452,13 +452,15 @@ class MlflowStore:
             self.client.log_batch(run_id, metrics=metrics)
 
     def end_run(self, event: RunEnd, in_doubt: bool) -> None:
-        from mlflow.entities import RunTag
+        from mlflow.entities import Param, RunTag
 
         run_id = self.run_id(event.uid)
         metrics = self._metrics(event.rows, run_id, in_doubt)
         tags = [RunTag(str(k), str(v)[:5000]) for k, v in event.tags.items()]
-        if metrics or tags:
-            self.client.log_batch(run_id, metrics=metrics, tags=tags)
+        # Params given at the end (Run.annotate); logging the same value again is allowed, so a resend is harmless.
+        params = [Param(str(k), str(v)) for k, v in event.params.items()]
+        if metrics or tags or params:
+            self.client.log_batch(run_id, metrics=metrics, tags=tags, params=params)
         self.client.set_terminated(run_id, status=event.status, end_time=event.t_ms)
         if event.delete:
             # A cell's own run that a real run opened inside the cell took the place of.

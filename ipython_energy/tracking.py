@@ -422,7 +422,8 @@ class Tracker:
         # The rows are derived on the writer's journal thread, off the cell's path.
         self._submit(events.RunEndDraft(run.uid, status, _now_ms(), m, dict(run.units), dict(run.stages),
                                         self.meter.idle_source, cell_step if with_cell else None,
-                                        part, part_tags))
+                                        part, part_tags, dict(run.extra_params), dict(run.extra_tags),
+                                        dict(run.extra_metrics)))
         return m, with_cell
 
     def log_cell(self, run: Run, m: Measurement, execution_count: int | None) -> None:

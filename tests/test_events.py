@@ -16,6 +16,8 @@ EVENTS = [
     Metrics("r1", (("cell_energy_j", 2.5, 7, 1_002), ("cell_duration_s", 0.1, 7, 1_002))),
     RunEnd("r1", "FAILED", 1_003, (("energy_j", 2.5, 0, 1_003),), {"energy.methods": "cpu=estimated"}),
     RunEnd("r2", "KILLED", 1_004, tags={"energy.superseded": "true"}, delete=True),
+    RunEnd("r4", "FINISHED", 1_008, (("optuna_value", 0.5, 0, 1_008),), {"optuna.state": "COMPLETE"},
+           params={"lr": "0.01"}),
     SweepEnd("s1", "FINISHED", 1_005),
     RunStart("r3", "inner", 1_006, "sqlite:///x.db", "exp", parent_uid="r1", tags={"energy.parent_run": "lr=0.1"}),
     SweepUpdate("s1", 1_007, planned=24, budget_j=1e5),
@@ -90,5 +92,12 @@ def test_drafts_finish_into_the_rows_the_layout_defines():
     assert [list(r) for r in end.rows] == expected
     assert end.tags == layout.provenance_tags(m, idle_source="measured", unit="samples")
     assert end.energy_j() == 30.0
+    # What Run.annotate added goes with the end; the run's own figures win over the same names.
+    annotated = RunEndDraft("r", "FINISHED", 10, m, {}, {}, "measured", params={"lr": "0.1"},
+                            extra_tags={"optuna.state": "COMPLETE", "energy.estimated": "maybe"},
+                            extra_metrics={"optuna_value": 0.25, "energy_j": -1.0}).finish()
+    assert annotated.params == {"lr": "0.1"}
+    assert annotated.tags["optuna.state"] == "COMPLETE" and annotated.tags["energy.estimated"] == "false"
+    assert annotated.energy_j() == 30.0 and ["optuna_value", 0.25, 0, 10] in [list(r) for r in annotated.rows]
     cell = CellMetricsDraft("r", m, 5, 11).finish()
     assert [list(r) for r in cell.rows] == layout.rows(layout.cell_metrics(m), 5, 11)

@@ -194,3 +194,19 @@ def test_finished_runs_are_not_kept_when_logged(tracker, sqlite_uri):
     (parent,), children = split_sweep(found)
     assert parent.data.metrics["sweep_energy_j"] == sw.total_j
     assert parent.data.metrics["sweep_runs"] == 20 and len(children) == 40
+
+
+def test_annotate_refuses_what_mlflow_cannot_store_and_a_run_that_ended(tracker):
+    from ipython_energy.runs import EnergyError
+
+    with ipython_energy.run("annotated") as run:
+        with pytest.raises(ValueError, match="finite number"):
+            run.annotate(metrics={"optuna_value": float("nan")})
+        with pytest.raises(ValueError, match="cannot be stored by MLflow"):
+            run.annotate(params={"../lr": 1})
+        assert not (run.extra_params or run.extra_metrics)  # nothing half-added
+        run.annotate(params={"lr": 0.1}, tags={"optuna.state": "COMPLETE"}, metrics={"optuna_value": 2})
+    with pytest.raises(EnergyError, match="has ended"):
+        run.annotate(tags={"late": "1"})
+    assert (run.extra_params, run.extra_tags, run.extra_metrics) == (
+        {"lr": "0.1"}, {"optuna.state": "COMPLETE"}, {"optuna_value": 2.0})
