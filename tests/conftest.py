@@ -132,6 +132,9 @@ class MlflowServer:
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
              "--backend-store-uri", self.backend_store_uri,
              "--default-artifact-root", str(self.workdir / "artifacts"), "--workers", "1"],
+            # Without MLflow's job runner (GenAI jobs and trace roll-ups, which nothing here uses): it
+            # would start about seven huey consumer processes per server on a 2-core machine.
+            env=dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false"),
             cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         import urllib.request
