@@ -87,10 +87,9 @@ def log_big_sweep(uri: str, runs: int) -> tuple[str, str]:
     client = MlflowClient(tracking_uri=uri)
     exp = experiment_id(client, "bench")
     t0 = time.monotonic()
-    sweep_id, children = bulk_sweep(client, exp, "bench-sweep", runs, hosts=3, processes_per_host=2,
-                                    planned=runs + 100)
+    sweep = bulk_sweep(client, exp, "bench-sweep", runs, hosts=3, processes_per_host=2, planned=runs + 100)
     print(f"logged {runs} runs in {time.monotonic() - t0:.0f} s", file=sys.stderr)
-    return sweep_id, children[-1]
+    return sweep.run_id, sweep.children[-1]
 
 
 def all_children(client, experiment_id: str, sweep_id: str) -> list:

@@ -188,7 +188,7 @@ def _sweep_skeleton(title: str, width: Any, height: int, color_by: str = "status
     # the rising total at each bin's end
     bin_tip = [alt.Tooltip("label:N", title="older runs")]
     bin_x = alt.X("x0:Q", title="run (in order)")
-    binned = alt.Chart(alt.NamedData("bins")).transform_calculate(
+    binned = alt.Chart(alt.NamedData("bins"), name="binned").transform_calculate(
         x0="datum.first - 0.42", x1="datum.last + 0.42").mark_bar(color=BIN_COLOR).encode(
         x=bin_x, x2="x1:Q", y2=alt.datum(0), y=alt.Y("mean_j:Q", title="energy per run (J)"), tooltip=bin_tip)
     spread = alt.Chart(alt.NamedData("bins")).transform_filter("isValid(datum.min_j)").transform_calculate(

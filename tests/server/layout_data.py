@@ -141,7 +141,7 @@ def log_sweep(client: MlflowClient, exp_id: str, name: str, energies: list[float
 
 def bulk_sweep(client: MlflowClient, exp_id: str, name: str, runs: int, *, hosts: int = 1,
                processes_per_host: int = 1, planned: int | None = None, running_last: bool = True,
-               start_ms: int | None = None) -> tuple[str, list[str]]:
+               start_ms: int | None = None) -> SweepLog:
     """A sweep of ``runs`` children written in one transaction straight into a SQL store.
 
     The rows are those MLflow's own ``SqlAlchemyStore`` writes (runs, tags, params, metrics,
@@ -149,7 +149,8 @@ def bulk_sweep(client: MlflowClient, exp_id: str, name: str, runs: int, *, hosts
     transaction makes 10,000 runs take seconds instead of the ~15 minutes that four client
     calls per run take.  Runs are spread round-robin over ``hosts`` hosts (``energy.host``
     ``host-<h>``) and ``processes_per_host`` sessions on each (``energy.session``).  The last
-    run stays RUNNING when ``running_last``.  Returns (sweep run id, child run ids in order).
+    run stays RUNNING when ``running_last``.  Returns the sweep's :class:`SweepLog` (children in
+    order; more runs can be logged through it as usual).
     """
     from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlParam, SqlRun, SqlTag
 
@@ -190,7 +191,7 @@ def bulk_sweep(client: MlflowClient, exp_id: str, name: str, runs: int, *, hosts
     sweep.children, sweep.finished = children, finished
     if finished:
         sweep._roll_up()
-    return sweep.run_id, children
+    return sweep
 
 
 def main(argv: list[str]) -> None:
