@@ -101,7 +101,7 @@ async def test_a_big_sweep_is_recent_runs_and_bins_and_hosts_as_in_mlflow(jp_fet
 
 
 async def test_a_poll_with_since_carries_only_what_changed_and_merges_to_the_whole(jp_fetch, big):
-    client, sweep = big["client"], big["sweep"]
+    sweep = big["sweep"]
     sid = await source_id(jp_fetch)
     v1 = await read_all(jp_fetch, sid, sweep.run_id)
     # nothing changed: no chart, an empty delta, the same version
