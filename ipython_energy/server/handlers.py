@@ -66,6 +66,7 @@ class SidebarState:
         self._readers: dict[str, query.SourceReader] = {}
         self._chart_memos: dict[tuple[str, str], dict] = {}
         self._feeds: dict[tuple[str, str], SweepFeed] = {}
+        self._experiment_charts: dict[str, tuple[str, dict]] = {}
 
     def sources(self) -> list[query.Source]:
         """Sources discovered now, then those seen earlier in this server's life (their kernels ended)."""
@@ -105,13 +106,21 @@ class SidebarState:
         return {"sources": listed, "hint": query.EMPTY_HINT}
 
     def experiment(self, source_id: str) -> dict[str, Any]:
-        from .. import charts
-
         src = self.source(source_id)
         data = self.reader(src).experiment_data(src.experiment_name)
         data["source"] = src.public()
-        data["chart"] = charts.experiment_spec(data) if data["sweeps"] else None
+        data["chart"] = self._experiment_chart(source_id, data) if data["sweeps"] else None
         return data
+
+    def _experiment_chart(self, source_id: str, data: dict[str, Any]) -> dict:
+        """``charts.experiment_spec``, rebuilt (altair, tens of ms) only when the sweeps changed."""
+        from .. import charts
+
+        key = json.dumps(data["sweeps"], sort_keys=True, default=str)
+        cached = self._experiment_charts.get(source_id)
+        if cached is None or cached[0] != key:
+            cached = self._experiment_charts[source_id] = (key, charts.experiment_spec(data))
+        return cached[1]
 
     def sweep(self, source_id: str, run_id: str, since: str | None = None) -> dict[str, Any]:
         """One sweep: header, totals, energy per host, the latest run and its chart.
