@@ -1,9 +1,11 @@
-"""Sidebar API latency for a sweep of 1,000 runs, beside the plain MLflow search it replaces.
+"""Sidebar API latency for a sweep of 1,000 (or 10,000) runs, beside the plain MLflow search it replaces.
 
     .venv/bin/python bench/sidebar_api.py [--runs 1000] [--requests 200] [--backend sqlite|server]
+    .venv/bin/python bench/sidebar_api.py --runs 10000 --requests 60 --polls 30
 
-What it does, all real: logs one sweep of N runs with the MLflow client (layout of
-docs/metrics.md; the last run stays RUNNING), starts a real ``jupyter server`` process with
+What it does, all real: writes one sweep of N runs into a sqlite store as real MLflow runs in
+one transaction (layout of docs/metrics.md, over 3 hosts x 2 processes; the last run stays
+RUNNING; tests/server/layout_data.py ``bulk_sweep``), starts a real ``jupyter server`` process with
 the ipython_energy server extension (found through a kernel registration file), then polls
 
 * ``GET /ipython-energy/api/sweeps/<source>/<sweep>`` (what the sidebar polls every 2 s),
@@ -11,7 +13,9 @@ the ipython_energy server extension (found through a kernel registration file), 
 
 while another thread logs ``live_energy_j`` to the running run every 0.5 s, so every poll
 has something new.  Beside it, the same question asked the plain way:
-``MlflowClient.search_runs`` for all children of the sweep (one page of 1,000).
+``MlflowClient.search_runs`` for all children of the sweep (pages of 1,000).
+Each request after the first hands back the ``version`` of the previous reply (``since``),
+as the sidebar does, so it carries only what changed.
 
 Then a whole sidebar poll, both ways, alternating (``--polls`` of each):
 
@@ -75,19 +79,29 @@ def summary(name: str, times_s: list[float], note: str = "") -> str:
 
 
 def log_big_sweep(uri: str, runs: int) -> tuple[str, str]:
-    from layout_data import SweepLog, experiment_id
+    """One sweep of ``runs`` children over 3 hosts x 2 processes, the last one RUNNING, written
+    as real MLflow runs in one transaction (tests/server/layout_data.py ``bulk_sweep``)."""
+    from layout_data import bulk_sweep, experiment_id
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
     exp = experiment_id(client, "bench")
-    sweep = SweepLog.start(client, exp, "bench-sweep", planned=runs + 100)
     t0 = time.monotonic()
-    for i in range(runs - 1):
-        rid = sweep.start_run(f"run-{i + 1}", {"lr": 10 ** -(i % 5), "depth": i % 7, "seed": i})
-        sweep.end_run(rid, 100.0 + (i % 17), 2.0)
-    running = sweep.start_run(f"run-{runs}", {"lr": 0.1, "depth": 3, "seed": runs})
+    sweep = bulk_sweep(client, exp, "bench-sweep", runs, hosts=3, processes_per_host=2, planned=runs + 100)
     print(f"logged {runs} runs in {time.monotonic() - t0:.0f} s", file=sys.stderr)
-    return sweep.run_id, running
+    return sweep.run_id, sweep.children[-1]
+
+
+def all_children(client, experiment_id: str, sweep_id: str) -> list:
+    """Every child of the sweep, 1,000 a page (MLflow's most per page on some stores)."""
+    out, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{sweep_id}'",
+                                  max_results=1000, page_token=token)
+        out.extend(page)
+        token = page.token
+        if not token:
+            return out
 
 
 def main() -> None:
@@ -103,6 +117,8 @@ def main() -> None:
     procs: list[subprocess.Popen] = []
     try:
         uri = f"sqlite:///{work / 'mlflow.db'}"
+        with contextlib.redirect_stdout(sys.stderr):
+            sweep_id, running_id = log_big_sweep(uri, args.runs)
         if args.backend == "server":
             port = free_port()
             procs.append(subprocess.Popen(
@@ -111,8 +127,6 @@ def main() -> None:
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
             uri = f"http://127.0.0.1:{port}"
             wait_http(uri + "/health")
-        with contextlib.redirect_stdout(sys.stderr):  # MLflow prints a "View run" line per run over HTTP
-            sweep_id, running_id = log_big_sweep(uri, args.runs)
 
         from mlflow.tracking import MlflowClient
 
@@ -147,9 +161,15 @@ def main() -> None:
 
         _, listing = get("/experiments")
         source = json.loads(listing)["sources"][0]["id"]
+        started = time.perf_counter()
         cold_sweep, body = get(f"/sweeps/{source}/{sweep_id}")
+        cold_bytes = len(body)
         assert json.loads(body)["totals"]["runs"] == args.runs
         cold_exp, _ = get(f"/experiments/{source}")
+        while json.loads(body).get("loading"):  # older runs still being read in the background
+            time.sleep(0.2)
+            body = get(f"/sweeps/{source}/{sweep_id}")[1]
+        complete_s = time.perf_counter() - started
 
         client = MlflowClient(tracking_uri=uri)
         stop = threading.Event()
@@ -166,20 +186,24 @@ def main() -> None:
 
         writer = threading.Thread(target=live_writer, daemon=True)
         writer.start()
-        sweep_times, exp_times, search_times = [], [], []
-        last_live = None
+        sweep_times, sweep_bytes, exp_times, search_times = [], [], [], []
+        last_live, version = None, ""
+        search_every = 4 if args.runs <= 1000 else args.requests  # 10,000 runs: once (10 s or more)
+        exp_id = client.get_run(sweep_id).info.experiment_id
         for i in range(args.requests):
-            t, body = get(f"/sweeps/{source}/{sweep_id}")
+            # as the sidebar does: hand back the version it has, get only what changed
+            t, body = get(f"/sweeps/{source}/{sweep_id}" + (f"?since={version}" if version else ""))
             sweep_times.append(t)
-            last_live = json.loads(body)["latest_run"]["energy_j"]
+            sweep_bytes.append(len(body))
+            reply = json.loads(body)
+            version = reply.get("version", "")
+            last_live = reply["latest_run"]["energy_j"]
             exp_times.append(get(f"/experiments/{source}")[0])
-            if i % 4:
+            if i % search_every:
                 time.sleep(0.05)
                 continue
             t0 = time.perf_counter()
-            children = client.search_runs([client.get_run(sweep_id).info.experiment_id],
-                                          filter_string=f"tags.`mlflow.parentRunId` = '{sweep_id}'",
-                                          max_results=1000)
+            children = all_children(client, exp_id, sweep_id)
             search_times.append(time.perf_counter() - t0)
             assert len(children) == args.runs
             time.sleep(0.05)
@@ -194,9 +218,14 @@ def main() -> None:
             bodies = [*first, get(f"/experiments/{source}")[1], get(f"/sweeps/{source}/{sweep_id}")[1]]
             return time.perf_counter() - t0, len(bodies), sum(len(b) for b in bodies)
 
+        poll_version = {"": ""}
+
         def one_request() -> tuple[float, int, int]:
-            t, body = get(f"/poll?source={source}")
-            assert json.loads(body)["selected"]["sweep"] == sweep_id
+            since = poll_version[""]
+            t, body = get(f"/poll?source={source}&sweep={sweep_id}" + (f"&since={since}" if since else ""))
+            reply = json.loads(body)
+            assert reply["selected"]["sweep"] == sweep_id
+            poll_version[""] = reply["sweep"].get("version", "")
             return t, 1, len(body)
 
         polls: dict[str, list[tuple[float, int, int]]] = {"one": [], "four": []}
@@ -211,7 +240,9 @@ def main() -> None:
         store = "sqlite store" if args.backend == "sqlite" else "`mlflow server` (sqlite behind it)"
         print(f"\nSweep of {args.runs} runs (one running, live metrics logged every 0.5 s), {store}, "
               f"{args.requests} polls; cold = first request after server start "
-              f"(sweep {cold_sweep * 1000:.0f} ms, experiment {cold_exp * 1000:.0f} ms).\n")
+              f"(sweep {cold_sweep * 1000:.0f} ms and {cold_bytes:,} bytes, experiment {cold_exp * 1000:.0f} ms); "
+              f"every run read {complete_s:.1f} s after the first request; sweep replies after the first: "
+              f"median {statistics.median(sweep_bytes[1:] or sweep_bytes):,.0f} bytes, max {max(sweep_bytes[1:] or sweep_bytes):,} bytes.\n")
         print("| request | n | p50 ms | p95 ms | max ms | note |")
         print("| --- | ---: | ---: | ---: | ---: | --- |")
         print(summary("`GET /ipython-energy/api/sweeps/<source>/<sweep>`", sweep_times,
@@ -223,7 +254,7 @@ def main() -> None:
             print(f"\nOne whole sidebar poll, {args.polls} of each kind, alternating.\n")
             print("| sidebar poll | n | p50 ms | p95 ms | max ms | requests/poll | bytes/poll (median) |")
             print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-            for kind, name in (("one", "`GET poll?source=<source>` (now)"),
+            for kind, name in (("one", "`GET poll?source=<source>&sweep=<sweep>&since=<version>` (now)"),
                                ("four", "`experiments` + `session`, then `experiments/<source>`, "
                                         "then `sweeps/<source>/<sweep>` (before)")):
                 rows = polls[kind]

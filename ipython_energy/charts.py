@@ -23,8 +23,13 @@ import json
 from typing import Any, Mapping
 
 from .measurement import format_energy
+from .sweep_window import hosts as host_breakdown
+from .sweep_window import window
 
 VEGALITE_MIME = "application/vnd.vegalite.v5+json"
+
+#: The colour of a bin of older runs (their mean J/run; min to max as a rule).
+BIN_COLOR = "#9db8dd"
 
 #: Run status -> colour; the same four everywhere (bars, legend, sidebar list).
 STATUS_COLORS = {
@@ -49,16 +54,24 @@ def _provenance_text(prov: Mapping[str, Any]) -> str:
     return "; ".join(f"{k}={prov[k]}" for k in keys)
 
 
-def chart_rows(sweep_data: Mapping[str, Any], memo: dict | None = None) -> dict[str, list[dict[str, Any]]]:
-    """The chart's datasets: ``runs`` (one row per run), ``forecast`` and ``budget``.
+def chart_rows(sweep_data: Mapping[str, Any], memo: dict | None = None, *,
+               recent: int | None = None) -> dict[str, list[dict[str, Any]]]:
+    """The chart's datasets: ``runs`` (one row per recent run), ``bins`` (older runs, binned:
+    see :func:`ipython_energy.sweep_window.window`), ``forecast`` and ``budget``.
+
+    ``recent`` runs are shown one by one (default ``sweep_window.RECENT_RUNS``); a sweep with
+    no more than that has no bins.  ``sweep_data["earlier"]`` (runs not read yet) becomes a
+    bin of its own.
 
     ``memo`` (any dict the caller keeps between calls for the same sweep) remembers each
     run's params / provenance text while the run's ``params`` and ``provenance`` objects
     stay the same ones, which :class:`ipython_energy.query.SourceReader` guarantees for
     runs that did not change.  The memo holds those objects, so identity is meaningful.
     """
+    kept, bins = window(sweep_data["runs"], earlier=sweep_data.get("earlier"), memo=memo,
+                        **({"recent": recent} if recent is not None else {}))
     runs = []
-    for run in sweep_data["runs"]:
+    for run in kept:
         params, prov = run.get("params") or {}, run.get("provenance") or {}
         hit = memo.get(run.get("run_id")) if memo is not None else None
         if hit is not None and hit[0] is params and hit[1] is prov:
@@ -77,21 +90,23 @@ def chart_rows(sweep_data: Mapping[str, Any], memo: dict | None = None) -> dict[
             # the part of the bar spent at low utilisation (None: no domain reported utilisation)
             "low_util_j": low_util_j(run),
             "low_util_label": low_util_label(run),
+            "host": run.get("host") or prov.get("host") or "unknown",
             "params": params_text,
             "provenance": prov_text,
         })
     totals = sweep_data["totals"]
     forecast = []
     planned, fc = totals.get("planned"), totals.get("forecast_energy_j")
-    if planned and fc is not None and runs and planned > runs[-1]["index"]:
+    last = runs[-1] if runs else ({**bins[-1], "index": bins[-1]["last"]} if bins else None)
+    if planned and fc is not None and last and planned > last["index"]:
         forecast = [
-            {"index": runs[-1]["index"], "cumulative_j": runs[-1]["cumulative_j"], "label": "now"},
+            {"index": last["index"], "cumulative_j": last["cumulative_j"], "label": "now"},
             {"index": planned, "cumulative_j": fc, "label": f"forecast {format_energy(fc)} for {planned} runs"},
         ]
     budget = []
     if totals.get("budget_j") is not None:
         budget = [{"budget_j": totals["budget_j"], "label": f"budget {format_energy(totals['budget_j'])}"}]
-    return {"runs": runs, "forecast": forecast, "budget": budget}
+    return {"runs": runs, "bins": bins, "forecast": forecast, "budget": budget}
 
 
 def low_util_j(run: Mapping[str, Any]) -> float | None:
@@ -115,17 +130,21 @@ def low_util_label(run: Mapping[str, Any]) -> str | None:
 
 
 @functools.lru_cache(maxsize=64)
-def _sweep_skeleton(title: str, width: Any, height: int):
-    """The chart without data: layers read the named datasets ``runs``, ``forecast``, ``budget``."""
+def _sweep_skeleton(title: str, width: Any, height: int, color_by: str = "status"):
+    """The chart without data: layers read the named datasets ``runs``, ``bins``, ``forecast``,
+    ``budget``.  ``color_by`` is ``status`` or ``host`` (the bars' colour)."""
     import altair as alt
 
     x = alt.X("x0:Q", title="run (in order)", axis=alt.Axis(tickMinStep=1, format="d"),
               scale=alt.Scale(nice=False, zero=False))
-    color = alt.Color("status:N", title=None,
-                      scale=alt.Scale(domain=list(STATUS_COLORS), range=list(STATUS_COLORS.values())),
-                      # two columns: four in a row do not fit the sidebar's default width
-                      legend=alt.Legend(orient="bottom", direction="horizontal", columns=2, symbolSize=60,
-                                        labelFontSize=10, columnPadding=10, symbolType="square"))
+    # two columns: four in a row do not fit the sidebar's default width
+    legend = alt.Legend(orient="bottom", direction="horizontal", columns=2, symbolSize=60,
+                        labelFontSize=10, columnPadding=10, symbolType="square")
+    if color_by == "host":
+        color = alt.Color("host:N", title=None, legend=legend)
+    else:
+        color = alt.Color("status:N", title=None, legend=legend,
+                          scale=alt.Scale(domain=list(STATUS_COLORS), range=list(STATUS_COLORS.values())))
     tooltip = [
         alt.Tooltip("index:Q", title="run #"),
         alt.Tooltip("name:N", title="run"),
@@ -134,6 +153,7 @@ def _sweep_skeleton(title: str, width: Any, height: int):
         alt.Tooltip("cumulative_j:Q", title="sweep total so far (J)", format=",.4~s"),
         alt.Tooltip("duration_s:Q", title="duration (s)", format=".1f"),
         alt.Tooltip("low_util_label:N", title="energy at low utilisation"),
+        alt.Tooltip("host:N", title="host"),
         alt.Tooltip("params:N", title="params"),
         alt.Tooltip("provenance:N", title="provenance"),
     ]
@@ -164,8 +184,20 @@ def _sweep_skeleton(title: str, width: Any, height: int):
     budget_text = alt.Chart(alt.NamedData("budget")).mark_text(
         align="left", baseline="bottom", dx=3, dy=-2, color="#d64545", fontSize=10).encode(
         y=alt.Y("budget_j:Q"), x=alt.value(0), text="label:N")
-    totals = alt.layer(line, points, forecast, budget, budget_text)
-    chart = alt.layer(alt.layer(bars, low), totals).resolve_scale(y="independent").properties(
+    # older runs, binned: a bar at the bin's mean J/run with a rule from its min to its max, and
+    # the rising total at each bin's end
+    bin_tip = [alt.Tooltip("label:N", title="older runs")]
+    bin_x = alt.X("x0:Q", title="run (in order)")
+    binned = alt.Chart(alt.NamedData("bins"), name="binned").transform_calculate(
+        x0="datum.first - 0.42", x1="datum.last + 0.42").mark_bar(color=BIN_COLOR).encode(
+        x=bin_x, x2="x1:Q", y2=alt.datum(0), y=alt.Y("mean_j:Q", title="energy per run (J)"), tooltip=bin_tip)
+    spread = alt.Chart(alt.NamedData("bins")).transform_filter("isValid(datum.min_j)").transform_calculate(
+        mid="(datum.first + datum.last) / 2").mark_rule(color="#5b6f8c").encode(
+        x=alt.X("mid:Q"), y=alt.Y("min_j:Q", title="energy per run (J)"), y2="max_j:Q", tooltip=bin_tip)
+    bin_line = alt.Chart(alt.NamedData("bins")).mark_line(color="#1b1f24", strokeWidth=2).encode(
+        x=alt.X("last:Q"), y=total_y)
+    totals = alt.layer(bin_line, line, points, forecast, budget, budget_text)
+    chart = alt.layer(alt.layer(binned, spread, bars, low), totals).resolve_scale(y="independent").properties(
         width=width, height=height)
     if title:
         chart = chart.properties(title=alt.TitleParams(title, anchor="start", fontSize=12))
@@ -173,13 +205,16 @@ def _sweep_skeleton(title: str, width: Any, height: int):
 
 
 def sweep_chart(sweep_data: Mapping[str, Any], *, width: int | str = 520, height: int = 240,
-                title: bool = True):
+                title: bool = True, color_by: str = "auto"):
     """The sweep as an altair chart (Vega-Lite v5).
 
     A bar per run in run order (``energy_j``; the live value while a run is open), coloured
     by status (running / finished / failed / killed); the sweep's cumulative total as a rising
     line on the right axis; the forecast to the planned number of runs (dashed) and the
     budget (red rule) when the sweep has them.  Hover shows a run's params and provenance.
+    Beyond the last ``sweep_window.RECENT_RUNS`` runs, older runs are drawn binned (mean J/run,
+    min to max).  ``color_by="host"`` colours the bars by the run's host instead of its status;
+    ``"auto"`` (the default) does so when the sweep's runs come from more than one host.
 
     ``sweep_data`` is what ``rollup.build_sweep_data`` / ``SourceReader.sweep_data`` return.
     ``width="container"`` fills the surrounding element (the sidebar uses it).
@@ -187,7 +222,9 @@ def sweep_chart(sweep_data: Mapping[str, Any], *, width: int | str = 520, height
     For an HTML file use :func:`sweep_html` (offline-safe, escaped), not ``chart.save``.
     """
     name = str(sweep_data["sweep"].get("name", "")) if title else ""
-    return _sweep_skeleton(name, width, height).properties(datasets=chart_rows(sweep_data))
+    if color_by == "auto":
+        color_by = "host" if len(host_breakdown(sweep_data["runs"])) > 1 else "status"
+    return _sweep_skeleton(name, width, height, color_by).properties(datasets=chart_rows(sweep_data))
 
 
 def sweep_spec(sweep_data: Mapping[str, Any], *, width: int | str = "container", height: int = 220,
@@ -198,12 +235,13 @@ def sweep_spec(sweep_data: Mapping[str, Any], *, width: int | str = "container",
     datasets change from poll to poll, so a 1,000-run sweep costs no schema validation.
     """
     name = str(sweep_data["sweep"].get("name", "")) if title else ""
-    spec = _skeleton_dict(name, width, height)
+    spec = skeleton_dict(name, width, height)
     return {**spec, "datasets": chart_rows(sweep_data, memo)}
 
 
 @functools.lru_cache(maxsize=64)
-def _skeleton_dict(title: str, width: Any, height: int) -> dict[str, Any]:
+def skeleton_dict(title: str = "", width: Any = "container", height: int = 220) -> dict[str, Any]:
+    """The sweep chart's Vega-Lite spec without its datasets (cached: treat as read-only)."""
     return _sweep_skeleton(title, width, height).to_dict()
 
 

@@ -159,7 +159,8 @@ def run_row(run: Any) -> dict[str, Any]:
     ``energy_j`` (final), ``live_energy_j`` (latest live value), ``duration_s``,
     ``power_mean_w``, ``start_time_ms``, ``end_time_ms``, ``params``, ``provenance``,
     ``energy_low_util_j`` (None when no domain reported utilisation) and ``low_util_threshold``
-    (per cent, the ``energy.low_util_threshold`` tag).
+    (per cent, the ``energy.low_util_threshold`` tag), ``host`` / ``session`` / ``pid`` (the
+    ``energy.host`` / ``energy.session`` / ``energy.pid`` tags, None when absent).
     """
     info, data = run.info, run.data
     metrics, tags = data.metrics, data.tags
@@ -183,6 +184,10 @@ def run_row(run: Any) -> dict[str, Any]:
         "low_util_threshold": number(tags.get("energy.low_util_threshold")),
         "start_time_ms": info.start_time,
         "end_time_ms": info.end_time,
+        # where it ran: energy per host, and the processes that contributed
+        "host": tags.get("energy.host"),
+        "session": tags.get("energy.session"),
+        "pid": tags.get("energy.pid"),
         "params": dict(data.params),
         "provenance": {key: tags[tag] for tag, key in PROVENANCE_TAGS.items() if tag in tags},
     }

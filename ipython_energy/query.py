@@ -144,6 +144,16 @@ def discover_sources(*, tracking_uri: str | None = None, experiment: str | None 
 # ---------------------------------------------------------------------------------------
 # cached, incremental MLflow reads
 # ---------------------------------------------------------------------------------------
+def _earlier(header: Mapping[str, Any], ended: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """The ended runs not read yet, as one figure: the parent's ``sweep_runs`` /
+    ``sweep_energy_j`` (the writer's roll-up) less what the runs read so far account for."""
+    logged_runs, logged_j = header.get("logged_runs") or 0, header.get("logged_energy_j")
+    known_j = sum((row.get("share_j") if row.get("share_j") is not None else row["energy_j"])
+                  + (row.get("gap_before_j") or 0.0) for row in ended)
+    return {"runs": max(0, logged_runs - len(ended)),
+            "energy_j": max(0.0, logged_j - known_j) if logged_j is not None else None}
+
+
 class NotFound(LookupError):
     """The experiment or sweep is not in this source."""
 
@@ -165,6 +175,9 @@ class _RunSet:
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)
     loaded: bool = False
     ended_checked_ms: int = 0  # when runs that ended were last searched for
+    #: False while only the newest runs are read and the rest load in the background
+    complete: bool = True
+    loader: threading.Thread | None = None
 
 
 class SourceReader:
@@ -176,10 +189,12 @@ class SourceReader:
     spool) are caught by comparing with the sweep's own ``sweep_runs`` count.
     """
 
-    def __init__(self, tracking_uri: str, *, end_margin_ms: int = 5_000, page_size: int = 1000):
+    def __init__(self, tracking_uri: str, *, end_margin_ms: int = 5_000, page_size: int = 1000,
+                 first_runs: int = 250):
         self.tracking_uri = tracking_uri
         self.end_margin_ms = end_margin_ms
         self.page_size = page_size
+        self.first_runs = first_runs
         self._client = None
         self._lock = threading.RLock()
         self._experiment_ids: dict[str, str] = {}
@@ -187,6 +202,7 @@ class SourceReader:
         self._child_sets: dict[str, _RunSet] = {}
         self._parents: dict[str, dict[str, Any]] = {}
         self._checked_logged_runs: dict[str, int | None] = {}
+        self._build_caches: dict[str, dict] = {}
         self.stats = {"searches": 0, "get_run": 0, "full_loads": 0}
 
     # -- plumbing ---------------------------------------------------------------------
@@ -201,12 +217,18 @@ class SourceReader:
             self._client = mlflow_client_class()(tracking_uri=self.tracking_uri)
         return self._client
 
-    def _search(self, experiment_id: str, filter_string: str) -> list:
+    def _search(self, experiment_id: str, filter_string: str, *, limit: int | None = None,
+                newest_first: bool = False) -> list:
+        """Every run matching ``filter_string`` (in pages), or the ``limit`` newest/first ones."""
         out, token = [], None
+        order = ["attributes.start_time DESC"] if newest_first else None
         while True:
             self.stats["searches"] += 1
             page = self.client.search_runs([experiment_id], filter_string=filter_string,
-                                           max_results=self.page_size, page_token=token)
+                                           max_results=min(self.page_size, limit or self.page_size),
+                                           page_token=token, order_by=order)
+            if limit is not None:
+                return list(page)
             out.extend(page)
             token = page.token
             if not token:
@@ -311,7 +333,9 @@ class SourceReader:
                 sweep_run_id, _RunSet(f"tags.`mlflow.parentRunId` = '{sweep_run_id}'"))
             parent_changed = self._parents.get(sweep_run_id) != header
             self._parents[sweep_run_id] = header
-            if children.loaded and not parent_changed and header["status"] != "running" and not any(
+            if not children.loaded and (header.get("logged_runs") or 0) > 2 * self.first_runs:
+                self._load_newest(exp_id, sweep_run_id, children)
+            elif children.loaded and not parent_changed and header["status"] != "running" and not any(
                     row["status"] == "running" for row in children.rows.values()):
                 pass  # an ended sweep whose parent did not change: nothing to re-read
             else:
@@ -321,9 +345,53 @@ class SourceReader:
             # The writer's count of finished children says whether we missed any (e.g. runs
             # replayed from the spool long after they ended): then read them all once.
             logged = header.get("logged_runs")
-            ended = sum(1 for row in children.rows.values()
-                        if row["status"] != "running" and row["energy_j"] is not None)
-            if logged is not None and logged > ended and self._checked_logged_runs.get(sweep_run_id) != logged:
+            ended = [row for row in children.rows.values() if row["status"] != "running" and row["energy_j"] is not None]
+            if not children.complete:
+                if children.loader is None:  # the last background read failed: try again
+                    self._start_loader(exp_id, children)
+                return build_sweep_data(header, children.rows.values(), earlier=_earlier(header, ended),
+                                        cache=self._build_caches.setdefault(sweep_run_id, {}))
+            if logged is not None and logged > len(ended) and self._checked_logged_runs.get(sweep_run_id) != logged:
                 self._checked_logged_runs[sweep_run_id] = logged
                 self._refresh(exp_id, children, run_row, full=True)
-            return build_sweep_data(header, children.rows.values())
+            return build_sweep_data(header, children.rows.values(), cache=self._build_caches.setdefault(sweep_run_id, {}))
+
+    # -- a big sweep's first view ------------------------------------------------------------
+    def _load_newest(self, experiment_id: str, sweep_run_id: str, children: _RunSet) -> None:
+        """Read only the ``first_runs`` newest children now (one search, well under a second
+        where reading 10,000 runs takes ~10 s) and the rest in the background.
+
+        Until the rest is in, the older runs count as one figure taken from the parent's
+        ``sweep_runs`` / ``sweep_energy_j`` (see :func:`_earlier`), and the reply says
+        ``loading``.  Runs that end meanwhile are caught by the usual incremental refresh.
+        """
+        children.ended_checked_ms = int(time.time() * 1000)
+        newest = self._search(experiment_id, children.base_filter, limit=self.first_runs, newest_first=True)
+        children.rows = {r.info.run_id: run_row(r) for r in newest}
+        children.loaded, children.complete = True, False
+        self._start_loader(experiment_id, children)
+
+    def _start_loader(self, experiment_id: str, children: _RunSet) -> None:
+        children.loader = threading.Thread(target=self._load_rest, args=(experiment_id, children),
+                                           name="ipython-energy-api-loader", daemon=True)
+        children.loader.start()
+
+    def _load_rest(self, experiment_id: str, children: _RunSet) -> None:
+        """Read every child (outside the lock, so polls go on) and add those not yet known;
+        on failure the next poll starts it again."""
+        try:
+            everything = self._search(experiment_id, children.base_filter)
+        except Exception:  # noqa: BLE001 - a store error: the next poll retries
+            with self._lock:
+                children.loader = None
+            return
+        with self._lock:
+            for r in everything:
+                if r.info.run_id not in children.rows:  # known rows are as fresh or fresher
+                    children.rows[r.info.run_id] = run_row(r)
+            children.complete, children.loader = True, None
+
+    def loading(self, sweep_run_id: str) -> bool:
+        """True while a big sweep's older runs are still being read."""
+        children = self._child_sets.get(sweep_run_id)
+        return children is not None and not children.complete

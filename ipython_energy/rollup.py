@@ -125,7 +125,8 @@ def _run_order(row: Mapping[str, Any]) -> tuple:
     return (index if index is not None else math.inf, row.get("start_time_ms") or 0, row.get("run_id", ""))
 
 
-def build_sweep_data(sweep: Mapping[str, Any], runs: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+def build_sweep_data(sweep: Mapping[str, Any], runs: Iterable[Mapping[str, Any]], *,
+                     earlier: Mapping[str, Any] | None = None, cache: dict | None = None) -> dict[str, Any]:
     """The sweep as the sidebar and the charts draw it.
 
     ``sweep`` is a header as :func:`~ipython_energy.layout.sweep_header` makes it (at least
@@ -144,20 +145,41 @@ def build_sweep_data(sweep: Mapping[str, Any], runs: Iterable[Mapping[str, Any]]
     ``between_runs_energy_j`` (its two parts), ``overlapping_runs``, ``mean_energy_per_run_j`` (ended energy / ended
     runs), ``forecast_energy_j`` (mean x max(planned, ended runs), only with ``planned``),
     ``budget_j``, ``budget_used`` (fraction) and ``over_budget``, ``estimated`` (any run's
-    numbers come from a model rather than a sensor).
+    numbers come from a model rather than a sensor).  ``hosts`` is the energy per host
+    (:func:`ipython_energy.sweep_window.hosts`); ``totals`` counts its ``hosts`` and ``processes``.
+
+    ``earlier`` (``{"runs": n, "energy_j": e}``) stands for ended runs before ``runs`` that were
+    not read yet (a big sweep's first view): numbering starts after them and their energy
+    (between-runs time included) starts the rising total and counts in the totals; the
+    result then carries ``earlier``.
+
+    ``cache`` (a dict the caller keeps between calls for the same sweep) makes a big sweep
+    cheap to rebuild: the runs before its first running run are taken as they were when the
+    same row objects come first again (the reader keeps the rows of unchanged runs), and only
+    the rest is recomputed.
     """
+    from .sweep_window import host_tally, hosts_of
+
     # A group of repeats' parent run is a child of its sweep but not a run of it: its repeats are.
-    ordered = sorted((row for row in runs if row.get("kind", "run") != "group"), key=_run_order)
-    out_runs: list[dict[str, Any]] = []
-    cumulative = 0.0
-    ended: list[float] = []
-    gaps: list[float] = []
+    ordered = _in_order((row for row in runs if row.get("kind", "run") != "group"), cache)
+    earlier_runs = int((earlier or {}).get("runs") or 0)
+    earlier_j = (number((earlier or {}).get("energy_j")) or 0.0) if earlier_runs else 0.0
+    frozen = _frozen_prefix(cache, ordered, (earlier_runs, earlier_j))
+    if frozen is not None:
+        done = len(frozen["rows"])
+        out_runs, cumulative, estimated = list(frozen["out"]), frozen["cumulative"], frozen["estimated"]
+        ended, gaps, tally = list(frozen["ended"]), list(frozen["gaps"]), host_tally(frozen["out"][:0], frozen["tally"])
+    else:
+        done, out_runs, cumulative, estimated = 0, [], earlier_j, False
+        ended, gaps, tally = ([earlier_j] if earlier_runs else []), [], host_tally([])
     running_n = 0
-    estimated = False
-    for position, row in enumerate(ordered, start=1):
+    for position, row in enumerate(ordered[done:], start=earlier_runs + done + 1):
+        status = row.get("status", "finished")
+        if cache is not None and status == "running" and frozen is None:
+            frozen = _freeze(cache, ordered, out_runs, (earlier_runs, earlier_j), cumulative, estimated,
+                             ended, gaps, tally)
         final = number(row.get("energy_j"))
         live_value = number(row.get("live_energy_j"))
-        status = row.get("status", "finished")
         is_live = final is None and status == "running" and live_value is not None
         energy = final if final is not None else live_value
         share, gap = number(row.get("share_j")), number(row.get("gap_before_j")) or 0.0
@@ -179,13 +201,21 @@ def build_sweep_data(sweep: Mapping[str, Any], runs: Iterable[Mapping[str, Any]]
             "live": is_live,
             "cumulative_j": cumulative,
         })
+        host_tally(out_runs[-1:], tally)
+    if cache is not None and frozen is None:
+        _freeze(cache, ordered, out_runs, (earlier_runs, earlier_j), cumulative, estimated, ended, gaps, tally)
     planned = whole(sweep.get("planned"))
     budget = number(sweep.get("budget_j"))
     after = number(sweep.get("between_after_j")) or 0.0
     cumulative += after
     rolled = totals(ended, planned, between_j=gaps + [after])
-    return {"sweep": dict(sweep), "runs": out_runs, "totals": {
-        "runs": len(out_runs),
+    if earlier_runs:  # one figure stood for that many runs
+        n = rolled.runs + earlier_runs - 1
+        rolled = rolled._replace(runs=n, mean_energy_per_run_j=mean_per_run(rolled.energy_j, n),
+                                 forecast_energy_j=forecast(rolled.energy_j, n, planned))
+    per_host = hosts_of(tally)
+    data = {"sweep": dict(sweep), "runs": out_runs, "hosts": per_host, "totals": {
+        "runs": len(out_runs) + earlier_runs,
         "running_runs": running_n,
         "ended_runs": rolled.runs,
         "ended_energy_j": rolled.energy_j,
@@ -200,7 +230,50 @@ def build_sweep_data(sweep: Mapping[str, Any], runs: Iterable[Mapping[str, Any]]
         "budget_used": (cumulative / budget) if budget else None,
         "over_budget": over_budget(cumulative, budget),
         "estimated": estimated,
+        "hosts": len(per_host),
+        "processes": sum(h["processes"] for h in per_host),
     }}
+    if earlier_runs:
+        data["earlier"] = {"runs": earlier_runs, "energy_j": earlier_j}
+    return data
+
+
+def _in_order(runs: Iterable[Mapping[str, Any]], cache: dict | None) -> list:
+    """The runs in run order; with a cache, only those not in its frozen prefix are sorted
+    when the rest all come after it."""
+    rows = list(runs)
+    if cache and cache.get("rows"):
+        known = cache["ids"]
+        fresh = [r for r in rows if id(r) not in known]
+        if len(rows) - len(fresh) == len(cache["rows"]):
+            fresh.sort(key=_run_order)
+            if not fresh or _run_order(fresh[0]) > cache["last_key"]:
+                return cache["rows"] + fresh
+    return sorted(rows, key=_run_order)
+
+
+def _frozen_prefix(cache: dict | None, ordered: list, earlier: tuple) -> dict | None:
+    """The cached state after the runs that came before the first running run last time, if
+    the same row objects (unchanged runs) still come first; else None."""
+    if not cache or cache.get("earlier") != earlier:
+        return None
+    rows = cache["rows"]
+    if len(ordered) < len(rows) or ordered[:len(rows)] != rows:  # identity first: fast when unchanged
+        return None
+    return cache
+
+
+def _freeze(cache: dict, ordered: list, out_runs: list, earlier: tuple, cumulative: float, estimated: bool,
+            ended: list, gaps: list, tally: dict) -> dict:
+    """Remember the state after ``out_runs`` (all ended, in order) for the next build."""
+    from .sweep_window import host_tally
+
+    rows = ordered[:len(out_runs)]
+    cache.clear()
+    cache.update(rows=rows, ids={id(r) for r in rows}, last_key=_run_order(rows[-1]) if rows else None,
+                 out=list(out_runs), earlier=earlier, cumulative=cumulative, estimated=estimated,
+                 ended=list(ended), gaps=list(gaps), tally=host_tally([], tally))
+    return cache
 
 
 # ---------------------------------------------------------------------------------------

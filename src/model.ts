@@ -3,7 +3,44 @@ import { Poll } from '@lumino/polling';
 import { ISignal, Signal } from '@lumino/signaling';
 
 import { RequestAPI } from './api';
-import { IPollReply } from './types';
+import { IPollReply, ISweepReply } from './types';
+
+/**
+ * A sweep reply made whole: one that carries a `delta` is merged into the chart of the
+ * version it was made against (`previous`); a whole one is returned as it is. Null when the
+ * delta does not apply to `previous` (another version or sweep): then ask again without
+ * `since`.
+ */
+export function mergeSweep(previous: ISweepReply | null, reply: ISweepReply): ISweepReply | null {
+  const delta = reply.delta;
+  if (!delta) {
+    return reply;
+  }
+  if (!previous?.chart || previous.version !== delta.base) {
+    return null;
+  }
+  const old = previous.chart.datasets ?? {};
+  const byIndex = new Map<number, any>();
+  for (const row of old.runs ?? []) {
+    if (row.index >= delta.first && row.index <= delta.last) {
+      byIndex.set(row.index, row);
+    }
+  }
+  for (const row of delta.runs) {
+    byIndex.set(row.index, row);
+  }
+  const runs = [...byIndex.values()].sort((a, b) => a.index - b.index);
+  const datasets = {
+    ...old,
+    runs,
+    bins: delta.bins ?? old.bins ?? [],
+    forecast: delta.forecast,
+    budget: delta.budget
+  };
+  const merged: ISweepReply = { ...reply, chart: { ...previous.chart, datasets } };
+  delete merged.delta;
+  return merged;
+}
 
 /**
  * What the sidebar shows, and the selection: one `GET poll` every 2 s while the panel is
@@ -96,16 +133,25 @@ export class SidebarModel implements IDisposable {
     return this._poll.schedule({ interval: Poll.IMMEDIATE, phase: 'refreshed' });
   }
 
-  /** One request; rejects on failure so that the poll backs off. */
+  /**
+   * One request; rejects on failure so that the poll backs off. It hands back the version of
+   * the sweep it shows (`since`), so the reply carries only what changed; a delta that does
+   * not apply is asked for again, whole.
+   */
   private async _fetch(): Promise<void> {
     const sweep = this._sweepId;
     const seq = ++this._seq;
+    const base = this._data?.sweep ?? null; // what a delta in the reply applies to
     let reply: IPollReply;
+    let whole: ISweepReply | null = null;
     try {
-      reply = await this._request<IPollReply>('poll', {
-        source: this._sourceId,
-        sweep
-      });
+      const since = base?.version ? { since: base.version } : {};
+      reply = await this._request<IPollReply>('poll', { source: this._sourceId, sweep, ...since });
+      whole = reply.sweep ? mergeSweep(base, reply.sweep) : null;
+      if (reply.sweep && whole === null) {
+        reply = await this._request<IPollReply>('poll', { source: this._sourceId, sweep });
+        whole = reply.sweep;
+      }
     } catch (reason) {
       if (seq === this._seq) {
         this._error = (reason as Error)?.message ?? String(reason);
@@ -130,7 +176,7 @@ export class SidebarModel implements IDisposable {
     if (sweep !== null && reply.selected.sweep !== sweep && this._sweepId === sweep) {
       this._sweepId = null; // the picked sweep is gone: follow the running one again
     }
-    this._data = reply;
+    this._data = { ...reply, sweep: whole };
     this._error = null;
     this._changed.emit();
   }

@@ -75,6 +75,32 @@ export interface ITotals {
   budget_used: number | null;
   over_budget: boolean;
   estimated: boolean;
+  /** How many hosts, and processes on them, logged the sweep's runs (older servers: absent). */
+  hosts?: number;
+  processes?: number;
+}
+
+/** One host's part of a sweep: its runs, their energy, the processes that logged them. */
+export interface IHostLine {
+  host: string;
+  runs: number;
+  energy_j: number;
+  processes: number;
+}
+
+/**
+ * What changed in a sweep's chart since the version the request handed back (`since`):
+ * keep the runs with `first <= index <= last`, replace those that come again in `runs`;
+ * `bins` absent: unchanged.
+ */
+export interface IChartDelta {
+  base: string;
+  first: number;
+  last: number;
+  runs: { index: number; [key: string]: any }[];
+  bins?: any[];
+  forecast: any[];
+  budget: any[];
 }
 
 export interface IRunLine {
@@ -101,7 +127,16 @@ export interface ISweepReply {
   };
   totals: ITotals;
   latest_run: IRunLine | null;
+  /** The whole chart; null when the reply carries a `delta` instead. */
   chart: any;
+  /** Energy per host, most first (older servers: absent). */
+  hosts?: IHostLine[];
+  /** True while a big sweep's older runs are still being read. */
+  loading?: boolean;
+  /** This reply's version: hand it back as `since` to get only what changed. */
+  version?: string;
+  /** With `since`: what changed, to merge into the chart of that version. */
+  delta?: IChartDelta;
 }
 
 export interface ISession {

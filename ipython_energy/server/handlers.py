@@ -2,10 +2,12 @@
 
 =========================================  ============================================
 ``GET poll?source=<source>&sweep=<id>``    what the sidebar polls: all four below in one
-                                           reply, for the selected source and sweep
+``&since=<version>``                       reply, for the selected source and sweep
 ``GET experiments``                        the sources this server shows (+ empty hint)
 ``GET experiments/<source>``               sweeps side by side, rebound flags, chart
-``GET sweeps/<source>/<sweep run id>``     one sweep: totals, runs, chart
+``GET sweeps/<source>/<sweep run id>``     one sweep: totals, hosts, chart (recent runs one
+``?since=<version>``                       by one, older ones binned), or with ``since``
+                                           only what changed since that version (feed.py)
 ``GET session``                            live kernels: power, cells vs idle energy
 =========================================  ============================================
 
@@ -30,9 +32,11 @@ from traitlets import Int, Unicode
 from traitlets.config import Configurable
 
 from .. import query
+from .feed import SweepFeed
 
 _SOURCE_RE = r"[0-9a-f]{12}"
 _RUN_RE = r"[0-9a-fA-F]{32}"
+_VERSION_RE = r"[0-9a-f]{8}\.[0-9]{1,12}"
 _SOURCE_ID = rf"(?P<source_id>{_SOURCE_RE})"
 _RUN_ID = rf"(?P<run_id>{_RUN_RE})"
 
@@ -61,6 +65,8 @@ class SidebarState:
         self._known: dict[str, query.Source] = {}
         self._readers: dict[str, query.SourceReader] = {}
         self._chart_memos: dict[tuple[str, str], dict] = {}
+        self._feeds: dict[tuple[str, str], SweepFeed] = {}
+        self._experiment_charts: dict[str, tuple[str, dict]] = {}
 
     def sources(self) -> list[query.Source]:
         """Sources discovered now, then those seen earlier in this server's life (their kernels ended)."""
@@ -100,40 +106,68 @@ class SidebarState:
         return {"sources": listed, "hint": query.EMPTY_HINT}
 
     def experiment(self, source_id: str) -> dict[str, Any]:
-        from .. import charts
-
         src = self.source(source_id)
         data = self.reader(src).experiment_data(src.experiment_name)
         data["source"] = src.public()
-        data["chart"] = charts.experiment_spec(data) if data["sweeps"] else None
+        data["chart"] = self._experiment_chart(source_id, data) if data["sweeps"] else None
         return data
 
-    def sweep(self, source_id: str, run_id: str) -> dict[str, Any]:
+    def _experiment_chart(self, source_id: str, data: dict[str, Any]) -> dict:
+        """``charts.experiment_spec``, rebuilt (altair, tens of ms) only when the sweeps changed."""
+        from .. import charts
+
+        key = json.dumps(data["sweeps"], sort_keys=True, default=str)
+        cached = self._experiment_charts.get(source_id)
+        if cached is None or cached[0] != key:
+            cached = self._experiment_charts[source_id] = (key, charts.experiment_spec(data))
+        return cached[1]
+
+    def sweep(self, source_id: str, run_id: str, since: str | None = None) -> dict[str, Any]:
+        """One sweep: header, totals, energy per host, the latest run and its chart.
+
+        The chart shows the recent runs one by one and older ones binned (sweep_window.py).
+        Every reply carries a ``version``; given a recent one as ``since``, the reply carries
+        ``delta`` (what changed since, see feed.py) and ``chart`` is None.  ``loading`` is
+        true while a big sweep's older runs are still being read (their bin then comes from
+        the sweep's logged totals).
+        """
         from .. import charts
 
         src = self.source(source_id)
-        data = self.reader(src).sweep_data(src.experiment_name, run_id)
-        return {
+        reader = self.reader(src)
+        data = reader.sweep_data(src.experiment_name, run_id)
+        key = (source_id, run_id)
+        datasets = charts.chart_rows(data, memo=self._chart_memos.setdefault(key, {}))
+        version, delta = self._feeds.setdefault(key, SweepFeed()).publish(datasets, since)
+        reply = {
             "source": src.public(),
             "sweep": data["sweep"],
             "totals": data["totals"],
-            # the runs themselves travel once, as the chart's data (names, params, provenance)
+            "hosts": data["hosts"],
+            "loading": reader.loading(run_id),
+            # the runs themselves travel as the chart's data (names, params, provenance)
             "latest_run": ({k: data["runs"][-1].get(k) for k in ("index", "run_id", "name", "status", "energy_j",
                                                                   "live", "energy_low_util_j",
                                                                   "low_util_threshold")} if data["runs"] else None),
-            "chart": charts.sweep_spec(data, memo=self._chart_memos.setdefault((source_id, run_id), {})),
+            "version": version,
+            "chart": None if delta is not None else {**charts.skeleton_dict(), "datasets": datasets},
         }
+        if delta is not None:
+            reply["delta"] = delta
+        return reply
 
     def session(self) -> dict[str, Any]:
         return query.session_view()
 
-    def poll(self, source_id: str | None, sweep_id: str | None) -> dict[str, Any]:
+    def poll(self, source_id: str | None, sweep_id: str | None, since: str | None = None) -> dict[str, Any]:
         """One sidebar poll: :meth:`list_experiments`, :meth:`session`, and for the selected
         source :meth:`experiment` and :meth:`sweep`, each reply unchanged, in one document.
 
         ``source_id`` and ``sweep_id`` are what the user picked, or None.  The source falls back
         to the first that exists; the sweep to the newest running one, else the newest (a pick
-        that is gone is dropped).  ``selected`` names what the reply shows.
+        that is gone is dropped).  ``selected`` names what the reply shows.  ``since`` is the
+        version of the sweep the browser has (see :meth:`sweep`); it only ever matches the
+        sweep it came from.
 
         When the selected store cannot be read, the reply still carries the listing and the
         session, with ``unavailable`` saying why (the sidebar keeps showing its last sweeps).
@@ -152,7 +186,7 @@ class SidebarState:
             sweep = _pick_sweep(reply["experiment"]["sweeps"], sweep_id)
             reply["selected"]["sweep"] = sweep
             if sweep is not None:
-                reply["sweep"] = self.sweep(source, sweep)
+                reply["sweep"] = self.sweep(source, sweep, since)
         except _store_errors() as exc:
             reply["experiment"] = reply["sweep"] = None
             reply["unavailable"] = f"MLflow is not answering: {exc}"
@@ -233,7 +267,7 @@ class ExperimentHandler(EnergyHandler):
 class SweepHandler(EnergyHandler):
     @tornado.web.authenticated
     async def get(self, source_id: str, run_id: str) -> None:
-        await self.answer(self.state.sweep, source_id, run_id)
+        await self.answer(self.state.sweep, source_id, run_id, _query_id(self, "since", _VERSION_RE))
 
 
 class SessionHandler(EnergyHandler):
@@ -245,14 +279,16 @@ class SessionHandler(EnergyHandler):
 class PollHandler(EnergyHandler):
     @tornado.web.authenticated
     async def get(self) -> None:
-        await self.answer(self.state.poll, self._id("source", _SOURCE_RE), self._id("sweep", _RUN_RE))
+        await self.answer(self.state.poll, _query_id(self, "source", _SOURCE_RE), _query_id(self, "sweep", _RUN_RE),
+                          _query_id(self, "since", _VERSION_RE))
 
-    def _id(self, name: str, pattern: str) -> str | None:
-        """An opaque id from the query string (absent or empty: None); anything else is a 400."""
-        value = self.get_query_argument(name, "")
-        if value and not re.fullmatch(pattern, value):
-            raise tornado.web.HTTPError(400, f"{name} is not an id")
-        return value or None
+
+def _query_id(handler: APIHandler, name: str, pattern: str) -> str | None:
+    """An opaque id from the query string (absent or empty: None); anything else is a 400."""
+    value = handler.get_query_argument(name, "")
+    if value and not re.fullmatch(pattern, value):
+        raise tornado.web.HTTPError(400, f"{name} is not an id")
+    return value or None
 
 
 def setup_handlers(serverapp) -> SidebarState:

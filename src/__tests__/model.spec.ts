@@ -1,6 +1,6 @@
 import { IQuery } from '../api';
-import { SidebarModel } from '../model';
-import { IPollReply } from '../types';
+import { mergeSweep, SidebarModel } from '../model';
+import { IChartDelta, IPollReply, ISweepReply, ITotals } from '../types';
 
 /** A server reply as `GET poll` gives it; `selected` as the server picked. */
 function reply(source: string | null, sweep: string | null): IPollReply {
@@ -200,5 +200,108 @@ describe('SidebarModel', () => {
     await sleep(60);
     expect(server.calls.length).toBe(count);
     expect(model.isDisposed).toBe(true);
+  });
+});
+
+/** A sweep reply carrying the whole chart (runs `first..last`, one bin before them). */
+function wholeSweep(version: string, first: number, last: number, energy = 10): ISweepReply {
+  const runs = [];
+  for (let i = first; i <= last; i++) {
+    runs.push({ index: i, name: `run-${i}`, energy_j: energy, status: 'finished' });
+  }
+  return {
+    source: reply('s1', 'r1').sources[0],
+    sweep: { run_id: 'r1', name: 'sweep', status: 'running', planned: null, budget_j: null },
+    totals: {} as ITotals,
+    latest_run: null,
+    version,
+    chart: {
+      mark: 'bar',
+      datasets: { runs, bins: [{ first: 1, last: first - 1 }], forecast: [], budget: [] }
+    }
+  };
+}
+
+/** A reply that carries only what changed since `base`. */
+function deltaSweep(version: string, delta: Partial<IChartDelta>): ISweepReply {
+  const whole = wholeSweep(version, 1, 0);
+  return {
+    ...whole,
+    chart: null,
+    delta: { base: 'v1', first: 1, last: 1, runs: [], forecast: [], budget: [], ...delta }
+  };
+}
+
+describe('mergeSweep', () => {
+  it('replaces changed runs, adds new ones, drops those now binned, keeps the rest', () => {
+    const before = wholeSweep('v1', 5, 9);
+    const merged = mergeSweep(
+      before,
+      deltaSweep('v2', {
+        first: 6,
+        last: 10,
+        runs: [
+          { index: 9, energy_j: 99 },
+          { index: 10, energy_j: 1 }
+        ],
+        bins: [{ first: 1, last: 5 }]
+      })
+    )!;
+    const runs = merged.chart.datasets.runs;
+    expect(runs.map((r: any) => r.index)).toEqual([6, 7, 8, 9, 10]);
+    expect(runs[3].energy_j).toBe(99);
+    expect(runs[0]).toBe(before.chart.datasets.runs[1]); // unchanged rows are kept as they were
+    expect(merged.chart.datasets.bins).toEqual([{ first: 1, last: 5 }]);
+    expect(merged.chart.mark).toBe('bar'); // the spec around the data is kept
+    expect(merged.version).toBe('v2');
+    expect(merged.delta).toBeUndefined();
+    expect(before.chart.datasets.runs.length).toBe(5); // the previous reply is not touched
+  });
+
+  it('keeps the bins when the delta has none, and takes forecast and budget as sent', () => {
+    const before = wholeSweep('v1', 3, 4);
+    const merged = mergeSweep(
+      before,
+      deltaSweep('v2', { first: 3, last: 4, budget: [{ budget_j: 5 }] })
+    )!;
+    expect(merged.chart.datasets.bins).toBe(before.chart.datasets.bins);
+    expect(merged.chart.datasets.budget).toEqual([{ budget_j: 5 }]);
+  });
+
+  it('returns a whole reply as it is, and null for a delta against another version', () => {
+    const whole = wholeSweep('v3', 1, 2);
+    expect(mergeSweep(null, whole)).toBe(whole);
+    expect(mergeSweep(wholeSweep('v0', 1, 2), deltaSweep('v2', {}))).toBeNull();
+    expect(mergeSweep(null, deltaSweep('v2', {}))).toBeNull();
+  });
+});
+
+describe('SidebarModel with deltas', () => {
+  let model: SidebarModel;
+  afterEach(async () => {
+    await sleep(10);
+    model?.dispose();
+  });
+
+  it('hands back its version and merges the delta; asks again, whole, when it does not apply', async () => {
+    const server = new FakeServer();
+    const answers = [
+      wholeSweep('v1', 1, 3),
+      deltaSweep('v2', { first: 1, last: 4, runs: [{ index: 4, energy_j: 4 }] }),
+      deltaSweep('v9', { base: 'unknown' }),
+      wholeSweep('v10', 1, 2)
+    ];
+    server.answer = () => Promise.resolve({ ...reply('s1', 'r1'), sweep: answers.shift()! });
+    model = new SidebarModel({ request: server.request, interval_ms: 60_000, auto: false });
+    await pollOnce(model);
+    expect(server.calls[0][1].since).toBeUndefined();
+    await pollOnce(model);
+    expect(server.calls[1][1].since).toBe('v1');
+    expect(model.data?.sweep?.chart.datasets.runs.map((r: any) => r.index)).toEqual([1, 2, 3, 4]);
+    await pollOnce(model);
+    expect(server.calls[2][1].since).toBe('v2');
+    expect(server.calls[3][1].since).toBeUndefined(); // the whole sweep, asked again at once
+    expect(model.data?.sweep?.version).toBe('v10');
+    expect(model.data?.sweep?.chart.datasets.runs.length).toBe(2);
   });
 });

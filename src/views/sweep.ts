@@ -3,7 +3,45 @@ import { IRenderMimeRegistry } from '@jupyterlab/rendermime';
 import { ChartSlot } from '../chart';
 import { el } from '../dom';
 import { formatEnergy, formatLowUtil, sweepStats } from '../format';
-import { ISweepReply } from '../types';
+import { IHostLine, ISweepReply } from '../types';
+
+/**
+ * The sweep's energy per host, as a small table: only when more than one host logged runs
+ * (a one-machine sweep shows nothing more). The caption says how many hosts and processes.
+ */
+export function renderHosts(
+  node: HTMLElement,
+  hosts: IHostLine[] | undefined,
+  processes: number | undefined
+): void {
+  node.textContent = '';
+  node.hidden = !hosts || hosts.length < 2;
+  if (node.hidden || !hosts) {
+    return;
+  }
+  const procs = processes ?? hosts.reduce((n, h) => n + h.processes, 0);
+  node.appendChild(
+    el(
+      'div',
+      'jp-EnergyPanel-hostsCaption',
+      `${hosts.length} hosts, ${procs} process${procs === 1 ? '' : 'es'}`
+    )
+  );
+  const table = el('table', 'jp-EnergyPanel-hostsTable');
+  const total = hosts.reduce((sum, h) => sum + h.energy_j, 0);
+  for (const h of hosts) {
+    const row = el('tr', 'jp-EnergyPanel-host');
+    row.appendChild(el('td', 'jp-EnergyPanel-hostName', h.host));
+    row.appendChild(el('td', undefined, `${h.runs} run${h.runs === 1 ? '' : 's'}`));
+    row.appendChild(el('td', undefined, formatEnergy(h.energy_j)));
+    row.appendChild(
+      el('td', undefined, total > 0 ? `${Math.round((100 * h.energy_j) / total)}%` : '')
+    );
+    row.appendChild(el('td', undefined, `${h.processes} proc.`));
+    table.appendChild(row);
+  }
+  node.appendChild(table);
+}
 
 /** The selected sweep: status and name, totals (forecast, budget), its chart, the latest run. */
 export class SweepView {
@@ -12,6 +50,8 @@ export class SweepView {
     this.node.hidden = true;
     this.node.appendChild(this._title);
     this.node.appendChild(this._totals);
+    this.node.appendChild(this._hosts);
+    this.node.appendChild(this._loading);
     this.node.appendChild(this._chart.node);
     this.node.appendChild(this._latest);
   }
@@ -57,6 +97,9 @@ export class SweepView {
       );
     }
 
+    renderHosts(this._hosts, data.hosts, t.processes);
+    this._loading.hidden = !data.loading;
+
     const last = data.latest_run;
     this._latest.textContent = '';
     if (last) {
@@ -89,4 +132,10 @@ export class SweepView {
   private _title = el('h3', 'jp-EnergyPanel-sweepTitle');
   private _totals = el('div', 'jp-EnergyPanel-totals');
   private _latest = el('div', 'jp-EnergyPanel-latest');
+  private _hosts = el('div', 'jp-EnergyPanel-hosts');
+  private _loading = el(
+    'div',
+    'jp-EnergyPanel-loading',
+    'Reading the older runs; until then they count as one bar from the sweep’s logged totals.'
+  );
 }

@@ -13,8 +13,9 @@ from layout_data import experiment_id, log_sweep
 
 pytestmark = pytest.mark.browser
 
-# the runs' bars; the lighter parts at low utilisation are a layer of their own (named lowutil)
-BARS = "#ipython-energy-sidebar .jp-EnergyPanel-sweepChart .mark-rect:not(.lowutil_marks) path"
+# the runs' bars; the lighter parts at low utilisation are a layer of their own (named lowutil), and so
+# are the bins of older runs (binned)
+BARS = "#ipython-energy-sidebar .jp-EnergyPanel-sweepChart .mark-rect:not(.lowutil_marks):not(.binned_marks) path"
 LOW_PARTS = "#ipython-energy-sidebar .jp-EnergyPanel-sweepChart .mark-rect.lowutil_marks path"
 API_PATH = "/ipython-energy/api/"
 
