@@ -148,6 +148,7 @@ class MlflowServer:
                         return
             except OSError:
                 time.sleep(0.3)
+        self.kill()  # not left running (with its uvicorn worker) after the test that gave up on it
         raise RuntimeError("mlflow server did not come up")
 
     def kill(self) -> None:
