@@ -27,6 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from . import registry
 from .layout import run_row, sweep_header
+from .rebound import Spread, sweep_spread
 from .rollup import build_experiment_data, build_sweep_data
 from .transport import mlflow_client_class
 
@@ -283,14 +284,23 @@ class SourceReader:
 
     # -- the experiment ---------------------------------------------------------------
     def experiment_data(self, name: str) -> dict[str, Any]:
-        """Sweeps of experiment ``name`` side by side, with rebound flags (see build_experiment_data)."""
+        """Sweeps of experiment ``name`` side by side, with rebound flags (see build_experiment_data).
+
+        A sweep's runs are read (incrementally, shared with :meth:`sweep_data`) only when the
+        rebound rule needs its noise: for sweeps whose J/run fell while their total rose.
+        """
         with self._lock:
             exp_id = self.experiment_id(name)
             if exp_id is None:
                 raise NotFound(f"experiment {name!r} does not exist in this tracking store")
             sweeps = self._sweep_sets.setdefault(exp_id, _RunSet("tags.`energy.kind` = 'sweep'"))
             self._refresh(exp_id, sweeps, sweep_header)
-            return build_experiment_data({"id": exp_id, "name": name}, sweeps.rows.values())
+
+            def spread_of(run_id: str) -> Spread | None:
+                header = sweeps.rows.get(run_id)
+                return sweep_spread(self._children(exp_id, header).values()) if header else None
+
+            return build_experiment_data({"id": exp_id, "name": name}, sweeps.rows.values(), spread_of)
 
     # -- one sweep ----------------------------------------------------------------------
     def sweep_data(self, experiment_name: str, sweep_run_id: str) -> dict[str, Any]:
@@ -307,23 +317,29 @@ class SourceReader:
                     or parent_run.data.tags.get("energy.kind") != "sweep"):
                 raise NotFound(f"no sweep {sweep_run_id} in experiment {experiment_name!r}")
             header = sweep_header(parent_run)
-            children = self._child_sets.setdefault(
-                sweep_run_id, _RunSet(f"tags.`mlflow.parentRunId` = '{sweep_run_id}'"))
-            parent_changed = self._parents.get(sweep_run_id) != header
-            self._parents[sweep_run_id] = header
-            if children.loaded and not parent_changed and header["status"] != "running" and not any(
-                    row["status"] == "running" for row in children.rows.values()):
-                pass  # an ended sweep whose parent did not change: nothing to re-read
-            else:
-                # Runs that end move the parent's sweep_runs; until it moves, only running
-                # runs need reading (plus any we saw running that are no longer).
-                self._refresh(exp_id, children, run_row, look_for_ended=parent_changed)
-            # The writer's count of finished children says whether we missed any (e.g. runs
-            # replayed from the spool long after they ended): then read them all once.
-            logged = header.get("logged_runs")
-            ended = sum(1 for row in children.rows.values()
-                        if row["status"] != "running" and row["energy_j"] is not None)
-            if logged is not None and logged > ended and self._checked_logged_runs.get(sweep_run_id) != logged:
-                self._checked_logged_runs[sweep_run_id] = logged
-                self._refresh(exp_id, children, run_row, full=True)
-            return build_sweep_data(header, children.rows.values())
+            return build_sweep_data(header, self._children(exp_id, header).values())
+
+    def _children(self, exp_id: str, header: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """The rows of the sweep's child runs (``header`` is its :func:`sweep_header`), brought
+        up to date with as few searches as the parent's state allows."""
+        sweep_run_id = header["run_id"]
+        children = self._child_sets.setdefault(
+            sweep_run_id, _RunSet(f"tags.`mlflow.parentRunId` = '{sweep_run_id}'"))
+        parent_changed = self._parents.get(sweep_run_id) != header
+        self._parents[sweep_run_id] = header
+        if children.loaded and not parent_changed and header["status"] != "running" and not any(
+                row["status"] == "running" for row in children.rows.values()):
+            pass  # an ended sweep whose parent did not change: nothing to re-read
+        else:
+            # Runs that end move the parent's sweep_runs; until it moves, only running
+            # runs need reading (plus any we saw running that are no longer).
+            self._refresh(exp_id, children, run_row, look_for_ended=parent_changed)
+        # The writer's count of finished children says whether we missed any (e.g. runs
+        # replayed from the spool long after they ended): then read them all once.
+        logged = header.get("logged_runs")
+        ended = sum(1 for row in children.rows.values()
+                    if row["status"] != "running" and row["energy_j"] is not None and row.get("kind") != "group")
+        if logged is not None and logged > ended and self._checked_logged_runs.get(sweep_run_id) != logged:
+            self._checked_logged_runs[sweep_run_id] = logged
+            self._refresh(exp_id, children, run_row, full=True)
+        return children.rows
