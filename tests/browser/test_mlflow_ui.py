@@ -16,7 +16,9 @@ from conftest import ARTIFACTS
 
 from tests.conftest import MlflowServer
 
-pytestmark = pytest.mark.browser
+# a sweep written in a fresh process (it imports mlflow), an mlflow server's start and the UI's
+# loads: over 60 s on a 2-core machine
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.timeout(900)]
 
 RUNS = ("lr-0.1", "lr-0.01", "lr-0.001")
 SCRIPT = textwrap.dedent(f"""
