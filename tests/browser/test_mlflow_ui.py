@@ -40,7 +40,7 @@ def write_sweep(tmp_path, energy_home, trace, uri) -> None:
     env = {**os.environ, "IPYTHON_ENERGY_HOME": str(energy_home), "IPYTHON_ENERGY_SENSORS": f"replay:{trace}",
            "MLFLOW_TRACKING_URI": uri, "PYTHONPATH": os.pathsep.join(sys.path)}
     done = subprocess.run([sys.executable, str(script)], env=env, cwd=tmp_path, capture_output=True, text=True,
-                          timeout=300)
+                          timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
 
 
@@ -61,8 +61,8 @@ def test_readme_mlflow_steps_find_the_sweep_its_runs_and_its_total(tmp_path, ene
     total_j = sweep.data.metrics["sweep_energy_j"]
 
     server = MlflowServer(tmp_path, backend_store_uri=uri)
-    server.start(timeout_s=300.0)  # a busy 2-core machine: its first start can take minutes
     try:
+        server.start(timeout_s=300.0)  # a busy 2-core machine: its first start can take minutes
         # README: open the UI, switch "GenAI" to "Model training", click the experiment
         page.goto(server.uri + "/")
         page.get_by_text("Model training", exact=True).first.click()
