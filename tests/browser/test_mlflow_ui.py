@@ -63,6 +63,8 @@ def test_readme_mlflow_steps_find_the_sweep_its_runs_and_its_total(tmp_path, ene
     server = MlflowServer(tmp_path, backend_store_uri=uri)
     try:
         server.start(timeout_s=300.0)  # a busy 2-core machine: its first start can take minutes
+        # wide enough that the grid draws the added column (it draws only the columns in view)
+        page.set_viewport_size({"width": 2400, "height": 900})
         # README: open the UI, switch "GenAI" to "Model training", click the experiment
         page.goto(server.uri + "/")
         page.get_by_text("Model training", exact=True).first.click()
@@ -84,12 +86,12 @@ def test_readme_mlflow_steps_find_the_sweep_its_runs_and_its_total(tmp_path, ene
         page.get_by_role("button", name="Columns", exact=True).click()
         page.get_by_text("sweep_energy_j", exact=True).first.click()
         page.keyboard.press("Escape")
-        header = page.locator('[role="columnheader"]').filter(has_text="sweep_energy_j")
-        header.first.wait_for(timeout=30_000)
+        page.wait_for_timeout(1500)
+        shot(page, "3-sweep-energy-column")
+        page.locator('[role="columnheader"][col-id*="sweep_energy_j"]').first.wait_for(timeout=30_000)
         cell = page.locator('[role="gridcell"][col-id*="sweep_energy_j"]').first
         cell.wait_for(timeout=30_000)
         shown = float(re.search(r"[\d.]+", cell.inner_text()).group())
-        shot(page, "3-sweep-energy-column")
     finally:
         server.kill()
     assert shown == pytest.approx(total_j, rel=1e-3, abs=0.01)
