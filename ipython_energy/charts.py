@@ -245,6 +245,15 @@ def skeleton_dict(title: str = "", width: Any = "container", height: int = 220) 
     return _sweep_skeleton(title, width, height).to_dict()
 
 
+def _rebound_note(sweep: Mapping[str, Any]) -> str:
+    """The side-by-side chart's tooltip on a sweep: its rebound, or the apparent one inside the noise."""
+    if sweep.get("rebound"):
+        return f"{sweep['rebound']['label']} vs {sweep['rebound']['vs_name']}"
+    if sweep.get("within_noise"):
+        return f"none beyond noise: {sweep['within_noise']['label']} vs {sweep['within_noise']['vs_name']}"
+    return ""
+
+
 def experiment_chart(experiment_data: Mapping[str, Any], *, width: int | str = 520, height: int = 110):
     """Sweeps side by side: mean J/run above, total J below; rebounding sweeps in red."""
     import altair as alt
@@ -258,7 +267,7 @@ def experiment_chart(experiment_data: Mapping[str, Any], *, width: int | str = 5
             "total_j": s.get("energy_j"),
             "runs": s.get("runs"),
             "rebound": "rebound" if s.get("rebound") else "no rebound",
-            "note": s["rebound"]["label"] + f" vs {s['rebound']['vs_name']}" if s.get("rebound") else "",
+            "note": _rebound_note(s),
         })
     x = alt.X("sweep:N", sort=alt.EncodingSortField("order"), title=None, axis=alt.Axis(labelLimit=120))
     color = alt.Color("rebound:N", scale=alt.Scale(domain=["no rebound", "rebound"], range=["#3a7bd5", "#d64545"]),

@@ -160,7 +160,10 @@ def run_row(run: Any) -> dict[str, Any]:
     ``power_mean_w``, ``start_time_ms``, ``end_time_ms``, ``params``, ``provenance``,
     ``energy_low_util_j`` (None when no domain reported utilisation) and ``low_util_threshold``
     (per cent, the ``energy.low_util_threshold`` tag), ``host`` / ``session`` / ``pid`` (the
-    ``energy.host`` / ``energy.session`` / ``energy.pid`` tags, None when absent).
+    ``energy.host`` / ``energy.session`` / ``energy.pid`` tags, None when absent), ``kind``
+    (``energy.kind``: ``run``, or ``group`` for a group of repeats' parent, which is no run of the
+    sweep), ``group`` (the ``energy.group_uid`` tag, else ``energy.group``; None outside a group)
+    and ``warmup``.
     """
     info, data = run.info, run.data
     metrics, tags = data.metrics, data.tags
@@ -190,6 +193,9 @@ def run_row(run: Any) -> dict[str, Any]:
         "pid": tags.get("energy.pid"),
         "params": dict(data.params),
         "provenance": {key: tags[tag] for tag, key in PROVENANCE_TAGS.items() if tag in tags},
+        "kind": tags.get("energy.kind"),
+        "group": tags.get("energy.group_uid") or tags.get("energy.group"),
+        "warmup": tags.get("energy.warmup") == "true",
     }
 
 

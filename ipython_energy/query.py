@@ -27,6 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from . import registry
 from .layout import run_row, sweep_header
+from .rebound import Spread, sweep_spread
 from .rollup import build_experiment_data, build_sweep_data
 from .transport import mlflow_client_class
 
@@ -305,14 +306,23 @@ class SourceReader:
 
     # -- the experiment ---------------------------------------------------------------
     def experiment_data(self, name: str) -> dict[str, Any]:
-        """Sweeps of experiment ``name`` side by side, with rebound flags (see build_experiment_data)."""
+        """Sweeps of experiment ``name`` side by side, with rebound flags (see build_experiment_data).
+
+        A sweep's runs are read (incrementally, shared with :meth:`sweep_data`) only when the
+        rebound rule needs its noise: for sweeps whose J/run fell while their total rose.
+        """
         with self._lock:
             exp_id = self.experiment_id(name)
             if exp_id is None:
                 raise NotFound(f"experiment {name!r} does not exist in this tracking store")
             sweeps = self._sweep_sets.setdefault(exp_id, _RunSet("tags.`energy.kind` = 'sweep'"))
             self._refresh(exp_id, sweeps, sweep_header)
-            return build_experiment_data({"id": exp_id, "name": name}, sweeps.rows.values())
+
+            def spread_of(run_id: str) -> Spread | None:
+                header = sweeps.rows.get(run_id)
+                return sweep_spread(self._children(exp_id, header).rows.values()) if header else None
+
+            return build_experiment_data({"id": exp_id, "name": name}, sweeps.rows.values(), spread_of)
 
     # -- one sweep ----------------------------------------------------------------------
     def sweep_data(self, experiment_name: str, sweep_run_id: str) -> dict[str, Any]:
@@ -329,32 +339,45 @@ class SourceReader:
                     or parent_run.data.tags.get("energy.kind") != "sweep"):
                 raise NotFound(f"no sweep {sweep_run_id} in experiment {experiment_name!r}")
             header = sweep_header(parent_run)
-            children = self._child_sets.setdefault(
-                sweep_run_id, _RunSet(f"tags.`mlflow.parentRunId` = '{sweep_run_id}'"))
-            parent_changed = self._parents.get(sweep_run_id) != header
-            self._parents[sweep_run_id] = header
-            if not children.loaded and (header.get("logged_runs") or 0) > 2 * self.first_runs:
-                self._load_newest(exp_id, sweep_run_id, children)
-            elif children.loaded and not parent_changed and header["status"] != "running" and not any(
-                    row["status"] == "running" for row in children.rows.values()):
-                pass  # an ended sweep whose parent did not change: nothing to re-read
-            else:
-                # Runs that end move the parent's sweep_runs; until it moves, only running
-                # runs need reading (plus any we saw running that are no longer).
-                self._refresh(exp_id, children, run_row, look_for_ended=parent_changed)
-            # The writer's count of finished children says whether we missed any (e.g. runs
-            # replayed from the spool long after they ended): then read them all once.
-            logged = header.get("logged_runs")
-            ended = [row for row in children.rows.values() if row["status"] != "running" and row["energy_j"] is not None]
+            children = self._children(exp_id, header)
+            cache = self._build_caches.setdefault(sweep_run_id, {})
             if not children.complete:
-                if children.loader is None:  # the last background read failed: try again
-                    self._start_loader(exp_id, children)
-                return build_sweep_data(header, children.rows.values(), earlier=_earlier(header, ended),
-                                        cache=self._build_caches.setdefault(sweep_run_id, {}))
-            if logged is not None and logged > len(ended) and self._checked_logged_runs.get(sweep_run_id) != logged:
-                self._checked_logged_runs[sweep_run_id] = logged
-                self._refresh(exp_id, children, run_row, full=True)
-            return build_sweep_data(header, children.rows.values(), cache=self._build_caches.setdefault(sweep_run_id, {}))
+                ended = [row for row in children.rows.values()
+                         if row["status"] != "running" and row["energy_j"] is not None and row.get("kind") != "group"]
+                return build_sweep_data(header, children.rows.values(), earlier=_earlier(header, ended), cache=cache)
+            return build_sweep_data(header, children.rows.values(), cache=cache)
+
+    def _children(self, exp_id: str, header: dict[str, Any]) -> _RunSet:
+        """The sweep's child runs (``header`` is its :func:`sweep_header`), brought up to date with
+        as few searches as the parent's state allows; a big sweep's first read takes only its
+        newest runs and reads the rest in the background (``complete`` is False until then)."""
+        sweep_run_id = header["run_id"]
+        children = self._child_sets.setdefault(
+            sweep_run_id, _RunSet(f"tags.`mlflow.parentRunId` = '{sweep_run_id}'"))
+        parent_changed = self._parents.get(sweep_run_id) != header
+        self._parents[sweep_run_id] = header
+        if not children.loaded and (header.get("logged_runs") or 0) > 2 * self.first_runs:
+            self._load_newest(exp_id, sweep_run_id, children)
+        elif children.loaded and not parent_changed and header["status"] != "running" and not any(
+                row["status"] == "running" for row in children.rows.values()):
+            pass  # an ended sweep whose parent did not change: nothing to re-read
+        else:
+            # Runs that end move the parent's sweep_runs; until it moves, only running
+            # runs need reading (plus any we saw running that are no longer).
+            self._refresh(exp_id, children, run_row, look_for_ended=parent_changed)
+        if not children.complete:
+            if children.loader is None:  # the last background read failed: try again
+                self._start_loader(exp_id, children)
+            return children
+        # The writer's count of finished children says whether we missed any (e.g. runs
+        # replayed from the spool long after they ended): then read them all once.
+        logged = header.get("logged_runs")
+        ended = sum(1 for row in children.rows.values()
+                    if row["status"] != "running" and row["energy_j"] is not None and row.get("kind") != "group")
+        if logged is not None and logged > ended and self._checked_logged_runs.get(sweep_run_id) != logged:
+            self._checked_logged_runs[sweep_run_id] = logged
+            self._refresh(exp_id, children, run_row, full=True)
+        return children
 
     # -- a big sweep's first view ------------------------------------------------------------
     def _load_newest(self, experiment_id: str, sweep_run_id: str, children: _RunSet) -> None:

@@ -12,7 +12,9 @@ and :func:`ipython_energy.layout.sweep_header`, or from a tracker's own runs.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, NamedTuple
+from typing import Any, Callable, Iterable, Mapping, NamedTuple
+
+from .rebound import NO_INTERVAL, Spread, interval
 
 #: The MLflow statuses of a run that ended.
 ENDED_STATUSES = ("FINISHED", "FAILED", "KILLED")
@@ -313,45 +315,109 @@ def sweep_summary(header: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def find_rebounds(sweeps: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Sweeps whose mean J/run is lower than an earlier sweep's while their total is higher.
+def format_interval(low: float, high: float) -> str:
+    """``(-0.38, -0.24)`` -> ``"−38…−24%"``."""
+    return f"{format_percent(low)[:-1]}\u2026{format_percent(high)}"
+
+
+def _rebound_label(mean_change: float, total_change: float, noise: Mapping[str, Any] | None) -> str:
+    if noise is None:
+        return f"{format_percent(mean_change)} J/run, {format_percent(total_change)} total"
+    level = round(noise["level"] * 100)
+    return (f"{format_percent(noise['mean_change'])} J/run ({level}% CI {format_interval(*noise['mean_change_ci'])}), "
+            f"{format_percent(noise['total_change'])} total ({level}% CI {format_interval(*noise['total_change_ci'])})")
+
+
+def _rebound_record(later: Mapping[str, Any], earlier: Mapping[str, Any], noise: Mapping[str, Any] | None,
+                    note: str) -> dict[str, Any]:
+    mean_change = percent_change(later["mean_energy_per_run_j"], earlier["mean_energy_per_run_j"])
+    total_change = percent_change(later["energy_j"], earlier["energy_j"])
+    return {
+        "run_id": later["run_id"], "name": later["name"],
+        "vs_run_id": earlier["run_id"], "vs_name": earlier["name"],
+        "mean_energy_per_run_j": later["mean_energy_per_run_j"],
+        "vs_mean_energy_per_run_j": earlier["mean_energy_per_run_j"],
+        "energy_j": later["energy_j"], "vs_energy_j": earlier["energy_j"],
+        "mean_change": mean_change, "total_change": total_change,
+        "interval": noise, "note": note,
+        "label": _rebound_label(mean_change, total_change, noise),
+    }
+
+
+def _no_interval_note(later: Mapping[str, Any], earlier: Mapping[str, Any], spreads: dict) -> str:
+    bare = [s["name"] for s in (earlier, later) if not (spreads.get(s["run_id"]) and spreads[s["run_id"]].has_repeats)]
+    return NO_INTERVAL if len(bare) != 1 else f"{NO_INTERVAL} (no repeats in {bare[0]})"
+
+
+def check_rebounds(sweeps: Iterable[Mapping[str, Any]],
+                   spread_of: Callable[[str], Spread | None] | None = None) -> tuple[list[dict], list[dict]]:
+    """The rebounds, and the apparent ones that run-to-run noise explains.
 
     ``sweeps`` need ``run_id``, ``name``, ``start_time_ms``, ``mean_energy_per_run_j`` and
-    ``energy_j``; sweeps without a mean (no run ended yet) take no part.  Each rebounding
-    sweep is reported once, against the latest earlier sweep it rebounds from, as
-    ``{"run_id", "name", "vs_run_id", "vs_name", "mean_energy_per_run_j",
+    ``energy_j``; sweeps without a mean (no run ended yet) take no part.  A later sweep whose
+    mean J/run is lower than an earlier one's while its total is higher rebounds, unless both
+    have repeats (``spread_of(run_id)``, see :mod:`ipython_energy.rebound`, is asked only for
+    such pairs): then the fall in J/run and the rise in total must both lie outside their 95 %
+    intervals.  Each rebounding sweep is reported once, against the latest earlier sweep it
+    rebounds from; a pair that noise explains is reported (once per later sweep, the latest) in
+    the second list and the search goes on to older sweeps.
+
+    A record is ``{"run_id", "name", "vs_run_id", "vs_name", "mean_energy_per_run_j",
     "vs_mean_energy_per_run_j", "energy_j", "vs_energy_j", "mean_change", "total_change",
-    "label"}`` with changes as fractions (-0.58 is 58 % less) and a label such as
-    ``"−58% J/run, +110% total"``.
+    "interval", "note", "label"}`` with changes as fractions (-0.58 is 58 % less) from the
+    sweeps' own figures; ``interval`` is :func:`ipython_energy.rebound.interval`'s dict (its own
+    J/run change is over measured runs only) or None with the ``note`` "no repeats: no interval";
+    the label reads ``"−58% J/run, +110% total"``, or with an interval
+    ``"−31% J/run (95% CI −38…−24%), +52% total (95% CI +40…+64%)"``.
     """
     usable = [s for s in sweeps if number(s.get("mean_energy_per_run_j")) and number(s.get("energy_j")) is not None]
     usable.sort(key=lambda s: (s.get("start_time_ms") or 0, s["run_id"]))
-    found = []
+    spreads: dict[str, Spread | None] = {}
+
+    def spread(run_id: str) -> Spread | None:
+        if run_id not in spreads:
+            spreads[run_id] = spread_of(run_id) if spread_of else None
+        return spreads[run_id]
+
+    found, noise_only = [], []
     for i, later in enumerate(usable):
+        explained = None
         for earlier in reversed(usable[:i]):
-            mean_change = percent_change(later["mean_energy_per_run_j"], earlier["mean_energy_per_run_j"])
-            total_change = percent_change(later["energy_j"], earlier["energy_j"])
-            if mean_change is None or total_change is None:
+            if (percent_change(later["mean_energy_per_run_j"], earlier["mean_energy_per_run_j"]) is None
+                    or percent_change(later["energy_j"], earlier["energy_j"]) is None):
                 continue
-            if later["mean_energy_per_run_j"] < earlier["mean_energy_per_run_j"] and later["energy_j"] > earlier["energy_j"]:
-                found.append({
-                    "run_id": later["run_id"], "name": later["name"],
-                    "vs_run_id": earlier["run_id"], "vs_name": earlier["name"],
-                    "mean_energy_per_run_j": later["mean_energy_per_run_j"],
-                    "vs_mean_energy_per_run_j": earlier["mean_energy_per_run_j"],
-                    "energy_j": later["energy_j"], "vs_energy_j": earlier["energy_j"],
-                    "mean_change": mean_change, "total_change": total_change,
-                    "label": f"{format_percent(mean_change)} J/run, {format_percent(total_change)} total",
-                })
+            if not (later["mean_energy_per_run_j"] < earlier["mean_energy_per_run_j"]
+                    and later["energy_j"] > earlier["energy_j"]):
+                continue
+            noise = interval(earlier["energy_j"], later["energy_j"], spread(earlier["run_id"]), spread(later["run_id"]))
+            if noise is None:
+                found.append(_rebound_record(later, earlier, None, _no_interval_note(later, earlier, spreads)))
                 break
-    return found
+            if noise["outside"]:
+                found.append(_rebound_record(later, earlier, noise, "both changes outside their 95% intervals"))
+                break
+            if explained is None:
+                explained = _rebound_record(later, earlier, noise, "within run-to-run noise: no rebound claimed")
+        if explained is not None and not (found and found[-1]["run_id"] == later["run_id"]):
+            noise_only.append(explained)
+    return found, noise_only
 
 
-def build_experiment_data(experiment: Mapping[str, Any], headers: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Sweeps side by side (oldest first) with their rebound flags."""
+def find_rebounds(sweeps: Iterable[Mapping[str, Any]],
+                  spread_of: Callable[[str], Spread | None] | None = None) -> list[dict[str, Any]]:
+    """The rebounding sweeps of :func:`check_rebounds`."""
+    return check_rebounds(sweeps, spread_of)[0]
+
+
+def build_experiment_data(experiment: Mapping[str, Any], headers: Iterable[Mapping[str, Any]],
+                          spread_of: Callable[[str], Spread | None] | None = None) -> dict[str, Any]:
+    """Sweeps side by side (oldest first) with their rebound flags (see :func:`check_rebounds`):
+    each sweep's ``rebound`` and ``within_noise`` records (or None), and both lists."""
     sweeps = sorted((sweep_summary(h) for h in headers), key=lambda s: (s.get("start_time_ms") or 0, s["run_id"]))
-    rebounds = find_rebounds(sweeps)
+    rebounds, within_noise = check_rebounds(sweeps, spread_of)
     by_id = {r["run_id"]: r for r in rebounds}
+    noise_by_id = {r["run_id"]: r for r in within_noise}
     for s in sweeps:
         s["rebound"] = by_id.get(s["run_id"])
-    return {"experiment": dict(experiment), "sweeps": sweeps, "rebounds": rebounds}
+        s["within_noise"] = noise_by_id.get(s["run_id"])
+    return {"experiment": dict(experiment), "sweeps": sweeps, "rebounds": rebounds, "within_noise": within_noise}

@@ -23,9 +23,10 @@ from .events import Event, Metrics, RunEnd, RunStart, StartEvent, SweepEnd, Swee
 
 log = logging.getLogger("ipython_energy")
 
-#: MLflow's UI (3.x) opens an experiment without this tag in its GenAI overview of traces, where
-#: no run shows; with it, in the training runs view.  New experiments get it, existing ones only
-#: when they have no kind.
+#: Marks the experiment as training runs for MLflow's UI (3.x), which in its Model training mode
+#: then opens it in its runs table (its GenAI mode, where a new browser starts, opens every
+#: experiment in an overview of traces: README.md's MLflow steps).  New experiments get it,
+#: existing ones only when they have no kind.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 
 #: The tag prefix of a sweep's members on its parent: ``energy.member.<sweep uid>`` = RUNNING or how it ended.

@@ -61,6 +61,40 @@ export function formatPercent(fraction: number): string {
   return pct >= 0 ? `+${pct}%` : `−${-pct}%`;
 }
 
+/** An interval of changes: (-0.38, -0.24) → `−38…−24%`. */
+export function formatInterval(low: number, high: number): string {
+  return `${formatPercent(low).slice(0, -1)}…${formatPercent(high)}`;
+}
+
+/**
+ * A rebound's two changes with their intervals, for its card and its row:
+ * `J/run −31% (95% CI −38…−24%), total +52% (95% CI +40…+64%)`; without repeats the
+ * plain changes and the record's note (`J/run −58%, total +110%; no repeats: no interval`).
+ */
+export function formatReboundChanges(r: {
+  mean_change: number;
+  total_change: number;
+  note: string;
+  interval: {
+    level: number;
+    mean_change: number;
+    mean_change_ci: [number, number];
+    total_change: number;
+    total_change_ci: [number, number];
+  } | null;
+}): string {
+  const i = r.interval;
+  if (!i) {
+    const plain = `J/run ${formatPercent(r.mean_change)}, total ${formatPercent(r.total_change)}`;
+    return r.note ? `${plain}; ${r.note}` : plain;
+  }
+  const ci = `${Math.round(i.level * 100)}% CI`;
+  return (
+    `J/run ${formatPercent(i.mean_change)} (${ci} ${formatInterval(...i.mean_change_ci)}), ` +
+    `total ${formatPercent(i.total_change)} (${ci} ${formatInterval(...i.total_change_ci)})`
+  );
+}
+
 /** Seconds as a duration: `8.5 s`, `42 s`, `12 min`, `3.5 h`. */
 export function formatSeconds(seconds: number | null | undefined): string {
   if (missing(seconds)) {

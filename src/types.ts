@@ -21,6 +21,20 @@ export interface IExperimentsReply {
   hint: string;
 }
 
+/** The two changes of a rebound with their intervals (sweeps with repeats; docs/comparing.md). */
+export interface IReboundInterval {
+  level: number;
+  /** Over measured runs (warm-ups out); a fraction, -0.31 is 31 % less. */
+  mean_change: number;
+  mean_change_ci: [number, number];
+  mean_df: number | null;
+  total_change: number;
+  total_change_ci: [number, number];
+  total_df: number | null;
+  /** Both changes lie outside their intervals: the flag fires. */
+  outside: boolean;
+}
+
 export interface IRebound {
   run_id: string;
   name: string;
@@ -32,6 +46,9 @@ export interface IRebound {
   vs_energy_j: number;
   mean_change: number;
   total_change: number;
+  /** Null where either sweep has no repeats (then `note` says "no repeats: no interval"). */
+  interval: IReboundInterval | null;
+  note: string;
   label: string;
 }
 
@@ -47,6 +64,8 @@ export interface ISweepSummary {
   budget_j: number | null;
   budget_state: string | null;
   rebound: IRebound | null;
+  /** An apparent rebound that run-to-run noise explains (its interval holds no change). */
+  within_noise: IRebound | null;
 }
 
 export interface IExperimentReply {
@@ -54,6 +73,7 @@ export interface IExperimentReply {
   experiment: { id: string; name: string };
   sweeps: ISweepSummary[];
   rebounds: IRebound[];
+  within_noise: IRebound[];
   chart: any | null;
 }
 

@@ -1,4 +1,12 @@
-import { formatEnergy, formatLowUtil, formatPercent, formatPower, sweepStats } from '../format';
+import {
+  formatEnergy,
+  formatInterval,
+  formatLowUtil,
+  formatPercent,
+  formatPower,
+  formatReboundChanges,
+  sweepStats
+} from '../format';
 
 describe('formatEnergy', () => {
   it('writes three significant digits with an SI prefix', () => {
@@ -76,5 +84,32 @@ describe('sweepStats', () => {
   });
   it('leaves both out for a sweep written by an earlier version', () => {
     expect(sweepStats(base).map(s => s[1])).toEqual(['total so far', 'runs', 'mean per run']);
+  });
+});
+
+describe('formatReboundChanges', () => {
+  const base = { mean_change: -0.58, total_change: 1.1 };
+
+  it('shows both intervals where the sweeps have repeats', () => {
+    const interval = {
+      level: 0.95,
+      mean_change: -0.312,
+      mean_change_ci: [-0.38, -0.24] as [number, number],
+      total_change: 0.52,
+      total_change_ci: [0.4, 0.641] as [number, number]
+    };
+    expect(
+      formatReboundChanges({ ...base, interval, note: 'both changes outside their 95% intervals' })
+    ).toBe('J/run −31% (95% CI −38…−24%), total +52% (95% CI +40…+64%)');
+  });
+
+  it('says there is no interval without repeats', () => {
+    expect(formatReboundChanges({ ...base, interval: null, note: 'no repeats: no interval' })).toBe(
+      'J/run −58%, total +110%; no repeats: no interval'
+    );
+  });
+
+  it('writes an interval that straddles no change with both signs', () => {
+    expect(formatInterval(-0.12, 0.05)).toBe('−12…+5%');
   });
 });

@@ -1,5 +1,5 @@
 import { el } from '../dom';
-import { formatEnergy, formatPercent } from '../format';
+import { formatEnergy, formatPercent, formatReboundChanges } from '../format';
 import { IExperimentReply, IRebound } from '../types';
 
 /** "Sweeps": the experiment's sweeps side by side (click one to show it), and rebound cards. */
@@ -47,11 +47,17 @@ export class SweepsView {
         }
         if (s.rebound) {
           tr.classList.add('jp-EnergyPanel-rebounding');
+        } else if (s.within_noise) {
+          tr.classList.add('jp-EnergyPanel-withinNoise');
         }
         const name = el('td', 'jp-EnergyPanel-sweepName');
         name.appendChild(el('span', `jp-EnergyPanel-dot jp-EnergyPanel-${s.status}`));
         name.appendChild(el('span', undefined, s.name));
         name.title = `${s.name} (${s.status})`;
+        const check = s.rebound ?? s.within_noise;
+        if (check) {
+          tr.title = `${s.rebound ? 'rebound' : 'no rebound beyond noise'} vs ${check.vs_name}: ${formatReboundChanges(check)}`;
+        }
         tr.appendChild(name);
         tr.appendChild(el('td', 'num', s.planned ? `${s.runs}/${s.planned}` : String(s.runs)));
         tr.appendChild(el('td', 'num', formatEnergy(s.mean_energy_per_run_j)));
@@ -64,6 +70,9 @@ export class SweepsView {
     this._rebounds.textContent = '';
     for (const r of data.rebounds) {
       this._rebounds.appendChild(reboundCard(r));
+    }
+    for (const r of data.within_noise ?? []) {
+      this._rebounds.appendChild(withinNoiseCard(r));
     }
   }
 
@@ -83,7 +92,11 @@ function reboundCard(r: IRebound): HTMLElement {
   title.appendChild(el('span', undefined, 'Rebound: '));
   title.appendChild(el('strong', undefined, r.name));
   card.appendChild(title);
-  card.appendChild(el('div', 'jp-EnergyPanel-reboundLabel', r.label));
+  // with an interval the label carries it too; the card shows it once, on its own line
+  const headline = r.interval
+    ? `${formatPercent(r.interval.mean_change)} J/run, ${formatPercent(r.interval.total_change)} total`
+    : r.label;
+  card.appendChild(el('div', 'jp-EnergyPanel-reboundLabel', headline));
   card.appendChild(
     el(
       'div',
@@ -94,5 +107,19 @@ function reboundCard(r: IRebound): HTMLElement {
         `(${formatPercent(r.total_change)})`
     )
   );
+  card.appendChild(el('div', 'jp-EnergyPanel-reboundInterval', formatReboundChanges(r)));
+  return card;
+}
+
+/** An apparent rebound inside the run-to-run noise: shown with its interval, not flagged. */
+function withinNoiseCard(r: IRebound): HTMLElement {
+  const card = el('div', 'jp-EnergyPanel-rebound jp-mod-withinNoise');
+  const title = el('div', 'jp-EnergyPanel-reboundTitle');
+  title.appendChild(el('span', undefined, 'No rebound beyond noise: '));
+  title.appendChild(el('strong', undefined, r.name));
+  title.appendChild(el('span', undefined, ` vs ${r.vs_name}`));
+  card.appendChild(title);
+  card.appendChild(el('div', 'jp-EnergyPanel-reboundInterval', formatReboundChanges(r)));
+  card.appendChild(el('div', 'jp-EnergyPanel-muted', r.note));
   return card;
 }

@@ -9,7 +9,7 @@ import time
 
 import pytest
 from conftest import ROOT, open_sidebar, shoot
-from layout_data import experiment_id, log_sweep
+from layout_data import experiment_id, log_repeat_sweep, log_sweep
 
 pytestmark = pytest.mark.browser
 
@@ -113,9 +113,57 @@ def test_rebound_flag_for_two_sweeps(lab, page):
     text = rebound.inner_text()
     assert "resnet18-grid" in text and "resnet50-grid" in text
     assert "1.00 kJ → 2.10 kJ" in text and "100 J → 42.0 J" in text
+    interval = rebound.locator(".jp-EnergyPanel-reboundInterval").inner_text()
+    assert interval == "J/run \u221258%, total +110%; no repeats: no interval"
     page.wait_for_function(f"document.querySelectorAll('{BARS}').length === 50", timeout=15_000)
     page.wait_for_selector("#ipython-energy-sidebar .jp-EnergyPanel-experimentChart svg.marks")
     shoot(page, panel, "b-rebound")
+    assert not page.problems, page.problems
+
+
+def test_rebound_with_repeats_shows_its_interval(lab, page):
+    """Sweeps whose configurations ran with repeats (warm-ups, group parents among the runs): the
+    rebound card and the row's tooltip show both changes with their 95 % intervals, and an
+    apparent rebound inside the noise gets a card that says so, unflagged."""
+    from ipython_energy import query
+    from ipython_energy.rollup import format_interval, format_percent
+
+    uri, client = client_for(lab)
+    exp = experiment_id(client, "repeats")
+    log_repeat_sweep(client, exp, "base-grid", [[100.0, 103.0, 98.0], [99.0, 102.0, 101.0]], warmups=[108.0] * 2)
+    log_repeat_sweep(client, exp, "lean-grid", [[61.0, 59.0, 63.0]] * 5, warmups=[66.0] * 5)
+    log_repeat_sweep(client, exp, "noisy-grid", [[1.0, 2.0, 170.0]] * 8)
+    lab.register_kernel(uri, "repeats")
+    expected = query.SourceReader(uri).experiment_data("repeats")
+    lean, noisy = expected["sweeps"][1]["rebound"], expected["sweeps"][2]["within_noise"]
+
+    def changes(record):
+        i = record["interval"]
+        return (f"J/run {format_percent(i['mean_change'])} (95% CI {format_interval(*i['mean_change_ci'])}), "
+                f"total {format_percent(i['total_change'])} (95% CI {format_interval(*i['total_change_ci'])})")
+
+    panel = open_sidebar(page, lab)
+    cards = panel.locator(".jp-EnergyPanel-rebound")
+    page.wait_for_function("document.querySelectorAll('#ipython-energy-sidebar .jp-EnergyPanel-rebound').length === 2",
+                           timeout=30_000)
+    flagged = cards.nth(0)
+    assert "Rebound: lean-grid" in flagged.inner_text() and "vs base-grid" in flagged.inner_text()
+    assert flagged.locator(".jp-EnergyPanel-reboundInterval").inner_text() == changes(lean)
+    i = lean["interval"]
+    headline = f"{format_percent(i['mean_change'])} J/run, {format_percent(i['total_change'])} total"
+    assert flagged.locator(".jp-EnergyPanel-reboundLabel").inner_text() == headline
+    assert re.fullmatch(r"J/run \u2212\d+% \(95% CI \u2212\d+\u2026\u2212\d+%\), "
+                        r"total \+\d+% \(95% CI \+\d+\u2026\+\d+%\)", changes(lean))
+    calm = cards.nth(1)
+    assert "jp-mod-withinNoise" in calm.get_attribute("class")
+    assert "No rebound beyond noise: noisy-grid vs lean-grid" in calm.inner_text()
+    assert calm.locator(".jp-EnergyPanel-reboundInterval").inner_text() == changes(noisy)
+    assert "within run-to-run noise: no rebound claimed" in calm.inner_text()
+    rows = panel.locator(".jp-EnergyPanel-sweepRow")
+    assert rows.nth(1).get_attribute("title") == f"rebound vs base-grid: {changes(lean)}"
+    assert "jp-EnergyPanel-rebounding" not in rows.nth(2).get_attribute("class")
+    page.wait_for_selector("#ipython-energy-sidebar .jp-EnergyPanel-experimentChart svg.marks")
+    shoot(page, panel, "g-rebound-interval")
     assert not page.problems, page.problems
 
 

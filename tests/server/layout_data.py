@@ -70,9 +70,9 @@ class SweepLog:
         return log
 
     def start_run(self, name: str, params: Mapping[str, Any] | None = None, *,
-                  start_ms: int | None = None) -> str:
+                  start_ms: int | None = None, tags: Mapping[str, str] | None = None) -> str:
         tags = {"energy.kind": "run", "energy.uid": uuid.uuid4().hex, "energy.sweep": self.name,
-                "mlflow.parentRunId": self.run_id, "energy.run_index": str(len(self.children) + 1)}
+                "mlflow.parentRunId": self.run_id, "energy.run_index": str(len(self.children) + 1), **(tags or {})}
         run = self.client.create_run(self.experiment_id, start_time=start_ms or _ms(), tags=tags, run_name=name)
         if params:
             self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
@@ -191,6 +191,37 @@ def bulk_sweep(client: MlflowClient, exp_id: str, name: str, runs: int, *, hosts
     sweep.children, sweep.finished = children, finished
     if finished:
         sweep._roll_up()
+    return sweep
+
+
+def log_repeat_sweep(client: MlflowClient, exp_id: str, name: str, groups: list[list[float]], *,
+                     warmups: list[float] | None = None) -> SweepLog:
+    """A sweep whose configurations ran with repeats: per group, its parent run (``energy.kind``
+    ``group``, a child of the sweep but no run of it, with the group's mean, sd and n), then the
+    group's warm-up (``warmups[g]``, tag ``energy.warmup``) and its measured repeats, each a run of
+    the sweep tagged ``energy.group`` / ``energy.group_uid`` / ``energy.repeat``."""
+    sweep = SweepLog.start(client, exp_id, name)
+    for g, energies in enumerate(groups):
+        group_name = f"{name}-cfg{g}"
+        group_uid = uuid.uuid4().hex
+        parent = client.create_run(exp_id, run_name=group_name, tags={
+            "energy.kind": "group", "energy.uid": group_uid, "energy.group": group_name,
+            "mlflow.parentRunId": sweep.run_id})
+        uid = parent.info.run_id
+        group_tags = {"energy.group": group_name, "energy.group_uid": group_uid}
+        if warmups is not None:
+            rid = sweep.start_run(f"{group_name}-warmup", {"cfg": g}, tags={**group_tags, "energy.warmup": "true"})
+            sweep.end_run(rid, warmups[g], duration_s=warmups[g] / 50.0)
+        for i, energy in enumerate(energies):
+            rid = sweep.start_run(f"{group_name}-r{i}", {"cfg": g}, tags={**group_tags, "energy.repeat": str(i)})
+            sweep.end_run(rid, energy, duration_s=energy / 50.0)
+        mean = sum(energies) / len(energies)
+        sd = (sum((e - mean) ** 2 for e in energies) / max(len(energies) - 1, 1)) ** 0.5
+        now = _ms()
+        client.log_batch(uid, metrics=[Metric("group_mean_j", mean, now, 0), Metric("group_sd_j", sd, now, 0),
+                                       Metric("group_n", len(energies), now, 0)])
+        client.set_terminated(uid)
+    sweep.end()
     return sweep
 
 

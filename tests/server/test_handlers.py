@@ -3,9 +3,11 @@ sqlite store that lives outside the server's root dir, found through a kernel re
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import payload, register_kernel, write_live
-from layout_data import experiment_id, log_sweep
+from layout_data import experiment_id, log_repeat_sweep, log_sweep
 from tornado.httpclient import HTTPClientError
 
 API = ("ipython-energy", "api")
@@ -59,7 +61,33 @@ async def test_experiment_view_shape_and_rebound(jp_fetch, logged):
     small = data["sweeps"][1]
     assert small["runs"] == 12 and small["mean_energy_per_run_j"] == pytest.approx(40.0)
     assert small["rebound"]["label"] == "\u221260% J/run, +20% total"
+    assert small["rebound"]["interval"] is None and small["rebound"]["note"] == "no repeats: no interval"
     assert data["chart"]["$schema"].startswith("https://vega.github.io/schema/vega-lite/v5")
+
+
+async def test_experiment_view_rebound_with_repeats_shows_its_interval(jp_fetch, energy_home, tracking):
+    """Sweeps with repeats: the rebound carries its 95 % intervals, in the record, the label and
+    the side-by-side chart's tooltip; an apparent rebound inside the noise is listed apart."""
+    uri, client = tracking
+    exp = experiment_id(client, "rep")
+    log_repeat_sweep(client, exp, "base", [[100.0, 103.0, 98.0], [99.0, 102.0, 101.0]])
+    log_repeat_sweep(client, exp, "lean", [[61.0, 59.0, 63.0]] * 5)  # −40 % J/run, +50 % total
+    log_repeat_sweep(client, exp, "noisy", [[1.0, 2.0, 170.0]] * 6)  # lower J/run, higher total: all noise
+    register_kernel(energy_home, uri, "rep")
+    sid = payload(await jp_fetch(*API, "experiments"))["sources"][0]["id"]
+    data = payload(await jp_fetch(*API, "experiments", sid))
+    base, lean, noisy = data["sweeps"]
+    assert base["rebound"] is None and lean["rebound"]["vs_name"] == "base"
+    noise = lean["rebound"]["interval"]
+    assert noise["level"] == 0.95 and noise["outside"] is True
+    assert noise["mean_change_ci"][1] < 0 < noise["total_change_ci"][0]
+    assert lean["rebound"]["label"].count("95% CI") == 2
+    assert noisy["rebound"] is None
+    assert noisy["within_noise"]["vs_name"] == "lean" and noisy["within_noise"]["interval"]["outside"] is False
+    assert [r["name"] for r in data["within_noise"]] == ["noisy"]
+    chart = json.dumps(data["chart"], ensure_ascii=False)  # the tooltip's notes travel in the spec's data
+    assert f"{lean['rebound']['label']} vs base" in chart
+    assert f"none beyond noise: {noisy['within_noise']['label']} vs lean" in chart
 
 
 async def test_sweep_view_shape(jp_fetch, logged):

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 from conftest import register_kernel, write_live
-from layout_data import SweepLog, experiment_id, log_sweep
+from layout_data import SweepLog, experiment_id, log_repeat_sweep, log_sweep
 
 from ipython_energy import query
 
@@ -207,6 +207,31 @@ def test_reader_experiment_view_flags_rebound(tracking):
     assert small["rebound"]["vs_name"] == "big-model"
     assert small["rebound"]["label"] == "\u221258% J/run, +110% total"
     assert data["sweeps"][0]["rebound"] is None
+
+
+def test_reader_rebound_with_repeats_carries_its_interval(tracking):
+    """Both sweeps ran their configurations with repeats (group parents among their children):
+    the flag fires with the two changes' 95 % intervals, and the group parents are no runs."""
+    uri, client = tracking
+    exp = experiment_id(client, "e")
+    log_repeat_sweep(client, exp, "big", [[100.0, 104.0, 97.0], [101.0, 98.0, 103.0]], warmups=[110.0, 108.0])
+    small = log_repeat_sweep(client, exp, "small", [[60.0 + d, 62.0 + d, 59.0 + d] for d in (0, 1, -1, 2, 0)],
+                             warmups=[65.0] * 5)
+    reader = query.SourceReader(uri)
+    data = reader.experiment_data("e")
+    flagged = data["sweeps"][1]["rebound"]
+    assert flagged["vs_name"] == "big" and data["within_noise"] == []
+    noise = flagged["interval"]
+    assert noise["outside"] is True
+    assert noise["mean_change_ci"][0] < noise["mean_change"] < noise["mean_change_ci"][1] < 0
+    assert 0 < noise["total_change_ci"][0] < noise["total_change"] < noise["total_change_ci"][1]
+    # the J/run change is over measured runs (warm-ups out); the total's over every run
+    assert noise["mean_change"] == pytest.approx((sum(60.0 + d + x for d in (0, 1, -1, 2, 0) for x in (0, 2, -1)) / 15)
+                                                 / ((100 + 104 + 97 + 101 + 98 + 103) / 6) - 1)
+    assert flagged["energy_j"] == pytest.approx(sum(60.0 + d + x for d in (0, 1, -1, 2, 0) for x in (0, 2, -1)) + 325)
+    assert "95% CI" in flagged["label"] and flagged["note"] == "both changes outside their 95% intervals"
+    sweep = reader.sweep_data("e", small.run_id)
+    assert sweep["totals"]["runs"] == 20 and all(r["kind"] == "run" for r in sweep["runs"])
 
 
 def test_reader_unknown_experiment(tracking):
