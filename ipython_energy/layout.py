@@ -158,7 +158,7 @@ def run_row(run: Any) -> dict[str, Any]:
     ``energy_j`` (final), ``live_energy_j`` (latest live value), ``duration_s``,
     ``power_mean_w``, ``start_time_ms``, ``end_time_ms``, ``params``, ``provenance``,
     ``energy_low_util_j`` (None when no domain reported utilisation) and ``low_util_threshold``
-    (per cent, the ``energy.low_util_threshold`` tag).
+    (per cent, the ``energy.low_util_threshold`` tag), ``session`` (the ``energy.session`` tag).
     """
     info, data = run.info, run.data
     metrics, tags = data.metrics, data.tags
@@ -183,6 +183,7 @@ def run_row(run: Any) -> dict[str, Any]:
         "end_time_ms": info.end_time,
         "params": dict(data.params),
         "provenance": {key: tags[tag] for tag, key in PROVENANCE_TAGS.items() if tag in tags},
+        "session": tags.get("energy.session"),  # the process that ran it (its kernel's session)
     }
 
 
@@ -210,5 +211,7 @@ def sweep_header(run: Any) -> dict[str, Any]:
         "between_after_j": math.fsum(v for v in (number(value) for key, value in tags.items()
                                                   if key.startswith("energy.between_after_j.")) if v is not None),
         "overlapping_runs": whole(tags.get("energy.overlapping_runs")),
+        "logged_hosts": whole(metrics.get("sweep_hosts")),
+        "logged_processes": whole(metrics.get("sweep_processes")),
         "host": tags.get("energy.host"),
     }

@@ -144,7 +144,8 @@ def build_sweep_data(sweep: Mapping[str, Any], runs: Iterable[Mapping[str, Any]]
     ``between_runs_energy_j`` (its two parts), ``overlapping_runs``, ``mean_energy_per_run_j`` (ended energy / ended
     runs), ``forecast_energy_j`` (mean x max(planned, ended runs), only with ``planned``),
     ``budget_j``, ``budget_used`` (fraction) and ``over_budget``, ``estimated`` (any run's
-    numbers come from a model rather than a sensor).
+    numbers come from a model rather than a sensor), ``hosts`` (the hosts its runs ran on,
+    sorted) and ``processes`` (how many processes ran them: distinct ``session``).
     """
     ordered = sorted(runs, key=_run_order)
     out_runs: list[dict[str, Any]] = []
@@ -199,6 +200,9 @@ def build_sweep_data(sweep: Mapping[str, Any], runs: Iterable[Mapping[str, Any]]
         "budget_used": (cumulative / budget) if budget else None,
         "over_budget": over_budget(cumulative, budget),
         "estimated": estimated,
+        "hosts": sorted({(r.get("provenance") or {}).get("host") or "" for r in out_runs} - {""}),
+        "processes": len({r.get("session") or (r.get("provenance") or {}).get("host") or ""
+                          for r in out_runs}) if out_runs else 0,
     }}
 
 

@@ -425,7 +425,10 @@ class Writer:
             self._probe(start)
             if isinstance(event, (SweepStart, RunStart)):
                 self._context[event.uid] = event
-            self._store_for(event.uid).apply(event, self._context, item.in_doubt)
+            self._store_for(event.uid).apply(event, self._context, item.in_doubt, more=len(self._pending) > 1)
+            if len(self._pending) <= 1:
+                for store in self._stores.values():
+                    store.settle()  # the sweeps' totals, once the queue is drained
         except Exception as exc:  # noqa: BLE001 - any backend failure means: keep it and retry
             if is_rejection(exc):
                 # The backend answered and refused this event (bad value, deleted run, …). It is
