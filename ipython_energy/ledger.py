@@ -14,9 +14,12 @@ MLflow's guarantees carry the ledger (docs/reliability.md, "A sweep across machi
   children alone: the first ``n`` counted children in run-number order, once every run number
   up to theirs has ended, stamped with the latest end time among them.  Any writer may compute
   and log them, any number of times: a writer with a stale view logs the same points or
-  none.  Only the members' time after their last runs (``energy.between_after_j.<uid>`` tags,
-  written as they leave) can change a step's value; every total grows with what it includes, so
-  among the points of one step and time the complete one is the largest, and MLflow's latest.
+  none.  The members' time after their last runs (``energy.between_after_j.<uid>`` tags,
+  written as they leave) counts from the step each member saw last when it left
+  (``energy.between_after_step.<uid>``), so it adds a point at that step, not at earlier ones.
+  A writer that counted a later step before a member's tags reached it logs a point without
+  them; the member's own recount logs the complete one, at the same step and time, and as every
+  total grows with what it includes, the complete point is the largest, and MLflow's latest.
 
 The pure part (:func:`claims_of`, :func:`settled_entry`, :func:`prefix`, :func:`points`) takes
 plain values; :class:`Ledger` is one writer's view of one sweep, kept between its runs so that
@@ -37,6 +40,9 @@ INDEX_PARAM = "energy.index."
 SUPERSEDED_TAG = "energy.superseded"
 #: The parent's tag prefix for a member's between-runs energy after its last run (its SweepEnd).
 AFTER_TAG = "energy.between_after_j."
+#: ... and for the step from which the sweep's totals include it: the last step its member saw
+#: complete when it left (absent: from the first step, as written by earlier versions).
+AFTER_STEP_TAG = "energy.between_after_step."
 
 
 class Child(NamedTuple):
@@ -127,10 +133,11 @@ class Step(NamedTuple):
     overlapping: int
 
 
-def points(done: Iterable[Entry], after: Iterable[float], planned: int | None,
+def points(done: Iterable[Entry], after: Iterable[tuple[float, int]], planned: int | None,
            budget_j: float | None) -> list[Step]:
     """One :class:`Step` per counted child of ``done`` (a :func:`prefix`), each a function of the
-    children up to it and the members' time after their last runs (``after``)."""
+    children up to it and of the members' time after their last runs (``after``: ``(joules,
+    from step)``) that counts from that step."""
     after = list(after)
     counted: list[Child] = []
     hosts: set[str] = set()
@@ -145,7 +152,7 @@ def points(done: Iterable[Entry], after: Iterable[float], planned: int | None,
         hosts.add(e.host or "")
         sessions.add(e.session or e.host or "")
         rolled = rollup.totals([c.share_j for c in counted], planned, budget_j,
-                               between_j=[c.gap_j for c in counted] + after)
+                               between_j=[c.gap_j for c in counted] + [j for j, k in after if k <= len(counted)])
         out.append(Step(len(counted), t_ms, rolled, len(hosts), len(sessions),
                         sum(1 for c in counted if c.shares_devices)))
     return out
@@ -172,24 +179,29 @@ class Ledger:
     catching up after an outage costs one recount per sweep, not one per run.
     """
 
-    __slots__ = ("claims", "settled", "after", "plan", "logged", "dirty", "written_step")
+    __slots__ = ("claims", "settled", "after", "plan", "logged", "dirty", "written_step", "counted_after")
 
     def __init__(self) -> None:
         self.claims: dict[int, str] = {}
         self.settled: dict[str, Entry] = {}
-        self.after: dict[str, float] = {}
+        self.after: dict[str, tuple[float, int]] = {}  # member uid -> (joules after its last run, from step)
         self.plan: tuple[int | None, float | None] | None = None
         self.logged: set[tuple[str, int, int, float]] = set()
         self.dirty = False
         self.written_step = 0
+        self.counted_after: set[str] = set()  # members whose after-time this writer's points include
 
     def read_parent(self, run: Any) -> None:
         """Take the claims, the plan and the members' after-time from the parent run."""
         self.claims.update(claims_of(run.data.params))
         tags = run.data.tags
         self.plan = (rollup.whole(tags.get("energy.planned")), rollup.number(tags.get("energy.budget_j")))
-        self.after = {k[len(AFTER_TAG):]: v for k, v in ((k, rollup.number(v)) for k, v in tags.items()
-                                                         if k.startswith(AFTER_TAG)) if v is not None}
+        self.after = {}
+        for key, value in tags.items():
+            joules = rollup.number(value) if key.startswith(AFTER_TAG) else None
+            if joules is not None:
+                uid = key[len(AFTER_TAG):]
+                self.after[uid] = (joules, rollup.whole(tags.get(AFTER_STEP_TAG + uid)) or 0)
 
     def index_of(self, run_id: str) -> int | None:
         for k, claimed in self.claims.items():
@@ -209,18 +221,24 @@ class Ledger:
     def steps(self, planned: int | None, budget_j: float | None) -> list[Step]:
         return points(prefix(self.claims, self.settled), self.after.values(), planned, budget_j)
 
+    def complete_steps(self) -> int:
+        """How many counted children the ended prefix holds: the last step this writer can log."""
+        return sum(1 for e in prefix(self.claims, self.settled) if e.child is not None)
+
     def new_rows(self, steps: list[Step]) -> list[tuple[str, float, int, int]]:
-        """The rows of ``steps`` not logged yet by this writer: every step past the last it wrote,
-        and the last step again when its figures changed (a member's after-time arrived)."""
+        """The rows of ``steps`` not logged yet by this writer: every step from the last it wrote,
+        or from the first a member's after-time counts from."""
+        first = min([self.written_step] + [k for uid, (_j, k) in self.after.items() if uid not in self.counted_after])
         rows = []
         for s in steps:
-            if s.step < self.written_step and s.step != steps[-1].step:
+            if s.step < first:
                 continue
             rows += [r for r in step_rows(s) if (r[0], r[2], r[3], r[1]) not in self.logged]
         return rows
 
     def wrote(self, rows: list[tuple[str, float, int, int]]) -> None:
         self.written_step = max([self.written_step] + [step for _k, _v, step, _t in rows])
+        self.counted_after |= set(self.after)
         # Earlier steps are not written again (new_rows): what is kept stays a step long.
         self.logged = {p for p in self.logged if p[1] >= self.written_step}
         self.logged |= {(k, step, t, v) for k, v, step, t in rows if step >= self.written_step}

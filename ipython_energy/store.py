@@ -19,7 +19,7 @@ import time
 from typing import Any, Callable, Mapping
 
 from . import layout, rollup
-from .ledger import AFTER_TAG, INDEX_PARAM, SUPERSEDED_TAG, Ledger, entry, lowest_free, settled_entry
+from .ledger import AFTER_STEP_TAG, AFTER_TAG, INDEX_PARAM, SUPERSEDED_TAG, Ledger, entry, lowest_free, settled_entry
 from .transport import Pace, describe_error, mlflow_client_class, mute_library_logs_on_writer_thread, writer_client
 from .events import Event, Metrics, RunEnd, RunStart, StartEvent, SweepEnd, SweepStart, SweepUpdate
 
@@ -384,12 +384,9 @@ class MlflowStore:
             if isinstance(start, RunStart) and start.sweep_uid:
                 self.child_ended(start, event, in_doubt)
         elif isinstance(event, SweepEnd):
-            if event.between_j is not None:
-                # This member's time in the sweep after its last run joins the sweep's total.
-                parent = self.run_id(event.uid)
-                self.client.set_tag(parent, AFTER_TAG + event.uid, repr(float(event.between_j)))
-                self._ledger(parent).dirty = True
             self.settle()
+            if event.between_j is not None:
+                self.leave_with(event)
             self.end_sweep(event)
         elif isinstance(event, SweepUpdate):
             self.settle()
@@ -398,6 +395,19 @@ class MlflowStore:
             raise TypeError(f"not an event: {event!r}")
         if not more:
             self.settle()
+
+    def leave_with(self, event: SweepEnd) -> None:
+        """This member's time in the sweep after its last run joins the sweep's totals, from the
+        last step it sees complete (:mod:`ipython_energy.ledger`); a replay keeps the first step."""
+        from mlflow.entities import RunTag
+
+        parent = self.run_id(event.uid)
+        ledger = self._ledger(parent)
+        self.update_sweep(parent)  # the prefix as it is now
+        step = ledger.after.get(event.uid, (None, ledger.complete_steps()))[1]
+        self.client.log_batch(parent, tags=[RunTag(AFTER_TAG + event.uid, repr(float(event.between_j))),
+                                            RunTag(AFTER_STEP_TAG + event.uid, str(step))])
+        self.update_sweep(parent)
 
     def child_ended(self, start: RunStart, event: RunEnd, in_doubt: bool) -> None:
         """Record the end of a sweep's child in this writer's ledger (from the event: no read)."""
@@ -472,7 +482,7 @@ class MlflowStore:
         run_id = self.run_id(event.uid)
         metrics = self._metrics(event.rows, run_id, in_doubt)
         tags = [RunTag(str(k), str(v)[:5000]) for k, v in event.tags.items()]
-        if event.delete:
+        if event.delete and SUPERSEDED_TAG not in event.tags:
             # Marked before it ends, so that no writer counts it in its sweep meanwhile.
             tags.append(RunTag(SUPERSEDED_TAG, "true"))
         if metrics or tags:
