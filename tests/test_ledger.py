@@ -216,3 +216,24 @@ print("FLUSHED", flush=True)
     assert row["live"] is True and row["energy_j"] == 427.0 and row["status"] == "running"
     assert data["totals"]["energy_j"] == 427.0
     assert data["totals"]["processes"] == 1 and len(data["totals"]["hosts"]) == 1
+
+
+def test_points_depend_only_on_the_ended_prefix():
+    """The pure rule (ipython_energy.ledger): a step's figures come from the children numbered up
+    to it once all of them ended; a later child, running or ended, changes none of them, and a
+    member's after-time counts from its step on."""
+    from ipython_energy.ledger import Child, Entry, points, prefix
+
+    def ended(j, t, host="a", session="s1"):
+        return Entry(Child(j, j, 0.5, False), t, host, session)
+
+    claims = {1: "r1", 2: "r2", 3: "r3", 4: "r4"}
+    early = {"r1": ended(1.0, 100), "r2": Entry(None, 150, "a", "s1"), "r3": ended(3.0, 120, "b", "s2")}
+    late = {**early, "r4": ended(4.0, 90, "b", "s3")}
+    few, more = points(prefix(claims, early), [], None, None), points(prefix(claims, late), [], None, None)
+    assert [s.step for s in few] == [1, 2] and more[:2] == few, "run 2 (not counted) takes no step"
+    assert few[1].t_ms == 150 and few[1].totals.energy_j == 1.0 + 3.0 + 2 * 0.5
+    assert (more[2].hosts, more[2].processes) == (2, 3)
+    assert prefix(claims, {"r2": early["r2"]}) == [], "run 1 still running holds back every step"
+    with_after = points(prefix(claims, late), [(10.0, 2)], None, None)
+    assert with_after[0] == more[0] and with_after[1].totals.energy_j == more[1].totals.energy_j + 10.0

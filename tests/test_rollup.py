@@ -110,3 +110,12 @@ def test_sweeps_without_finished_runs_take_no_part():
 
 def test_format_percent_uses_a_true_minus():
     assert rollup.format_percent(-0.584) == "\u221258%" and rollup.format_percent(1.1) == "+110%"
+
+
+def test_sweep_data_counts_hosts_and_processes():
+    from ipython_energy.rollup import build_sweep_data
+
+    rows = [{"run_id": f"r{i}", "run_index": i, "status": "finished", "energy_j": 1.0, "session": session,
+             "provenance": {"host": host}} for i, (host, session) in enumerate([("a", "s1"), ("a", "s2"), ("b", "s3")])]
+    totals = build_sweep_data({"name": "s"}, rows)["totals"]
+    assert totals["hosts"] == ["a", "b"] and totals["processes"] == 3
