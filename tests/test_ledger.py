@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from ipython_energy.events import Metrics, RunEnd, RunStart, SweepEnd, SweepStart
+from ipython_energy.events import RunEnd, RunStart, SweepEnd, SweepStart
 from ipython_energy.spool import Spool
 from ipython_energy.writer import Writer
 from tests.helpers.mlflow_readback import (assert_one_total_per_step, assert_sweep_total_exact, history, runs,
