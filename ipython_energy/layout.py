@@ -193,7 +193,6 @@ def run_row(run: Any) -> dict[str, Any]:
         "pid": tags.get("energy.pid"),
         "params": dict(data.params),
         "provenance": {key: tags[tag] for tag, key in PROVENANCE_TAGS.items() if tag in tags},
-        "kind": tags.get("energy.kind"),
         "group": tags.get("energy.group_uid") or tags.get("energy.group"),
         "warmup": tags.get("energy.warmup") == "true",
     }
@@ -223,5 +222,7 @@ def sweep_header(run: Any) -> dict[str, Any]:
         "between_after_j": math.fsum(v for v in (number(value) for key, value in tags.items()
                                                   if key.startswith("energy.between_after_j.")) if v is not None),
         "overlapping_runs": whole(tags.get("energy.overlapping_runs")),
+        "logged_hosts": whole(metrics.get("sweep_hosts")),
+        "logged_processes": whole(metrics.get("sweep_processes")),
         "host": tags.get("energy.host"),
     }

@@ -312,6 +312,9 @@ def sweep_summary(header: Mapping[str, Any]) -> dict[str, Any]:
         "mean_energy_per_run_j": mean,
         "budget_j": header.get("budget_j"),
         "budget_state": header.get("budget_state"),
+        # how many hosts and processes ran its counted runs (the writer's sweep_hosts / sweep_processes)
+        "hosts": header.get("logged_hosts"),
+        "processes": header.get("logged_processes"),
     }
 
 

@@ -3,8 +3,9 @@
 The writer hands it one event at a time (:mod:`ipython_energy.events`) on its own thread; every
 operation is safe to repeat when its outcome is in doubt (a request failed after it may have
 reached the server): runs are found again by their ``energy.uid`` tag and metric points
-already present are not logged twice.  Processes on one host that touch the same sweep take a
-host-wide lock (:func:`host_lock`), so that run indices and totals never interleave.
+already present are not logged twice.  A sweep's run numbers and totals take no lock: they are
+claimed and derived in MLflow itself (:mod:`ipython_energy.ledger`), so that writers on several
+hosts, sharing nothing but the tracking server, keep one ledger.
 
 MLflow is imported here, lazily, on the writer's thread; its log records made on that thread
 are muted (the writer reports an outage once, itself).
@@ -15,9 +16,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping
 
 from . import layout, rollup
+from .ledger import AFTER_STEP_TAG, AFTER_TAG, INDEX_PARAM, SUPERSEDED_TAG, Ledger, entry, lowest_free, settled_entry
 from .transport import Pace, describe_error, mlflow_client_class, mute_library_logs_on_writer_thread, writer_client
 from .events import Event, Metrics, RunEnd, RunStart, StartEvent, SweepEnd, SweepStart, SweepUpdate
 
@@ -32,13 +34,23 @@ EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 #: The tag prefix of a sweep's members on its parent: ``energy.member.<sweep uid>`` = RUNNING or how it ended.
 MEMBER_TAG = "energy.member."
 
+#: On a sweep's parent: it is the one every writer keeps (see MlflowStore._sweep_parent).
+ELECTED_TAG = "energy.elected"
+
+#: How long a writer that created a sweep's parent waits before it looks for others created at the
+#: same instant (the longest a create may take for the election to hold; docs/reliability.md).
+ELECTION_SETTLE_S = 2.0
+
 #: A function from a sweep's data (rollup.build_sweep_data) to the HTML saved as ``energy_sweep.html``.
 ChartRenderer = Callable[[Mapping[str, Any]], str]
 
 
 @contextlib.contextmanager
 def host_lock(key: str):
-    """An exclusive lock shared by every process of this user on this host, named by ``key``."""
+    """An exclusive lock shared by every process of this user on this host, named by ``key``.
+
+    Only for what is local to a host: the first touch of a sqlite file (see MlflowStore).  A
+    sweep's ledger never takes it: writers on other hosts would not see it."""
     import fcntl
     import hashlib
     import os
@@ -54,73 +66,10 @@ def host_lock(key: str):
         os.close(fd)
 
 
-class _SweepState:
-    """What this writer knows of one sweep's children, so that a run costs no full listing.
-
-    ``children`` maps each child run id seen to its final ``energy_j`` (``None`` while running
-    or finished without energy).  ``points`` is how many ``sweep_energy_j`` points the parent
-    had after this writer's last look or write: when MLflow has another number, another writer
-    (a second kernel, a worker process) touched the sweep and the children are listed again.
-    ``logged`` holds the ``(step, value)`` of those points at the last look.  ``plan`` is the
-    sweep's ``(planned, budget_j)`` as the parent's tags had it at the last listing, or as this
-    writer last set it (:meth:`MlflowStore.update_plan`).
-    """
-
-    __slots__ = ("children", "points", "logged", "last_index", "plan", "after")
-
-    def __init__(self) -> None:
-        self.children: dict[str, Child | None] = {}
-        self.after: dict[str, float] = {}  # member uid -> its between-runs energy after its last run
-        self.points = 0
-        self.logged: set[tuple[int, float]] = set()
-        self.last_index = 0  # the highest energy.run_index seen: a deleted child keeps its number
-        self.plan: tuple[int | None, float | None] | None = None
-
-    def saw(self, run) -> None:
-        try:
-            self.last_index = max(self.last_index, int(run.data.tags.get("energy.run_index", 0)))
-        except ValueError:
-            pass
-
-    def finished(self) -> list["Child"]:
-        return [c for c in self.children.values() if c is not None]
-
-    def totals(self, planned: int | None, budget_j: float | None) -> rollup.SweepTotals:
-        done = self.finished()
-        return rollup.totals([c.share_j for c in done], planned, budget_j,
-                             between_j=[c.gap_j for c in done] + list(self.after.values()))
-
-
-class Child(NamedTuple):
-    """A finished child of a sweep as the roll-up needs it.
-
-    ``share_j``: its part of the sweep's energy in runs (``sweep_share_energy_j``: its energy
-    less what it shared with overlapping runs); ``gap_j``: the between-runs energy its end
-    carried (``sweep_gap_before_energy_j``).  A run written by an earlier version has neither:
-    its share is its ``energy_j`` and its gap 0, as the sum of the runs was then.
-    """
-
-    energy_j: float
-    share_j: float
-    gap_j: float
-    shares_devices: bool
-
-    @classmethod
-    def of(cls, metrics: Mapping[str, float], tags: Mapping[str, str]) -> "Child":
-        energy = float(metrics["energy_j"])
-        return cls(energy, float(metrics.get("sweep_share_energy_j", energy)),
-                   float(metrics.get("sweep_gap_before_energy_j", 0.0)),
-                   tags.get("energy.shares_devices") == "true")
-
-
 def is_group(run) -> bool:
     """Whether an MLflow run is the parent run of a group of repeats: a child of a sweep that is no
     run of it (docs/metrics.md, "Groups of repeats")."""
     return run.data.tags.get("energy.kind") == "group"
-
-
-#: The parent's tag prefix for a member's between-runs energy after its last run (its SweepEnd).
-AFTER_TAG = "energy.between_after_j."
 
 
 class MlflowStore:
@@ -146,7 +95,8 @@ class MlflowStore:
         self._experiment_id: str | None = None
         self.run_ids: dict[str, str] = {}
         self._host_tags: dict[str, str] | None = None
-        self._sweeps: dict[str, _SweepState] = {}
+        self._sweeps: dict[str, Ledger] = {}  # parent run id -> this writer's view of its ledger
+        self.settle_s = ELECTION_SETTLE_S
         self._starts: Mapping[str, StartEvent] = {}  # the writer's uid -> start event (see apply)
         self.render_chart = render_chart
 
@@ -224,17 +174,43 @@ class MlflowStore:
         if uid in self.run_ids:
             return
         if isinstance(event, SweepStart):
-            # Kernels on this host that start the same sweep at once must end up in one parent run.
-            with self._sweep_name_lock(event.name):
-                parent = self._find_sweep(event.name)
-                if parent is None:
-                    run_id = self._create(event, context, in_doubt)
-                else:
-                    run_id = parent.info.run_id
-                    self._join_sweep(parent, event)
-                self.run_ids[uid] = run_id
+            self.run_ids[uid] = self._sweep_parent(event, context, in_doubt)
             return
         self.run_ids[uid] = self._create(event, context, in_doubt)
+
+    def _sweep_parent(self, event: SweepStart, context: Mapping[str, StartEvent], in_doubt: bool) -> str:
+        """The parent run of the sweep ``event.name``: joined if there is one, else created, once
+        for every writer on every host (the election, docs/reliability.md "A sweep across machines").
+
+        A parent is *elected* (tag ``energy.elected``) once its creator has looked again after
+        :attr:`settle_s`: by then every parent created by a writer that also found none is
+        listed, and every such writer keeps the same one (:meth:`_find_sweep`'s order, a function
+        of the list alone) and deletes its own if it lost.  A writer that finds only parents not
+        yet elected looks again after :attr:`settle_s` too, so that it joins the one kept.
+        """
+        searched = time.monotonic()
+        parent = self._find_sweep(event.name)
+        if parent is not None and parent.data.tags.get(ELECTED_TAG) != "true" and parent.data.tags.get(
+                "energy.uid") != event.uid:
+            time.sleep(self.settle_s)
+            parent = self._find_sweep(event.name)
+        if parent is not None and parent.data.tags.get("energy.uid") != event.uid:
+            self._join_sweep(parent, event)
+            return parent.info.run_id
+        own = parent.info.run_id if parent is not None else self._create(event, context, in_doubt)
+        took = time.monotonic() - searched
+        time.sleep(self.settle_s)
+        winner = self._find_sweep(event.name)
+        if took > self.settle_s:
+            log.warning("ipython-energy: creating the parent of sweep %r took %.1f s, longer than the "
+                        "%.1f s other hosts wait for it: two parents may remain", event.name, took, self.settle_s)
+        if winner is None or winner.info.run_id == own:
+            self.client.set_tag(own, ELECTED_TAG, "true")
+            return own
+        # Another writer's parent is the sweep: this one has no child yet, and goes.
+        self.client.delete_run(own)
+        self._join_sweep(winner, event)
+        return winner.info.run_id
 
     def _create(self, event: StartEvent, context: Mapping[str, StartEvent], in_doubt: bool) -> str:
         uid = event.uid
@@ -243,12 +219,11 @@ class MlflowStore:
             # Created before the failure (its answer lost), but its params may not have been
             # logged yet, and this writer has not counted it among its sweep's children.
             existing = found.info.run_id
-            parent = found.data.tags.get("mlflow.parentRunId")
-            state = self._sweeps.get(parent) if parent and not is_group(found) else None
-            if state is not None:
-                state.children.setdefault(existing, None)
-                state.saw(found)
-            self._log_start_data(existing, event, in_doubt=True)
+            index_tags = {}
+            if isinstance(event, RunStart) and event.sweep_uid:
+                index = self.claim_index(found.data.tags["mlflow.parentRunId"], existing, in_doubt=True)
+                index_tags["energy.run_index"] = str(index)
+            self._log_start_data(existing, event, in_doubt=True, tags=index_tags)
             return existing
         tags = dict(self.host_tags)
         if isinstance(event, SweepStart):
@@ -267,22 +242,16 @@ class MlflowStore:
                 # never the sweep's, so the sweep's totals count it once, in the enclosing run.
                 # A group's parent run under a sweep is the sweep's child but no run of it (is_group).
                 tags["mlflow.parentRunId"] = self.run_id(event.parent_uid)
+        index_tags = {}
         if isinstance(event, RunStart) and event.sweep_uid:
-            # Counting the sweep's children and creating this one is one step for every writer
-            # on this host: two runs of one sweep never get the same energy.run_index.
-            with self.sweep_lock(event.sweep_uid):
-                parent = self.run_id(event.sweep_uid)
-                tags["mlflow.parentRunId"] = parent
-                tags["energy.sweep"] = context[event.sweep_uid].name
-                state = self._sweep_state(parent, running=True)
-                index = max(state.last_index, len(state.children)) + 1
-                tags["energy.run_index"] = str(index)
-                run_id = self._create_run(event, tags)
-                state.children[run_id] = None
-                state.last_index = max(state.last_index, index)
+            parent = self.run_id(event.sweep_uid)
+            tags["mlflow.parentRunId"] = parent
+            tags["energy.sweep"] = context[event.sweep_uid].name
+            run_id = self._create_run(event, tags)
+            index_tags["energy.run_index"] = str(self.claim_index(parent, run_id, in_doubt=False))
         else:
             run_id = self._create_run(event, tags)
-        self._log_start_data(run_id, event, in_doubt=False)
+        self._log_start_data(run_id, event, in_doubt=False, tags=index_tags)
         return run_id
 
     def _create_run(self, event: StartEvent, tags: dict[str, Any]) -> str:
@@ -290,28 +259,58 @@ class MlflowStore:
                                      tags={k: str(v) for k, v in tags.items()}, run_name=event.name)
         return run.info.run_id
 
-    def sweep_lock(self, sweep_uid: str):
-        """The host-wide lock under which this sweep's children are counted, created and ended."""
-        return host_lock(f"sweep|{self.tracking_uri}|{self.experiment}|{self.run_id(sweep_uid)}")
+    def claim_index(self, parent_run_id: str, run_id: str, in_doubt: bool) -> int:
+        """The child's run number in its sweep: claimed on the parent as ``energy.index.<k>`` =
+        ``run_id`` for the lowest ``k`` free (:mod:`ipython_energy.ledger`); the same number
+        again for a child that has one (a retry, or its end replayed by another process)."""
+        from mlflow.exceptions import MlflowException
 
-    def _log_start_data(self, run_id: str, event: StartEvent, in_doubt: bool) -> None:
-        """The params (and a sweep's budget) of a new run; safe to repeat (same values, deduplicated points).
+        ledger = self._ledger(parent_run_id)
+        if in_doubt or not ledger.claims:
+            ledger.read_parent(self.client.get_run(parent_run_id))
+        while True:
+            index = ledger.index_of(run_id)
+            if index is not None:
+                return index
+            k = lowest_free(ledger.claims)
+            try:
+                self.client.log_param(parent_run_id, INDEX_PARAM + str(k), run_id)
+            except MlflowException as exc:
+                if exc.error_code != "INVALID_PARAMETER_VALUE":
+                    raise
+                # Another writer's child has k: the parent's claims as they are now.
+                ledger.read_parent(self.client.get_run(parent_run_id))
+                continue
+            ledger.claims[k] = run_id
+            return k
+
+    def _ledger(self, parent_run_id: str) -> Ledger:
+        ledger = self._sweeps.get(parent_run_id)
+        if ledger is None:
+            ledger = self._sweeps[parent_run_id] = Ledger()
+        return ledger
+
+    def _log_start_data(self, run_id: str, event: StartEvent, in_doubt: bool,
+                        tags: Mapping[str, str] | None = None) -> None:
+        """The params (and a sweep's budget, a child's run number) of a new run; safe to repeat
+        (same values, deduplicated points).
 
         A param MLflow refuses outright (``INVALID_PARAMETER_VALUE``: a key with characters it
         does not store) would fail every retry and hold back every later event, so it is
         recorded, with MLflow's reason, in the tag ``energy.params_rejected`` instead.
         """
-        from mlflow.entities import Param
+        from mlflow.entities import Param, RunTag
         from mlflow.exceptions import MlflowException
 
+        run_tags = [RunTag(k, v) for k, v in (tags or {}).items()]
         params = [Param(str(k), str(v)) for k, v in event.params.items()] if isinstance(event, RunStart) else []
         metrics = []
         if isinstance(event, SweepStart) and event.budget_j is not None:
             metrics = self._metrics([("sweep_budget_j", event.budget_j, 0, event.t_ms)], run_id, in_doubt)
-        if not (params or metrics):
+        if not (params or metrics or run_tags):
             return
         try:
-            self.client.log_batch(run_id, metrics=metrics, params=params)
+            self.client.log_batch(run_id, metrics=metrics, params=params, tags=run_tags)
             return
         except MlflowException as exc:
             if exc.error_code != "INVALID_PARAMETER_VALUE" or not params:
@@ -324,15 +323,11 @@ class MlflowStore:
                 if exc.error_code != "INVALID_PARAMETER_VALUE":
                     raise
                 rejected.append(f"{param.key}={param.value}: {describe_error(exc)}")
-        if metrics:
-            self.client.log_batch(run_id, metrics=metrics)
+        if metrics or run_tags:
+            self.client.log_batch(run_id, metrics=metrics, tags=run_tags)
         if rejected:
             log.warning("ipython-energy: MLflow refused param(s) %s", "; ".join(rejected))
             self.client.set_tag(run_id, "energy.params_rejected", "; ".join(rejected)[:5000])
-
-    def _sweep_name_lock(self, name: str):
-        """The host-wide lock under which a sweep of this name is found or created, joined and left."""
-        return host_lock(f"{self.tracking_uri}|{self.experiment}|{name}")
 
     def _find_sweep(self, name: str):
         """The parent run of the sweep ``name`` in this experiment, whatever its status, or None.
@@ -354,7 +349,9 @@ class MlflowStore:
         tag = MEMBER_TAG + event.uid
         if parent.data.tags.get(tag) is None:  # a replayed join of a member that left stays left
             self.client.set_tag(parent.info.run_id, tag, "RUNNING")
-            if parent.info.status != "RUNNING":
+            # Read after the tag is written: a member closing the parent meanwhile either sees
+            # the tag, or closed it before this read (see end_sweep).
+            if self.client.get_run(parent.info.run_id).info.status != "RUNNING":
                 self.client.update_run(parent.info.run_id, status="RUNNING")
 
     def children(self, parent_run_id: str) -> list:
@@ -378,73 +375,109 @@ class MlflowStore:
         data = rollup.build_sweep_data(header, [layout.run_row(r) for r in self.children(parent_run_id)])
         self.client.log_text(parent_run_id, self.render_chart(data), "energy_sweep.html")
 
-    def _sweep_state(self, parent_run_id: str, *, running: bool = False) -> _SweepState:
-        """The sweep's children as far as this writer can know them without listing them all.
+    def apply(self, event: Event, context: Mapping[str, StartEvent], in_doubt: bool, more: bool = False) -> None:
+        """Apply one event; ``context`` maps every uid seen to its start event.
 
-        Listed in full the first time, and again whenever the parent's ``sweep_energy_j``
-        history has points this writer did not see (another writer finished runs).  With
-        ``running``, the sweep's RUNNING children are looked up too (a short list), so that
-        runs another writer started since are counted for ``energy.run_index``.
+        ``more``: the writer has further events queued.  A run's end then leaves its sweep's
+        totals for later (:meth:`settle`, once nothing is queued): catching up after an outage
+        recounts each sweep once, not once per run.
         """
-        history = self.client.get_metric_history(parent_run_id, "sweep_energy_j")
-        points = len(history)
-        state = self._sweeps.get(parent_run_id)
-        if state is None or state.points != points:
-            state = _SweepState()
-            for r in self.children(parent_run_id):
-                done = r.info.status in rollup.ENDED_STATUSES and "energy_j" in r.data.metrics
-                state.children[r.info.run_id] = Child.of(r.data.metrics, r.data.tags) if done else None
-                state.saw(r)
-            state.points = points
-            tags = self.client.get_run(parent_run_id).data.tags
-            state.plan = (rollup.whole(tags.get("energy.planned")), rollup.number(tags.get("energy.budget_j")))
-            state.after = {k[len(AFTER_TAG):]: v for k, v in ((k, rollup.number(v)) for k, v in tags.items()
-                                                             if k.startswith(AFTER_TAG)) if v is not None}
-            self._sweeps[parent_run_id] = state
-        elif running:
-            page = self.client.search_runs(
-                [self.experiment_id],
-                filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and attributes.status = 'RUNNING'",
-                max_results=1000)
-            for r in (r for r in page if not is_group(r)):
-                state.children.setdefault(r.info.run_id, None)
-                state.saw(r)
-        state.logged = {(m.step, m.value) for m in history}
-        return state
-
-    def apply(self, event: Event, context: Mapping[str, StartEvent], in_doubt: bool) -> None:
-        """Apply one event; ``context`` maps every uid seen to its start event."""
         self._starts = context
         if isinstance(event, (SweepStart, RunStart)):
             self.start(event, context, in_doubt)
         elif isinstance(event, Metrics):
             self.log_metrics(event.uid, event.rows, in_doubt)
         elif isinstance(event, RunEnd):
+            self.end_run(event, in_doubt)
             start = context[event.uid]
-            sweep_uid = start.sweep_uid if isinstance(start, RunStart) else None
-            if not sweep_uid:
-                self.end_run(event, in_doubt)
-                return
-            # Ending a child and recounting its sweep is one step for every writer on this host,
-            # so that another writer's count never falls between the two (see update_sweep).
-            with self.sweep_lock(sweep_uid):
-                self.end_run(event, in_doubt)
-                if event.delete:
-                    self.forget_child(sweep_uid, event.uid)
-                else:
-                    self.update_sweep(sweep_uid, context, in_doubt, ended=event)
+            if isinstance(start, RunStart) and start.sweep_uid:
+                self.child_ended(start, event, in_doubt)
         elif isinstance(event, SweepEnd):
+            self.settle()
             if event.between_j is not None:
-                # This member's time in the sweep after its last run joins the sweep's total.
-                with self.sweep_lock(event.uid):
-                    self.client.set_tag(self.run_id(event.uid), AFTER_TAG + event.uid, repr(float(event.between_j)))
-                    self._sweeps.pop(self.run_id(event.uid), None)  # the parent's tags changed: look again
-                    self.update_sweep(event.uid, context, in_doubt)
+                self.leave_with(event)
             self.end_sweep(event)
         elif isinstance(event, SweepUpdate):
+            self.settle()
             self.update_plan(event)
         else:
             raise TypeError(f"not an event: {event!r}")
+        if not more:
+            self.settle()
+
+    def leave_with(self, event: SweepEnd) -> None:
+        """This member's time in the sweep after its last run joins the sweep's totals, from the
+        last step it sees complete (:mod:`ipython_energy.ledger`); a replay keeps the first step."""
+        from mlflow.entities import RunTag
+
+        parent = self.run_id(event.uid)
+        ledger = self._ledger(parent)
+        self.update_sweep(parent)  # the prefix as it is now
+        step = ledger.after.get(event.uid, (None, ledger.complete_steps()))[1]
+        self.client.log_batch(parent, tags=[RunTag(AFTER_TAG + event.uid, repr(float(event.between_j))),
+                                            RunTag(AFTER_STEP_TAG + event.uid, str(step))])
+        self.update_sweep(parent)
+
+    def child_ended(self, start: RunStart, event: RunEnd, in_doubt: bool) -> None:
+        """Record the end of a sweep's child in this writer's ledger (from the event: no read)."""
+        parent = self.run_id(start.sweep_uid)
+        run_id = self.run_id(event.uid)
+        ledger = self._ledger(parent)
+        if ledger.index_of(run_id) is None:
+            # Started by a process that died before its number was claimed, or a retry.
+            self.claim_index(parent, run_id, in_doubt=True)
+        tags = {**self.host_tags, **start.tags, **event.tags}
+        metrics = {key: value for key, value, _s, _t in event.rows}
+        counted = event.status in rollup.ENDED_STATUSES and not event.delete
+        ledger.settled[run_id] = entry(metrics, tags, event.t_ms, counted=counted)
+        ledger.dirty = True
+
+    def settle(self) -> None:
+        """Log the totals of every sweep whose figures this writer changed (see :meth:`update_sweep`)."""
+        for parent, ledger in list(self._sweeps.items()):
+            if ledger.dirty:
+                self.update_sweep(parent)
+
+    def update_sweep(self, parent: str, planned_budget: tuple[int | None, float | None] | None = None) -> None:
+        """Log the sweep's ``sweep_*`` points that this writer can newly derive from MLflow.
+
+        One read of the parent (claims, plan, after-time) and one search for the claimed children
+        this writer has not seen end (``attributes.run_id IN``, deleted ones included); then the
+        points of the ended prefix (:func:`ipython_energy.ledger.points`) not yet logged, in one
+        batch.  Idempotent: another writer logs the same points, or more complete ones.
+        """
+        from mlflow.entities import RunTag
+        from mlflow.entities.view_type import ViewType
+
+        ledger = self._ledger(parent)
+        run = self.client.get_run(parent)
+        ledger.read_parent(run)
+        waiting = ledger.waiting()
+        for i in range(0, len(waiting), 100):
+            ids = ", ".join(f"'{r}'" for r in waiting[i:i + 100])
+            for child in self.client.search_runs([self.experiment_id], filter_string=f"attributes.run_id IN ({ids})",
+                                                 run_view_type=ViewType.ALL, max_results=100):
+                found = settled_entry(child)
+                if found is not None:
+                    ledger.settled[child.info.run_id] = found
+        planned, budget = planned_budget or ledger.plan or (None, None)
+        steps = ledger.steps(planned, budget)
+        ledger.dirty = False
+        if not steps:
+            return
+        rows = ledger.new_rows(steps)
+        last = steps[-1]
+        tags = []
+        if last.totals.budget_state == "over" and run.data.tags.get("energy.budget_state") != "over":
+            tags.append(RunTag("energy.budget_state", "over"))  # a total only grows: never back to ok
+        have = rollup.whole(run.data.tags.get("energy.overlapping_runs")) or 0
+        if last.overlapping > have:
+            tags.append(RunTag("energy.overlapping_runs", str(last.overlapping)))
+        metrics = self._metrics(rows, parent, False)
+        for i in range(0, max(len(metrics), 1), 1000):
+            if metrics[i:i + 1000] or (tags and i == 0):
+                self.client.log_batch(parent, metrics=metrics[i:i + 1000], tags=tags if i == 0 else [])
+        ledger.wrote(rows)
 
     def log_metrics(self, uid: str, rows, in_doubt: bool) -> None:
         run_id = self.run_id(uid)
@@ -458,6 +491,9 @@ class MlflowStore:
         run_id = self.run_id(event.uid)
         metrics = self._metrics(event.rows, run_id, in_doubt)
         tags = [RunTag(str(k), str(v)[:5000]) for k, v in event.tags.items()]
+        if event.delete and SUPERSEDED_TAG not in event.tags:
+            # Marked before it ends, so that no writer counts it in its sweep meanwhile.
+            tags.append(RunTag(SUPERSEDED_TAG, "true"))
         # Params given at the end (Run.annotate); logging the same value again is allowed, so a resend is harmless.
         params = [Param(str(k), str(v)) for k, v in event.params.items()]
         if metrics or tags or params:
@@ -467,97 +503,40 @@ class MlflowStore:
             # A cell's own run that a real run opened inside the cell took the place of.
             self.client.delete_run(run_id)
 
-    def forget_child(self, sweep_uid: str, uid: str) -> None:
-        """A deleted child (a cell's run superseded by a real run) no longer counts for the sweep."""
-        state = self._sweeps.get(self.run_id(sweep_uid))
-        if state is not None:
-            state.children.pop(self.run_id(uid), None)
-
-    def update_sweep(self, sweep_uid: str, context: Mapping[str, StartEvent], in_doubt: bool,
-                     ended: RunEnd | None = None) -> None:
-        """Recompute the sweep's totals from its finished children, as MLflow has them.
-
-        ``ended`` is the run_end event that triggered this: its run's final ``energy_j`` is
-        taken from the event, and the other children from :meth:`_sweep_state`, so a run costs
-        one read of the parent's history rather than a listing of every child.
-        """
-        from mlflow.entities import RunTag
-
-        parent = self.run_id(sweep_uid)
-        if in_doubt:
-            self._sweeps.pop(parent, None)  # a failed write may have landed: look again
-        state = self._sweep_state(parent)
-        if ended is not None:
-            run_id = self.run_id(ended.uid)
-            energy = ended.energy_j()
-            if energy is not None and ended.status in rollup.ENDED_STATUSES:
-                state.children[run_id] = Child.of({key: value for key, value, _s, _t in ended.rows}, ended.tags)
-            elif run_id not in state.children:
-                state.children[run_id] = None
-        if state.plan is not None:  # the parent's tags: the latest plan, whoever set it
-            planned, budget = state.plan
-        else:
-            start = context.get(sweep_uid)
-            planned = start.planned if isinstance(start, SweepStart) else None
-            budget = start.budget_j if isinstance(start, SweepStart) else None
-        rolled = state.totals(planned, budget)
-        n, total = rolled.runs, rolled.energy_j
-        if n == 0:
-            return
-        now = int(time.time() * 1000)
-        rows = [("sweep_energy_j", total, n, now), ("sweep_runs", n, n, now),
-                ("sweep_runs_energy_j", rolled.runs_energy_j, n, now),
-                ("sweep_between_runs_energy_j", rolled.between_runs_energy_j, n, now),
-                ("sweep_mean_energy_per_run_j", rolled.mean_energy_per_run_j, n, now)]
-        if rolled.forecast_energy_j is not None:
-            rows.append(("sweep_forecast_energy_j", rolled.forecast_energy_j, n, now))
-        tags = [] if rolled.budget_state is None else [RunTag("energy.budget_state", rolled.budget_state)]
-        overlapping = sum(1 for c in state.finished() if c.shares_devices)
-        if overlapping:
-            tags.append(RunTag("energy.overlapping_runs", str(overlapping)))
-        if (n, total) in state.logged:
-            rows = []  # this exact total was logged already (a replay, or another writer)
-        elif ended is None:  # a member's time after its last run: the runs' figures have not changed
-            rows = [row for row in rows if row[0] not in ("sweep_runs", "sweep_runs_energy_j")]
-        metrics = self._metrics(rows, parent, False)
-        if metrics or tags:
-            self.client.log_batch(parent, metrics=metrics, tags=tags)
-            if metrics:
-                state.points += 1
-
     def update_plan(self, event: SweepUpdate) -> None:
         """A sweep's new ``planned`` / ``budget_j``: the parent's tags, ``sweep_budget_j``, and the
-        forecast and budget state recomputed from the finished children.
+        forecast and budget state recomputed from the ended children.
 
         Safe to repeat: what the parent already shows (a tag's value, a metric's latest value) is
         not written again.  New points carry the time they are written, so that they are the latest
-        at their step even when the last run's recount was written after the change was made.
+        at their step (the recounts' points carry their runs' end times).
         """
         from mlflow.entities import RunTag
 
         parent = self.run_id(event.uid)
-        with self.sweep_lock(event.uid):
-            state = self._sweep_state(parent)
-            state.plan = (event.planned, event.budget_j)
-            rolled = state.totals(event.planned, event.budget_j)
-            run = self.client.get_run(parent)
-            have_tags, have = run.data.tags, run.data.metrics
-            want = {}
-            if event.planned is not None:
-                want["energy.planned"] = str(event.planned)
-            if event.budget_j is not None:
-                want["energy.budget_j"] = repr(float(event.budget_j))
-                want["energy.budget_state"] = rolled.budget_state
-            tags = [RunTag(k, v) for k, v in want.items() if have_tags.get(k) != v]
-            now = int(time.time() * 1000)
-            rows = []
-            if event.budget_j is not None and have.get("sweep_budget_j") != float(event.budget_j):
-                rows.append(("sweep_budget_j", float(event.budget_j), 0, now))
-            if rolled.forecast_energy_j is not None and have.get("sweep_forecast_energy_j") != rolled.forecast_energy_j:
-                rows.append(("sweep_forecast_energy_j", rolled.forecast_energy_j, rolled.runs, now))
-            metrics = self._metrics(rows, parent, False)
-            if metrics or tags:
-                self.client.log_batch(parent, metrics=metrics, tags=tags)
+        ledger = self._ledger(parent)
+        ledger.read_parent(self.client.get_run(parent))
+        steps = ledger.steps(event.planned, event.budget_j)
+        rolled = steps[-1].totals if steps else rollup.totals([], event.planned, event.budget_j)
+        run = self.client.get_run(parent)
+        have_tags, have = run.data.tags, run.data.metrics
+        want = {}
+        if event.planned is not None:
+            want["energy.planned"] = str(event.planned)
+        if event.budget_j is not None:
+            want["energy.budget_j"] = repr(float(event.budget_j))
+            want["energy.budget_state"] = rolled.budget_state
+        tags = [RunTag(k, v) for k, v in want.items() if have_tags.get(k) != v]
+        now = int(time.time() * 1000)
+        rows = []
+        if event.budget_j is not None and have.get("sweep_budget_j") != float(event.budget_j):
+            rows.append(("sweep_budget_j", float(event.budget_j), 0, now))
+        if rolled.forecast_energy_j is not None and have.get("sweep_forecast_energy_j") != rolled.forecast_energy_j:
+            rows.append(("sweep_forecast_energy_j", rolled.forecast_energy_j, rolled.runs, now))
+        metrics = self._metrics(rows, parent, False)
+        if metrics or tags:
+            self.client.log_batch(parent, metrics=metrics, tags=tags)
+        ledger.plan = (event.planned, event.budget_j)
 
     def end_sweep(self, event: SweepEnd) -> None:
         """This member leaves the sweep; the last member to leave closes the parent.
@@ -566,24 +545,34 @@ class MlflowStore:
         RUNNING until it ends: then its status).  The parent is closed when no member is
         RUNNING: FAILED if a member failed, else FINISHED if one finished, else KILLED.  Every
         member writes its own tag before it reads them all, so of two members leaving at once
-        the later read sees both and closes the parent (both may: the same status twice).
+        the later read sees both and closes the parent (both may: the same status twice); a
+        member that closed it reads the tags once more, and opens it again for one that joined
+        meanwhile.  No lock: members on other hosts follow the same steps.
         A dead session's members are ended by the recovery pass (KILLED), so a sweep never
         stays open because of a kernel that died.  A parent written by an earlier version has
         no member tags: its creator closes it, as then.
         """
         run_id = self.run_id(event.uid)
         self.log_chart(run_id)
-        with self._sweep_name_lock(self.client.get_run(run_id).data.tags.get("energy.sweep", "")):
-            tags = self.client.get_run(run_id).data.tags
-            if not any(k.startswith(MEMBER_TAG) for k in tags):
-                if tags.get("energy.uid") == event.uid:
-                    self.client.set_terminated(run_id, status=event.status, end_time=event.t_ms)
-                return
-            self.client.set_tag(run_id, MEMBER_TAG + event.uid, event.status)
-            members = {k: v for k, v in self.client.get_run(run_id).data.tags.items() if k.startswith(MEMBER_TAG)}
-            members[MEMBER_TAG + event.uid] = event.status
-            if "RUNNING" in members.values():
-                return
-            statuses = set(members.values())
-            status = "FAILED" if "FAILED" in statuses else "FINISHED" if "FINISHED" in statuses else "KILLED"
-            self.client.set_terminated(run_id, status=status, end_time=event.t_ms)
+        tags = self.client.get_run(run_id).data.tags
+        if not any(k.startswith(MEMBER_TAG) for k in tags):
+            if tags.get("energy.uid") == event.uid:
+                self.client.set_terminated(run_id, status=event.status, end_time=event.t_ms)
+            return
+        self.client.set_tag(run_id, MEMBER_TAG + event.uid, event.status)
+        members = self._members(run_id, event.uid, event.status)
+        if "RUNNING" in members.values():
+            return
+        statuses = set(members.values())
+        status = "FAILED" if "FAILED" in statuses else "FINISHED" if "FINISHED" in statuses else "KILLED"
+        self.client.set_terminated(run_id, status=status, end_time=event.t_ms)
+        if "RUNNING" in self._members(run_id, event.uid, event.status).values():
+            # A member joined while this one closed the parent, and may have seen it running
+            # then (a join writes its tag before it reads the status): the sweep goes on.
+            self.client.update_run(run_id, status="RUNNING")
+
+    def _members(self, run_id: str, uid: str, status: str) -> dict[str, str]:
+        """The parent's member tags as MLflow has them now, with this member's own ``status``."""
+        members = {k: v for k, v in self.client.get_run(run_id).data.tags.items() if k.startswith(MEMBER_TAG)}
+        members[MEMBER_TAG + uid] = status
+        return members

@@ -12,7 +12,9 @@ which talks to MLflow); the journals of dead sessions are replayed by :mod:`ipyt
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import itertools
 import logging
 import threading
 import time
@@ -28,6 +30,9 @@ from .store import ChartRenderer, MlflowStore
 from .transport import JOURNAL_THREAD_NAME, THREAD_NAME, Pace, describe_error, is_http, is_rejection
 
 log = logging.getLogger("ipython_energy")
+
+#: The most metric rows one merged event carries (MLflow takes 1,000 per log_batch).
+_MAX_BATCH_ROWS = 900
 
 
 @dataclass
@@ -299,17 +304,19 @@ class Writer:
                 self._recover()
             self._busy = True
             if self._pending:
-                item = self._pending[0]
-                if self.apply(item):
-                    self._pending.popleft()
-                    item.applied = True
-                    if self._spool is not None and item.seq > 0 and self.spool_error is None:
-                        self._spool.ack(item.seq)
-                    elif item.seq == 0 and self._held:
-                        self._record_held()  # one event fewer that only memory holds
+                item, group = self._head()
+                if self.apply(item, more=len(self._pending) > len(group)):
+                    for done in group:
+                        self._pending.popleft()
+                        done.applied = True
+                        if self._spool is not None and done.seq > 0 and self.spool_error is None:
+                            self._spool.ack(done.seq)
+                        elif done.seq == 0 and self._held:
+                            self._record_held()  # one event fewer that only memory holds
                     backoff = 0.25
                     continue
-                item.in_doubt = True
+                for failed in (item, *group):
+                    failed.in_doubt = True  # and, for a group, applied one by one from now on
                 self._busy = False
                 self._notify_idle()
                 self._wake.wait(backoff)
@@ -414,8 +421,35 @@ class Writer:
     def context_of(self, uid: str) -> StartEvent | None:
         return self._context.get(uid)
 
-    def apply(self, item: Pending) -> bool:
-        """Apply one event to MLflow (True), or leave it for a retry (False); never raises."""
+    def _head(self) -> tuple[Pending, list[Pending]]:
+        """The next event to apply, and the queued events it stands for.
+
+        A run's metrics events queued one behind another, and its end behind them, go to MLflow
+        as one event (one ``log_batch``): after an outage most queued events are of this kind,
+        and one request each was most of the catch-up's time.  Events that failed once are
+        applied one by one again (their retries, rejections and in-doubt checks are their own).
+        """
+        first = self._pending[0]
+        if not isinstance(first.event, Metrics) or first.in_doubt or first.rejections:
+            return first, [first]
+        group, rows = [first], list(first.event.rows)
+        for item in itertools.islice(self._pending, 1, None):
+            event = item.event
+            if not isinstance(event, (Metrics, RunEnd)) or event.uid != first.event.uid or item.in_doubt \
+                    or item.rejections or len(rows) + len(event.rows) > _MAX_BATCH_ROWS:
+                break
+            group.append(item)
+            if isinstance(event, RunEnd):
+                return Pending(first.seq, dataclasses.replace(event, rows=tuple(rows) + event.rows)), group
+            rows += event.rows
+        if len(group) == 1:
+            return first, group
+        return Pending(first.seq, Metrics(first.event.uid, tuple(rows))), group
+
+    def apply(self, item: Pending, more: bool = False) -> bool:
+        """Apply one event to MLflow (True), or leave it for a retry (False); never raises.
+
+        ``more``: further events are queued behind it (a sweep's totals then wait for them)."""
         event = item.event
         self._applying_since = time.monotonic()
         try:
@@ -425,7 +459,10 @@ class Writer:
             self._probe(start)
             if isinstance(event, (SweepStart, RunStart)):
                 self._context[event.uid] = event
-            self._store_for(event.uid).apply(event, self._context, item.in_doubt)
+            self._store_for(event.uid).apply(event, self._context, item.in_doubt, more=more)
+            if not more:
+                for store in self._stores.values():
+                    store.settle()  # the sweeps' totals, once the queue is drained
         except Exception as exc:  # noqa: BLE001 - any backend failure means: keep it and retry
             if is_rejection(exc):
                 # The backend answered and refused this event (bad value, deleted run, …). It is

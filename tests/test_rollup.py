@@ -240,3 +240,11 @@ def test_without_repeats_the_old_rule_holds_and_says_it_has_no_interval():
 def test_format_interval():
     assert rollup.format_interval(-0.38, -0.24) == "\u221238\u2026\u221224%"
     assert rollup.format_interval(0.4, 0.64) == "+40\u2026+64%"
+def test_sweep_data_counts_hosts_and_processes():
+    from ipython_energy.rollup import build_sweep_data
+
+    rows = [{"run_id": f"r{i}", "run_index": i, "status": "finished", "energy_j": 1.0, "session": session,
+             "host": host} for i, (host, session) in enumerate([("a", "s1"), ("a", "s2"), ("b", "s3")])]
+    data = build_sweep_data({"name": "s"}, rows)
+    assert data["totals"]["hosts"] == 2 and data["totals"]["processes"] == 3
+    assert sorted(h["host"] for h in data["hosts"]) == ["a", "b"]
