@@ -14,8 +14,10 @@ are muted (the writer reports an outage once, itself).
 from __future__ import annotations
 
 import contextlib
+import os
 import logging
 import time
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from . import layout, rollup
@@ -72,6 +74,29 @@ def is_group(run) -> bool:
     return run.data.tags.get("energy.kind") == "group"
 
 
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    """An exclusive ``flock`` on ``path`` (created if missing), held for the block."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _sweep_lock_path(tracking_uri: str) -> Path | None:
+    """For a sqlite store, the lock file beside it that every process writing it on this host
+    shares, whatever its IPYTHON_ENERGY_HOME (a sqlite file has all its writers on one host);
+    None for other stores."""
+    from .query import sqlite_path
+
+    path = sqlite_path(tracking_uri)
+    return None if path is None else path.with_name(path.name + ".ipython-energy.lock")
+
+
 class MlflowStore:
     """MLflow operations for one (tracking URI, experiment), imported lazily in the writer thread."""
 
@@ -96,7 +121,10 @@ class MlflowStore:
         self.run_ids: dict[str, str] = {}
         self._host_tags: dict[str, str] | None = None
         self._sweeps: dict[str, Ledger] = {}  # parent run id -> this writer's view of its ledger
-        self.settle_s = ELECTION_SETTLE_S
+        # A sqlite store has every writer on this host: a lock beside its file around finding or
+        # creating a sweep's parent makes the parent one, with no election wait.
+        self.sweep_lock_path = _sweep_lock_path(tracking_uri)
+        self.settle_s = 0.0 if self.sweep_lock_path is not None else ELECTION_SETTLE_S
         self._starts: Mapping[str, StartEvent] = {}  # the writer's uid -> start event (see apply)
         self.render_chart = render_chart
 
@@ -174,7 +202,11 @@ class MlflowStore:
         if uid in self.run_ids:
             return
         if isinstance(event, SweepStart):
-            self.run_ids[uid] = self._sweep_parent(event, context, in_doubt)
+            if self.sweep_lock_path is not None:
+                with _file_lock(self.sweep_lock_path):
+                    self.run_ids[uid] = self._sweep_parent(event, context, in_doubt)
+            else:
+                self.run_ids[uid] = self._sweep_parent(event, context, in_doubt)
             return
         self.run_ids[uid] = self._create(event, context, in_doubt)
 
