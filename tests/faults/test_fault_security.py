@@ -165,7 +165,8 @@ def test_nothing_of_ours_listens_on_a_port(open_shell, flat_trace, sqlite_uri):
 def test_sidebar_routes_read_nothing_from_the_request_but_opaque_ids():
     """Handlers read no body, header, cookie or query of their own choosing.  The only request input
     is an id: a path group, or a query argument read by a method that accepts only a whole match
-    of an id pattern (HTTP 400 otherwise); every id pattern is a fixed-length hex string."""
+    of an id pattern (HTTP 400 otherwise); every id pattern is a fixed-length hex string (a version
+    adds a dot and a number of bounded length)."""
     source = (ROOT / "ipython_energy" / "server" / "handlers.py").read_text()
     tree = ast.parse(source)
     readers = {"get_argument", "get_arguments", "get_query_arguments", "get_body_argument",
@@ -184,7 +185,9 @@ def test_sidebar_routes_read_nothing_from_the_request_but_opaque_ids():
     patterns = dict(re.findall(r'^(_[A-Z_]+_RE) = r"([^"]*)"$', source, flags=re.M))
     assert patterns, "id patterns not found"
     for name, pattern in patterns.items():
-        assert re.fullmatch(r"\[0-9a-f(A-F)?\]\{\d+\}", pattern), f"{name} = {pattern!r} is not a hex id"
+        # a fixed-length hex id, or a poll's version: a fixed-length hex id, a dot, a bounded number
+        assert re.fullmatch(r"\[0-9a-f(A-F)?\]\{\d+\}(\\\.\[0-9\]\{1,\d+\})?", pattern), \
+            f"{name} = {pattern!r} is not a hex id"
     groups = re.findall(r"\(\?P<\w+>\{(\w+)\}\)", source)
     assert groups and set(groups) <= set(patterns), groups
 
@@ -200,5 +203,5 @@ def test_sidebar_routes_read_nothing_from_the_request_but_opaque_ids():
     for call in (c for c in ast.walk(tree) if isinstance(c, ast.Call)):
         name = call.func.attr if isinstance(call.func, ast.Attribute) else getattr(call.func, "id", "")
         if name in query_readers:
-            used = [a.id for a in call.args if isinstance(a, ast.Name)]
+            used = [a.id for a in call.args if isinstance(a, ast.Name) and a.id != "self"]
             assert used and set(used) <= set(patterns), f"line {call.lineno}: {name} without an id pattern"
