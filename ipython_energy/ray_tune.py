@@ -77,6 +77,33 @@ def _with_energy(output: Any, energy_j: float, estimated: bool) -> dict[str, Any
     return figures
 
 
+def _trial(trainable: Callable[[dict], Any], sweep: str | None, flush_timeout_s: float, config) -> dict[str, Any]:
+    """One trial on its worker: a run of the sweep around ``trainable(config)`` (see :func:`measure`)."""
+    from ray import tune
+
+    context = tune.get_context()
+    name = sweep or os.environ.get(SWEEP_ENV) or context.get_experiment_name()
+    tags = {"ray.experiment": context.get_experiment_name(), "ray.trial_id": context.get_trial_id(),
+            "ray.trial_name": context.get_trial_name()}
+    try:
+        with energy.sweep(name):
+            run = energy.run(context.get_trial_name(), params=_params(config))
+            token = _run.set(run)
+            try:
+                output = trainable(config)
+            except BaseException as exc:
+                run.annotate(tags=tags)
+                run.end(status_for(type(exc)))
+                raise
+            finally:
+                _run.reset(token)
+            run.annotate(tags=tags)
+            m = run.end()
+    finally:
+        energy.flush(flush_timeout_s)  # before Ray may end this worker process
+    return _with_energy(output, m.energy_j, m.estimated)
+
+
 def measure(trainable: Callable[[dict], Any], sweep: str | None = None, *,
             flush_timeout_s: float = 120.0) -> Callable[[dict], Any]:
     """A function trainable that measures each trial as a child run of the sweep, on its worker.
@@ -100,29 +127,9 @@ def measure(trainable: Callable[[dict], Any], sweep: str | None = None, *,
         sweep = check_name(sweep, "sweep")
 
     def measured(config):
-        from ray import tune
-
-        context = tune.get_context()
-        name = sweep or os.environ.get(SWEEP_ENV) or context.get_experiment_name()
-        tags = {"ray.experiment": context.get_experiment_name(), "ray.trial_id": context.get_trial_id(),
-                "ray.trial_name": context.get_trial_name()}
-        try:
-            with energy.sweep(name):
-                run = energy.run(context.get_trial_name(), params=_params(config))
-                token = _run.set(run)
-                try:
-                    output = trainable(config)
-                except BaseException as exc:
-                    run.annotate(tags=tags)
-                    run.end(status_for(type(exc)))
-                    raise
-                finally:
-                    _run.reset(token)
-                run.annotate(tags=tags)
-                m = run.end()
-        finally:
-            energy.flush(flush_timeout_s)  # before Ray may end this worker process
-        return _with_energy(output, m.energy_j, m.estimated)
+        # Ray pickles this closure by value: it names only a module function (pickled by name),
+        # never the module's ContextVar.
+        return _trial(trainable, sweep, flush_timeout_s, config)
 
     measured.__name__ = getattr(trainable, "__name__", "trainable")
     measured.__qualname__ = getattr(trainable, "__qualname__", measured.__name__)

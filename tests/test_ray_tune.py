@@ -45,8 +45,9 @@ def on_fake_gpus(trainable):
 def train(config):
     """A trial that holds its GPU for ``config["seconds"]`` and reports which GPU it was given."""
     time.sleep(config["seconds"])
-    report({"gpus": os.environ.get("CUDA_VISIBLE_DEVICES", "")})
-    return {"score": config["seconds"]}
+    gpus = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    report({"gpus": gpus})  # an intermediate result (with the running energy)
+    return {"score": config["seconds"], "gpus": gpus}  # the last result: Tune keeps this one
 
 
 @pytest.fixture
