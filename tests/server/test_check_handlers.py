@@ -17,7 +17,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
 def test_our_handlers_pass():
     result = run()
     assert result.returncode == 0, result.stdout
-    assert "(2 files, 5 routes)" in result.stdout  # experiments, experiment, sweep, session, poll
+    assert "(3 files, 5 routes)" in result.stdout  # experiments, experiment, sweep, session, poll
 
 
 def test_a_route_to_a_class_that_is_not_a_checked_handler_fails(tmp_path):
