@@ -21,8 +21,11 @@ API_PATH = "/ipython-energy/api/"
 
 
 def hover_bar(page, n: int) -> None:
-    """Hover bar n near its lower left corner (the total line may cross its middle)."""
-    box = page.locator(BARS).nth(n).bounding_box()
+    """Hover bar n near its lower left corner (the total line may cross its middle), scrolled into
+    the middle of the panel first (cards above the chart can push it under the status bar)."""
+    bar = page.locator(BARS).nth(n)
+    bar.evaluate("e => e.scrollIntoView({block: 'center'})")
+    box = bar.bounding_box()
     page.mouse.move(box["x"] + 2, box["y"] + box["height"] - 2)
 
 
