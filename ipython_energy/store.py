@@ -91,10 +91,10 @@ def _sweep_lock_path(tracking_uri: str) -> Path | None:
     """For a sqlite store, the lock file beside it that every process writing it on this host
     shares, whatever its IPYTHON_ENERGY_HOME (a sqlite file has all its writers on one host);
     None for other stores."""
-    from .query import sqlite_path
-
-    path = sqlite_path(tracking_uri)
-    return None if path is None else path.with_name(path.name + ".ipython-energy.lock")
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    path = Path(tracking_uri[len("sqlite:///"):])
+    return path.with_name(path.name + ".ipython-energy.lock")
 
 
 class MlflowStore:
