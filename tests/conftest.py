@@ -95,6 +95,25 @@ def sqlite_uri(tmp_path, empty_store_template) -> str:
 
 
 @pytest.fixture
+def ip(energy_home, flat_trace, sqlite_uri, monkeypatch, tmp_path, capsys):
+    """A real IPython shell with ``ipython_energy`` loaded, measuring with the replay sensor on
+    ``flat_trace`` (the hardware seam) and logging to ``sqlite_uri``; its load line is in ``capsys``."""
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.testing.globalipapp import start_ipython
+
+    import ipython_energy
+
+    monkeypatch.setenv("IPYTHON_ENERGY_SENSORS", f"replay:{flat_trace}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri)
+    monkeypatch.chdir(tmp_path)
+    start_ipython()
+    shell = InteractiveShell.instance()
+    ipython_energy.load_ipython_extension(shell)
+    yield shell
+    ipython_energy.unload_ipython_extension(shell)
+
+
+@pytest.fixture
 def start_kernel(tmp_path, energy_home):
     """``start_kernel(trace, uri, extra_arguments=(), **env) -> Kernel``: a real Jupyter kernel in
     ``tmp_path`` that measures with the replay sensor on ``trace`` and logs to ``uri`` (its store

@@ -16,10 +16,7 @@ import time
 
 import pytest
 from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
-from IPython.testing.globalipapp import start_ipython
 
-import ipython_energy
 from ipython_energy.config import from_env
 from ipython_energy.runs import EnergyError
 from ipython_energy.runtime import new_tracker
@@ -151,18 +148,6 @@ def test_a_run_id_no_run_has_is_a_name_and_one_that_cannot_be_looked_up_is_a_cle
         run.end()
     finally:
         down.close(timeout_s=0.1)
-
-
-@pytest.fixture
-def ip(energy_home, flat_trace, sqlite_uri, monkeypatch, tmp_path):
-    monkeypatch.setenv("IPYTHON_ENERGY_SENSORS", f"replay:{flat_trace}")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri)
-    monkeypatch.chdir(tmp_path)
-    start_ipython()
-    shell = InteractiveShell.instance()
-    ipython_energy.load_ipython_extension(shell)
-    yield shell
-    ipython_energy.unload_ipython_extension(shell)
 
 
 def test_magic_joins_a_sweep_by_run_id(ip, flat_trace, sqlite_uri, tmp_path, capsys):

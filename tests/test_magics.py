@@ -15,24 +15,10 @@ import textwrap
 
 import pytest
 from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
-from IPython.testing.globalipapp import start_ipython
 
 import ipython_energy
 from ipython_energy.measurement import Measurement, format_energy
 from tests.helpers.mlflow_readback import history, runs as logged_runs, sweep_energy
-
-
-@pytest.fixture
-def ip(energy_home, flat_trace, sqlite_uri, monkeypatch, tmp_path, capsys):
-    monkeypatch.setenv("IPYTHON_ENERGY_SENSORS", f"replay:{flat_trace}")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri)
-    monkeypatch.chdir(tmp_path)
-    start_ipython()
-    shell = InteractiveShell.instance()
-    ipython_energy.load_ipython_extension(shell)
-    yield shell
-    ipython_energy.unload_ipython_extension(shell)
 
 
 def test_load_prints_sensors_and_methods(ip, capsys):

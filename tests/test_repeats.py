@@ -341,22 +341,6 @@ def test_fixed_cooldown_waits_that_long(energy_home, sqlite_uri):
 
 
 # ---- %%energy --repeat ----------------------------------------------------------------------------------
-@pytest.fixture
-def ip(energy_home, flat_trace, sqlite_uri, monkeypatch, tmp_path):
-    import ipython_energy
-    from IPython.core.interactiveshell import InteractiveShell
-    from IPython.testing.globalipapp import start_ipython
-
-    monkeypatch.setenv("IPYTHON_ENERGY_SENSORS", f"replay:{flat_trace}")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", sqlite_uri)
-    monkeypatch.chdir(tmp_path)
-    start_ipython()
-    shell = InteractiveShell.instance()
-    ipython_energy.load_ipython_extension(shell)
-    yield shell
-    ipython_energy.unload_ipython_extension(shell)
-
-
 def test_cell_magic_repeats_the_cell_as_one_group(ip, sqlite_uri, capsys):
     import ipython_energy
 
