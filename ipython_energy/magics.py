@@ -362,7 +362,8 @@ class EnergyMagics(Magics, EnergySettings):
             %energy run NAME [--param KEY=VALUE ...]  start a run; later cells belong to it
             %energy end [run|sweep]                   end the active run (or, with none, the sweep)
             %energy autolog on|off                    measure every cell as a cell of the active run
-            %energy chart [NAME]                      the sweep's chart, inline
+            %energy chart [NAME] [--mlflow] [--by host]  the sweep's chart, inline (every host's runs
+                                                    with --mlflow, or when other processes joined)
             %energy flush [--timeout 30]              wait until MLflow has every measurement
             %energy compare A B [--log]               b against a: ratio, 95 % CI, comparability
             %energy spool                             earlier sessions' journals not yet in MLflow
@@ -588,22 +589,42 @@ class EnergyMagics(Magics, EnergySettings):
         self._print_notices(tracker)
 
     def _cmd_chart(self, words: list[str]):
-        if len(words) > 1:
-            raise UsageError("%energy chart takes at most one sweep name")
+        p = self._parser("chart")
+        p.add_argument("name", nargs="?")
+        p.add_argument("--mlflow", action="store_true")
+        p.add_argument("--by", choices=("status", "host"), action=_Once)
+        a = _parse_words(p, words)
         tracker = self.tracker
-        if words:
-            sweep = tracker.sweeps.get(words[0])
-            if sweep is None:
-                raise UsageError(f"%energy chart: no sweep named {quote(words[0])} in this session "
-                                 f"(known: {', '.join(tracker.sweeps) or 'none'})")
+        if a.name is not None:
+            sweep = tracker.sweeps.get(a.name)
         else:
             sweep = tracker.sweep or (list(tracker.sweeps.values())[-1] if tracker.sweeps else None)
             if sweep is None:
-                raise UsageError("%energy chart: no sweep yet; start one with %energy sweep NAME")
+                raise UsageError("%energy chart: no sweep yet; start one with %energy sweep NAME, "
+                                 "or name a sweep in MLflow")
         from .charts import sweep_chart
-        from .runs import sweep_data
 
-        return sweep_chart(sweep_data(sweep))
+        color_by = a.by or "auto"
+        per_host = "auto" if a.by is None else a.by == "host"
+        view = tracker.sweep_view(sweep) if sweep is not None else None
+        if sweep is not None and not a.mlflow and (view is None or view.processes <= 1):
+            from .runs import sweep_data
+
+            return sweep_chart(sweep_data(sweep), color_by=color_by, per_host=per_host)
+        # The whole sweep, every process on every host, as MLflow has it: this session's
+        # measurements first (the wait %energy compare makes too).
+        if not tracker.flush(30):
+            print("ipython-energy: some measurements are still on their way to MLflow; "
+                  "the chart shows what MLflow has now", file=sys.stderr)
+        from .joining import whole_sweep
+
+        experiment = (sweep.experiment if sweep is not None else None) or tracker.config.experiment
+        try:
+            data = whole_sweep(tracker.tracking_uri, experiment, sweep.name if sweep is not None else a.name)
+        except LookupError as exc:
+            known = f" (in this session: {', '.join(map(quote, tracker.sweeps))})" if tracker.sweeps else ""
+            raise UsageError(f"%energy chart: {exc}{known}") from None
+        return sweep_chart(data, color_by=color_by, per_host=per_host)
 
     def _cmd_compare(self, words: list[str]):
         parser = self._parser("compare")

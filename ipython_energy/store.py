@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from . import layout, rollup
-from .ledger import AFTER_STEP_TAG, AFTER_TAG, INDEX_PARAM, SUPERSEDED_TAG, Ledger, entry, lowest_free, settled_entry
+from .ledger import (AFTER_STEP_TAG, AFTER_TAG, INDEX_PARAM, SUPERSEDED_TAG, Ledger, Step, entry, lowest_free,
+                     settled_entry)
 from .transport import Pace, describe_error, mlflow_client_class, mute_library_logs_on_writer_thread, writer_client
 from .events import Event, Metrics, RunEnd, RunStart, StartEvent, SweepEnd, SweepStart, SweepUpdate
 
@@ -121,6 +122,8 @@ class MlflowStore:
         self.run_ids: dict[str, str] = {}
         self._host_tags: dict[str, str] | None = None
         self._sweeps: dict[str, Ledger] = {}  # parent run id -> this writer's view of its ledger
+        #: parent run id -> the sweep's last step this writer derived from MLflow (all its members)
+        self.latest: dict[str, Step] = {}
         # A sqlite store has every writer on this host: a lock beside its file around finding or
         # creating a sweep's parent makes the parent one, with no election wait.
         self.sweep_lock_path = _sweep_lock_path(tracking_uri)
@@ -169,6 +172,13 @@ class MlflowStore:
         run_id = self.run_ids.pop(uid, None)
         if run_id is not None:
             self._sweeps.pop(run_id, None)
+            self.latest.pop(run_id, None)
+
+    def sweep_view(self, uid: str) -> "Step | None":
+        """The last step of the sweep ``uid`` (this process's SweepStart) that this writer derived
+        from MLflow, every member's runs included; None until it has derived one."""
+        run_id = self.run_ids.get(uid)
+        return self.latest.get(run_id) if run_id is not None else None
 
     def run_id(self, uid: str) -> str:
         """The MLflow run of ``uid``: found by its ``energy.uid`` tag, or, for a sweep this process
@@ -498,7 +508,7 @@ class MlflowStore:
         if not steps:
             return
         rows = ledger.new_rows(steps)
-        last = steps[-1]
+        last = self.latest[parent] = steps[-1]
         tags = []
         if last.totals.budget_state == "over" and run.data.tags.get("energy.budget_state") != "over":
             tags.append(RunTag("energy.budget_state", "over"))  # a total only grows: never back to ok

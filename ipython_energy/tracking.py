@@ -112,6 +112,13 @@ class Tracker:
         (asking must not start one)."""
         return None if self._writer is None else self._writer.status()
 
+    def sweep_view(self, sweep):
+        """The sweep as the writer last derived it from MLflow, every member's runs included
+        (a :class:`~ipython_energy.ledger.Step`), or None (no writer, or nothing derived yet)."""
+        if self._writer is None or not sweep.logged:
+            return None
+        return self._writer.sweep_view(sweep.uid, self.tracking_uri, sweep.experiment or self.config.experiment)
+
     def start_background(self) -> None:
         """Start the writer (replays dead kernels' spools) without waiting for it."""
         if self.config.log:
