@@ -16,19 +16,8 @@ import tracemalloc
 import pytest
 
 import ipython_energy
-from ipython_energy.runtime import set_tracker
 from tests.faults.faultkit import figure, flat_replay, make_tracker
 from tests.helpers.mlflow_readback import assert_sweep_total_exact, history, runs, split_sweep
-
-
-@pytest.fixture
-def tracker(energy_home, sqlite_uri):
-    """The process's tracker, measuring a flat 100 W replay trace and logging to the test's store."""
-    t = make_tracker([flat_replay({"gpu0": 100.0})], sqlite_uri)
-    set_tracker(t)
-    yield t
-    t.close()
-    set_tracker(None)
 
 
 def test_a_run_nested_in_another_is_counted_once(tracker, sqlite_uri):
