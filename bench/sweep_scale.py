@@ -209,12 +209,23 @@ def phase_figures(reports: list[dict]) -> dict:
             "added_first_s": [r["outer_s"][0] - r["inner_s"][0] for r in reports]}
 
 
-def requests_in(log: Path, start: int, end: int) -> collections.Counter:
-    """Requests the server's access log holds between two byte offsets, by method and path."""
+def requests_in(log: Path, start: int, end: int, split_at: float) -> dict:
+    """The requests the server's access log holds between two byte offsets: by method and path,
+    those answered 4xx (a refused run-number claim is a 400), and how many came after
+    ``split_at`` (epoch seconds; the log's times are local, to the second)."""
     with open(log, "rb") as f:
         f.seek(start)
         text = f.read(end - start).decode(errors="replace")
-    return collections.Counter(m.group(1) for m in re.finditer(r'"([A-Z]+ [^ ?"]+)[^"]* HTTP/[\d.]+"', text))
+    by_path, refused, after = collections.Counter(), collections.Counter(), 0
+    for m in re.finditer(r'^(\d{4}/\d\d/\d\d \d\d:\d\d:\d\d) .*"([A-Z]+ [^ ?"]+)[^"]* HTTP/[\d.]+" (\d{3})',
+                         text, re.MULTILINE):
+        by_path[m.group(2)] += 1
+        if m.group(3).startswith("4"):
+            refused[m.group(2)] += 1
+        if time.mktime(time.strptime(m.group(1), "%Y/%m/%d %H:%M:%S")) > split_at:
+            after += 1
+    return {"total": sum(by_path.values()), "after_last_trial": after, "by_path": dict(by_path.most_common()),
+            "refused_4xx": dict(refused.most_common())}
 
 
 def sidebar(uri: str, work: Path, polls: int) -> dict:
@@ -328,9 +339,9 @@ def bench(args: argparse.Namespace) -> int:
         log_start = log.stat().st_size
         reports = launch(work, "measured", args.workers, args.trials, stores.optuna_url, "measured",
                          server.uri, own_hosts)
-        requests = requests_in(log, log_start, log.stat().st_size)
         measured = phase_figures(reports)
         last_end = max(r["ended"] for r in reports)
+        requests = requests_in(log, log_start, log.stat().st_size, last_end)
         flush = {"lag_s": max(r["flushed"] for r in reports) - last_end,
                  "per_worker_s": [r["flushed"] - r["ended"] for r in reports],
                  "all_ok": all(r["flushed_ok"] for r in reports)}
@@ -350,7 +361,7 @@ def bench(args: argparse.Namespace) -> int:
         "workers": args.workers, "trials_per_worker": args.trials, "own_hostnames": own_hosts,
         "cpus": os.cpu_count(), "python": platform.python_version(),
         "load_before": load_before, "load_after": os.getloadavg(), "server_up_s": server_up_s,
-        "plain": plain, "measured": measured, "flush": flush, "requests": dict(requests.most_common()),
+        "plain": plain, "measured": measured, "flush": flush, "requests": requests,
         "sidebar": view, "facts": facts, "checks": passed,
     }
     print_table(result)
@@ -367,7 +378,7 @@ def bench(args: argparse.Namespace) -> int:
 
 
 def print_table(r: dict) -> None:
-    p, m, f, v = r["plain"], r["measured"], r["flush"], r["sidebar"]
+    p, m, f, v, q = r["plain"], r["measured"], r["flush"], r["sidebar"], r["requests"]
     n = m["trials"]
     ms = lambda s: f"{s * 1000:.1f} ms"  # noqa: E731
     rows = [
@@ -382,7 +393,8 @@ def print_table(r: dict) -> None:
         ("measure's first trial per worker (tracker start)", ", ".join(ms(s) for s in m["added_first_s"])),
         ("flush lag: last trial's end to MLflow has every child", f"{f['lag_s']:.1f} s (per worker: "
          + ", ".join(f"{s:.1f}" for s in f["per_worker_s"]) + " s)"),
-        ("server requests, per trial", f"{sum(r['requests'].values())}, {sum(r['requests'].values()) / n:.1f}"),
+        ("server requests: all, per trial, after the last trial, refused (4xx)",
+         f"{q['total']}, {q['total'] / n:.1f}, {q['after_last_trial']}, {sum(q['refused_4xx'].values())}"),
         ("sidebar: experiment, first sweep view, all loaded", f"{ms(v['experiment_s'])}, {ms(v['first_sweep_s'])}, {ms(v['loaded_s'])}"),
         ("sidebar: poll p50 / max", f"{ms(v['poll_p50_s'])} / {ms(v['poll_max_s'])}"),
         ("load average before / after", f"{r['load_before'][0]:.1f} / {r['load_after'][0]:.1f}"),
@@ -391,7 +403,8 @@ def print_table(r: dict) -> None:
     print("| figure | value |\n| --- | --- |")
     for name, value in rows:
         print(f"| {name} | {value} |")
-    print("\nrequests by endpoint: " + ", ".join(f"{k} {c}" for k, c in r["requests"].items()))
+    print("\nrequests by endpoint: " + ", ".join(f"{k} {c}" for k, c in q["by_path"].items()))
+    print("refused (4xx): " + (", ".join(f"{k} {c}" for k, c in q["refused_4xx"].items()) or "none"))
 
 
 if __name__ == "__main__":
