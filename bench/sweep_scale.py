@@ -329,6 +329,7 @@ def bench(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="sweep-scale-"))
     os.environ.update(IPYTHON_ENERGY_HOME=str(work / "home"), MLFLOW_DISABLE_TELEMETRY="true")
     own_hosts = hostnames_work()
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load_before = os.getloadavg()
     stores = Stores(args.backend, work)
     server = MlflowServer(work, backend_store_uri=stores.mlflow_uri)
@@ -364,7 +365,7 @@ def bench(args: argparse.Namespace) -> int:
         server.kill()
         stores.stop()
     result = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "backend": args.backend,
+        "started": started, "ended": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "backend": args.backend,
         "workers": args.workers, "trials_per_worker": args.trials, "own_hostnames": own_hosts,
         "cpus": os.cpu_count(), "python": platform.python_version(),
         "load_before": load_before, "load_after": os.getloadavg(), "server_up_s": server_up_s,
