@@ -243,7 +243,7 @@ class MlflowStore:
         took = time.monotonic() - searched
         time.sleep(self.settle_s)
         winner = self._find_sweep(event.name)
-        if took > self.settle_s:
+        if self.sweep_lock_path is None and took > self.settle_s:  # under the lock no wait is needed
             log.warning("ipython-energy: creating the parent of sweep %r took %.1f s, longer than the "
                         "%.1f s other hosts wait for it: two parents may remain", event.name, took, self.settle_s)
         if winner is None or winner.info.run_id == own:
