@@ -589,22 +589,26 @@ class MlflowStore:
         member writes its own tag before it reads them all, so of two members leaving at once
         the later read sees both and closes the parent (both may: the same status twice); a
         member that closed it reads the tags once more, and opens it again for one that joined
-        meanwhile.  No lock: members on other hosts follow the same steps.
+        meanwhile.  No lock: members on other hosts follow the same steps.  The closing member
+        also saves the sweep's chart (``energy_sweep.html``).
         A dead session's members are ended by the recovery pass (KILLED), so a sweep never
         stays open because of a kernel that died.  A parent written by an earlier version has
         no member tags: its creator closes it, as then.
         """
         run_id = self.run_id(event.uid)
-        self.log_chart(run_id)
         tags = self.client.get_run(run_id).data.tags
         if not any(k.startswith(MEMBER_TAG) for k in tags):
             if tags.get("energy.uid") == event.uid:
+                self.log_chart(run_id)
                 self.client.set_terminated(run_id, status=event.status, end_time=event.t_ms)
             return
         self.client.set_tag(run_id, MEMBER_TAG + event.uid, event.status)
         members = self._members(run_id, event.uid, event.status)
         if "RUNNING" in members.values():
             return
+        # The chart is drawn once, by the member that closes the sweep (it reads every child:
+        # at a thousand runs, each member drawing it as it left cost minutes of requests).
+        self.log_chart(run_id)
         statuses = set(members.values())
         status = "FAILED" if "FAILED" in statuses else "FINISHED" if "FINISHED" in statuses else "KILLED"
         self.client.set_terminated(run_id, status=status, end_time=event.t_ms)

@@ -84,6 +84,8 @@ def test_workers_given_the_sweep_in_the_environment_land_in_one_sweep(energy_hom
     members = {k: v for k, v in parent.data.tags.items() if k.startswith("energy.member.")}
     assert sorted(members.values()) == ["FINISHED", "FINISHED"], "each process joined once and left at exit"
     assert parent.info.status == "FINISHED", "the last member to leave closed the parent"
+    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["energy_sweep.html"], \
+        "the closing member saved the chart"
     assert_sweep_total_exact(client, parent, children)
     points = history(client, parent.info.run_id, "sweep_energy_j")
     # One point per finished run, and one per member leaving (at the step it left at).
