@@ -506,6 +506,8 @@ class Writer:
                 return None
             if isinstance(event, Metrics):
                 rows += event.rows
+                if len(rows) > _MAX_BATCH_ROWS:
+                    return None
                 continue
             if not isinstance(event, RunEnd):
                 return None
