@@ -16,13 +16,15 @@ from __future__ import annotations
 import contextlib
 import os
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from . import layout, rollup
 from .ledger import AFTER_STEP_TAG, AFTER_TAG, INDEX_PARAM, SUPERSEDED_TAG, Ledger, entry, lowest_free, settled_entry
-from .transport import Pace, describe_error, is_http, mlflow_client_class, mute_library_logs_on_writer_thread, writer_client
+from .transport import (THREAD_NAME, Pace, describe_error, is_http, mlflow_client_class,
+                        mute_library_logs_on_writer_thread, writer_client)
 from .events import Event, Metrics, RunEnd, RunStart, StartEvent, SweepEnd, SweepStart, SweepUpdate
 
 log = logging.getLogger("ipython_energy")
@@ -58,10 +60,6 @@ def in_parallel(call: Callable[[Any], Any], items, workers: int) -> list:
     request that hangs never holds up the interpreter's exit.  Every call has returned when this
     returns; the first error, if any, is then raised.
     """
-    import threading
-
-    from .transport import THREAD_NAME
-
     items = list(items)
     if workers <= 1 or len(items) <= 1:
         return [call(item) for item in items]

@@ -446,6 +446,7 @@ class Writer:
         as one event (one ``log_batch``): after an outage most queued events are of this kind,
         and one request each was most of the catch-up's time.  Events that failed once are
         applied one by one again (their retries, rejections and in-doubt checks are their own).
+        Whole runs queued one after another (a backlog) go together: :meth:`_backlog`.
         """
         first = self._pending[0]
         if isinstance(first.event, RunStart):
@@ -511,9 +512,10 @@ class Writer:
                 continue
             if not isinstance(event, RunEnd):
                 return None
+            params = {**start.params, **event.params}
             clash = any(start.params.get(k, v) != v for k, v in event.params.items())
-            size = len(rows) + len(event.rows) + len({**start.params, **event.params}) + len(event.tags) + 1
-            if event.delete or clash or size > _MAX_BATCH_ROWS or len(event.tags) > 90:
+            size = len(rows) + len(event.rows) + len(params) + len(event.tags) + 1
+            if event.delete or clash or size > _MAX_BATCH_ROWS or len(params) > 100 or len(event.tags) >= 100:
                 return None
             return start, dataclasses.replace(event, rows=tuple(rows) + event.rows), pending[i:j + 1]
         return None
