@@ -169,6 +169,11 @@ class MlflowStore:
         self.settle_s = 0.0 if self.sweep_lock_path is not None else ELECTION_SETTLE_S
         self._starts: Mapping[str, StartEvent] = {}  # the writer's uid -> start event (see apply)
         self.render_chart = render_chart
+        # A backlog's progress (apply_runs), so that its retry after a failure resumes: the runs
+        # created (uid -> run id), those whose creation got no answer, those ended.
+        self._created: dict[str, str] = {}
+        self._unsure: set[str] = set()
+        self._finished: set[str] = set()
 
     @property
     def host_tags(self) -> dict[str, str]:
@@ -211,6 +216,12 @@ class MlflowStore:
         run_id = self.run_ids.pop(uid, None)
         if run_id is not None:
             self._sweeps.pop(run_id, None)
+        self._forget_backlog(uid)
+
+    def _forget_backlog(self, uid: str) -> None:
+        self._created.pop(uid, None)
+        self._unsure.discard(uid)
+        self._finished.discard(uid)
 
     def run_id(self, uid: str) -> str:
         """The MLflow run of ``uid``: found by its ``energy.uid`` tag, or, for a sweep this process
@@ -523,21 +534,45 @@ class MlflowStore:
         run numbers in one batch, in the given order (:meth:`claim_indexes`); each run's params,
         tags and metrics go in one ``log_batch``, then its end (``update_run``).  A run's own
         requests keep that order; those of different runs overlap (:func:`in_parallel`, up to
-        :data:`BACKLOG_WORKERS` at once against a tracking server).  If any request fails, the
-        runs are known to MLflow only by their ``energy.uid`` tags (nothing is cached here): the
-        writer applies their events again one by one, in doubt, which finds what was written.
+        :data:`BACKLOG_WORKERS` at once against a tracking server).
+
+        Called again after a failure (the server went away mid-way), it resumes: a run created is
+        not created again, a creation that got no answer is looked for by ``energy.uid`` first,
+        numbers claimed stay claimed, and a run's batch and end, safe to repeat (the same points,
+        params and status), are sent again unless they were answered.
         """
         from mlflow.entities import Metric, Param, RunTag
 
         self._starts = context
         workers = BACKLOG_WORKERS if is_http(self.tracking_uri) else 1
         tags = [self._new_run_tags(start, context) for start, _end in runs]
-        run_ids = in_parallel(lambda i: self._create_run(runs[i][0], tags[i]), range(len(runs)), workers)
+
+        def create(i: int) -> str:
+            uid = runs[i][0].uid
+            if uid in self._unsure:
+                found = self._find_by_uid(uid)
+                if found is not None:
+                    self._created[uid] = found
+            if uid not in self._created:
+                self._unsure.add(uid)
+                self._created[uid] = self._create_run(runs[i][0], tags[i])
+            self._unsure.discard(uid)
+            return self._created[uid]
+
+        run_ids = in_parallel(create, range(len(runs)), workers)
         parent = tags[0].get("mlflow.parentRunId") if runs[0][0].sweep_uid else None
-        indexes = self.claim_indexes(parent, run_ids) if parent else [None] * len(runs)
+        indexes: list[int | None] = [None] * len(runs)
+        if parent:
+            ledger = self._ledger(parent)
+            unclaimed = [run_id for run_id in run_ids if ledger.index_of(run_id) is None]
+            if unclaimed:
+                self.claim_indexes(parent, unclaimed)
+            indexes = [ledger.index_of(run_id) for run_id in run_ids]
 
         def finish(i: int) -> None:
             start, end = runs[i]
+            if start.uid in self._finished:
+                return
             run_tags = {k: str(v)[:5000] for k, v in end.tags.items()}
             if indexes[i] is not None:
                 run_tags["energy.run_index"] = str(indexes[i])
@@ -546,10 +581,12 @@ class MlflowStore:
                                   params=[Param(str(k), str(v)) for k, v in {**start.params, **end.params}.items()],
                                   tags=[RunTag(k, v) for k, v in run_tags.items()])
             self.client.set_terminated(run_ids[i], status=end.status, end_time=end.t_ms)
+            self._finished.add(start.uid)
 
         in_parallel(finish, range(len(runs)), workers)
         for (start, end), run_id in zip(runs, run_ids):
             self.run_ids[start.uid] = run_id
+            self._forget_backlog(start.uid)
             if parent:
                 self.child_ended(start, end, in_doubt=False)
 

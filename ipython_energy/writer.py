@@ -333,8 +333,11 @@ class Writer:
                             self._record_held()  # one event fewer that only memory holds
                     backoff = 0.25
                     continue
-                for failed in (item, *group):
-                    failed.in_doubt = True  # and, for a group, applied one by one from now on
+                if not isinstance(item.event, Backlog) or item.rejections:
+                    # A backlog that failed part-way is tried again as it is (MlflowStore.apply_runs
+                    # resumes it); one that MLflow refused is applied event by event, in doubt.
+                    for failed in (item, *group):
+                        failed.in_doubt = True  # and, for a group, applied one by one from now on
                 self._busy = False
                 self._notify_idle()
                 self._wake.wait(backoff)
@@ -545,7 +548,8 @@ class Writer:
                     store.settle()  # the sweeps' totals, once the queue is drained
         except Exception as exc:  # noqa: BLE001 - any backend failure means: keep it and retry
             if isinstance(event, Backlog) and is_rejection(exc):
-                return False  # its events are applied one by one now, each with its own rejections
+                item.rejections += 1  # its events are applied one by one now, each with its own rejections
+                return False
             if is_rejection(exc):
                 # The backend answered and refused this event (bad value, deleted run, …). It is
                 # retried a few times, then set aside in the rejected journal so that it cannot

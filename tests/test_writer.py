@@ -504,3 +504,34 @@ def test_backlog_cut_off_mid_drain_then_kernel_killed_is_replayed_once(energy_ho
     assert again.flush(300)
     _check_each_run_once(server.uri, 16)
     again.close()
+
+
+@pytest.mark.server
+def test_backlog_cut_off_mid_drain_resumes_where_it_stopped(energy_home, proxy):
+    """The server goes out of reach for a moment while a backlog is being written: the writer
+    tries the backlog again when it answers, and goes on from where it stopped (runs created are
+    not looked for, only creations whose answer was lost): every run once, numbers 1..16."""
+    server = proxy()
+    sweep, runs = _backlog(server.uri, "resume", 16)
+    writer = Writer(Spool.create("resume"), retry_max_s=0.2)
+    for ev in sweep:
+        writer.submit(ev)
+    assert writer.flush(120)
+    server.down = True
+    for ev in runs:
+        writer.submit(ev)
+    assert not writer.flush(1)
+    server.log.clear()
+    server.down = False
+    deadline = time.monotonic() + 120
+    while server.count("/runs/update", "200") < 3 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    server.down = True
+    time.sleep(1)
+    server.down = False
+    assert writer.flush(300)
+    _check_each_run_once(server.uri, 16)
+    assert server.count("/runs/create", "200") == 16
+    # Lookups by energy.uid: the first run's (tried alone while down) and the creations cut off.
+    assert server.count("/runs/search", "200") <= 1 + 6 + 2
+    writer.close()
