@@ -221,7 +221,8 @@ class Writer:
         """Why MLflow counts as slow, or None: its recent answers, an answer awaited, a request timed out."""
         pace = self.pace
         since = self._applying_since
-        waited = None if since is None else time.monotonic() - since
+        # Since the last answer: a backlog's one application takes many requests, each answered.
+        waited = None if since is None else time.monotonic() - max(since, pace.last_good)
         if waited is not None and waited > 5 * pace.slow_s:
             return f"no answer for {waited:.0f} s"
         latency = pace.latency_s()
