@@ -1,6 +1,6 @@
 """Catching up after a tracking-server outage: the time per journalled run once the server is back.
 
-    .venv/bin/python bench/catch_up.py [--runs 128] [--outage-s 30] [--backend sqlite|postgres] [--tree PATH]
+    .venv/bin/python bench/catch_up.py [--runs 128] [--outage-s 30] [--backend sqlite|postgres] [--server-workers 1] [--tree PATH]
 
 What it does, all real: starts a real ``mlflow server`` (sqlite file, or a fresh database on a
 real PostgreSQL started by tests/helpers/postgres.py), starts a sweep through the writer and
@@ -42,8 +42,9 @@ def free_port() -> int:
 class Server:
     """A real ``mlflow server`` on 127.0.0.1 that can be killed and started again on its store."""
 
-    def __init__(self, workdir: Path, store_uri: str):
+    def __init__(self, workdir: Path, store_uri: str, workers: int = 1):
         self.workdir, self.store_uri, self.port = workdir, store_uri, free_port()
+        self.workers = workers
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -55,7 +56,7 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
              "--backend-store-uri", self.store_uri, "--default-artifact-root", str(self.workdir / "artifacts"),
-             "--workers", "1"], cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+             "--workers", str(self.workers)], cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             # Without MLflow's job runner (GenAI jobs, which nothing here uses): its consumer processes
             # would take CPU from the server on a small machine (as in tests/conftest.py).
             env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
@@ -105,6 +106,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=128)
     ap.add_argument("--outage-s", type=float, default=30.0)
     ap.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite")
+    ap.add_argument("--server-workers", type=int, default=1,
+                    help="the server's worker processes (MLflow's own default is 4)")
     ap.add_argument("--tree", type=Path, default=ROOT, help="the checkout whose ipython_energy is measured")
     args = ap.parse_args()
     sys.path[:0] = [str(args.tree), str(ROOT)]
@@ -123,7 +126,7 @@ def main() -> None:
         store_uri = pg.new_database()
     else:
         store_uri = f"sqlite:///{work / 'server.db'}"
-    server = Server(work, store_uri)
+    server = Server(work, store_uri, args.server_workers)
     try:
         server.start()
         from ipython_energy.events import SweepStart

@@ -89,9 +89,11 @@ def claims_of(params: Mapping[str, str]) -> dict[int, str]:
     return out
 
 
-def lowest_free(claims: Mapping[int, str]) -> int:
+def lowest_free(claims: Mapping[int, str], taken: Iterable[int] = ()) -> int:
+    """The lowest run number that neither ``claims`` nor ``taken`` holds."""
+    taken = set(taken)
     k = 1
-    while k in claims:
+    while k in claims or k in taken:
         k += 1
     return k
 

@@ -46,6 +46,11 @@ ELECTED_TAG = "energy.elected"
 #: same instant (the longest a create may take for the election to hold; docs/reliability.md).
 ELECTION_SETTLE_S = 2.0
 
+#: Run numbers a writer tries one after another, each refused as taken, before it reads the
+#: parent's claims again (MlflowStore.claim_index): writers that start runs at once take
+#: neighbouring numbers, and a read of the parent grows with the sweep.
+CLAIM_TRIES_BEFORE_READ = 4
+
 #: A function from a sweep's data (rollup.build_sweep_data) to the HTML saved as ``energy_sweep.html``.
 ChartRenderer = Callable[[Mapping[str, Any]], str]
 
@@ -367,18 +372,24 @@ class MlflowStore:
         ledger = self._ledger(parent_run_id)
         if in_doubt or not ledger.claims:
             ledger.read_parent(self.client.get_run(parent_run_id))
+        taken: set[int] = set()  # refused here: other writers' children have them
         while True:
             index = ledger.index_of(run_id)
             if index is not None:
                 return index
-            k = lowest_free(ledger.claims)
+            k = lowest_free(ledger.claims, taken)
             try:
                 self.client.log_param(parent_run_id, INDEX_PARAM + str(k), run_id)
             except MlflowException as exc:
-                if exc.error_code != "INVALID_PARAMETER_VALUE":
+                # A different value there (or, on PostgreSQL, an insert that lost the race to it).
+                if exc.error_code not in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST"):
                     raise
-                # Another writer's child has k: the parent's claims as they are now.
-                ledger.read_parent(self.client.get_run(parent_run_id))
+                # Another writer's child has k: try the next number.  Reading the parent costs a
+                # param per run of the sweep, so only a writer that keeps losing (far behind
+                # the others) reads the claims as they are now.
+                taken.add(k)
+                if len(taken) % CLAIM_TRIES_BEFORE_READ == 0:
+                    ledger.read_parent(self.client.get_run(parent_run_id))
                 continue
             ledger.claims[k] = run_id
             return k

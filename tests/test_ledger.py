@@ -190,6 +190,28 @@ def test_a_batch_of_claims_meeting_a_taken_number_is_refused_whole(sqlite_uri):
         {f"energy.index.{i + 1}": run_id for i, run_id in enumerate(new)}
 
 
+
+def test_a_writer_behind_the_others_tries_the_next_numbers_before_reading_the_parent(sqlite_uri):
+    """B claimed 2..10 since A's last read.  A tries 2, 3, … (each refused as taken) and reads
+    the parent's claims again only after CLAIM_TRIES_BEFORE_READ refusals, not after each: its
+    child gets 11 with one read of the parent, where a read after every refusal made nine."""
+    from ipython_energy.store import CLAIM_TRIES_BEFORE_READ, MlflowStore
+
+    a, b = MlflowStore(sqlite_uri, "exp"), MlflowStore(sqlite_uri, "exp")
+    parent = a.client.create_run(a.experiment_id, run_name="parent").info.run_id
+    new = [a.client.create_run(a.experiment_id, tags={"mlflow.parentRunId": parent}).info.run_id for _ in range(11)]
+    assert a.claim_index(parent, new[0], in_doubt=False) == 1
+    assert b.claim_indexes(parent, new[1:10]) == list(range(2, 11))
+    reads = []
+    real_get_run = a.client.get_run
+    a.client.get_run = lambda run_id: reads.append(run_id) or real_get_run(run_id)
+    assert a.claim_index(parent, new[10], in_doubt=False) == 11
+    assert reads == [parent] and CLAIM_TRIES_BEFORE_READ == 4, "one read after 4 refusals, then 11 at once"
+    params = real_get_run(parent).data.params
+    assert {k: v for k, v in params.items() if k.startswith("energy.index.")} == \
+        {f"energy.index.{i + 1}": run_id for i, run_id in enumerate(new)}
+
+
 def _t():
     return int(time.time() * 1000)
 
