@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from . import registry
 from .layout import run_row, sweep_header
+from .ledger import claims_of
 from .rebound import Spread, sweep_spread
 from .rollup import build_experiment_data, build_sweep_data
 from .transport import mlflow_client_class
@@ -159,6 +161,16 @@ class NotFound(LookupError):
     """The experiment or sweep is not in this source."""
 
 
+#: An MLflow run id (a claim's value is checked before it goes into a search filter).
+_RUN_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def _is_sweep_of(run: Any, exp_id: str) -> bool:
+    """``run`` (or None) is an active sweep parent of experiment ``exp_id``."""
+    return (run is not None and run.info.experiment_id == exp_id and run.info.lifecycle_stage == "active"
+            and run.data.tags.get("energy.kind") == "sweep")
+
+
 def _row_key(row: Mapping[str, Any]) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in row.items()))
 
@@ -179,6 +191,30 @@ class _RunSet:
     #: False while only the newest runs are read and the rest load in the background
     complete: bool = True
     loader: threading.Thread | None = None
+    #: a sweep's children: the latest start time among them (new runs are looked for from it)
+    newest_start_ms: int = 0
+    #: a sweep's children: claimed run ids that MLflow does not return (deleted: superseded runs)
+    gone: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _Parent:
+    """A sweep's parent run as last read: its header, its run-number claims (``{k: run id}``,
+    :func:`ipython_energy.ledger.claims_of`), when it was read and what the read cost.
+
+    A parent holds one param per claimed run, and MLflow reads every param with the run: at
+    10,000 runs one ``get_run`` of the parent takes ~0.6 s on sqlite.  So a parent that is
+    cheap to read is read on every poll, and one that is not is re-read in the background
+    (``refresher``) while polls answer from this copy.
+    """
+
+    header: dict[str, Any]
+    claims: dict[int, str]
+    read_at: float  # time.monotonic()
+    cost_s: float
+    #: a child appeared or ended since the read: the parent's totals and claims moved
+    moved: bool = False
+    refresher: threading.Thread | None = None
 
 
 class SourceReader:
@@ -191,20 +227,26 @@ class SourceReader:
     """
 
     def __init__(self, tracking_uri: str, *, end_margin_ms: int = 5_000, page_size: int = 1000,
-                 first_runs: int = 250):
+                 first_runs: int = 200, parent_sync_s: float = 0.05, parent_every_s: float = 10.0,
+                 parent_soon_s: float = 2.0):
         self.tracking_uri = tracking_uri
         self.end_margin_ms = end_margin_ms
         self.page_size = page_size
         self.first_runs = first_runs
+        #: a parent whose read took less is read on every poll; one that took more, in the
+        #: background every ``parent_every_s`` (``parent_soon_s`` after a child appeared or ended)
+        self.parent_sync_s = parent_sync_s
+        self.parent_every_s = parent_every_s
+        self.parent_soon_s = parent_soon_s
         self._client = None
         self._lock = threading.RLock()
         self._experiment_ids: dict[str, str] = {}
         self._sweep_sets: dict[str, _RunSet] = {}
         self._child_sets: dict[str, _RunSet] = {}
-        self._parents: dict[str, dict[str, Any]] = {}
+        self._parents: dict[str, _Parent] = {}
         self._checked_logged_runs: dict[str, int | None] = {}
         self._build_caches: dict[str, dict] = {}
-        self.stats = {"searches": 0, "get_run": 0, "full_loads": 0}
+        self.stats = {"searches": 0, "get_run": 0, "full_loads": 0, "parent_reads": 0}
 
     # -- plumbing ---------------------------------------------------------------------
     def store_exists(self) -> bool:
@@ -260,14 +302,19 @@ class SourceReader:
             self._experiment_ids[name] = exp.experiment_id
             return exp.experiment_id
 
-    def _refresh(self, experiment_id: str, runs: _RunSet, convert, *, full: bool = False,
-                 look_for_ended: bool = True) -> bool:
-        """Bring ``runs`` up to date; True if anything changed.
+    def _by_ids(self, experiment_id: str, run_ids: list[str]) -> list:
+        """The active runs among ``run_ids``: one search per 100 ids, which MLflow answers from
+        the runs table (no scan of the sweep's tags, unlike a search on the parent's id)."""
+        out = []
+        for i in range(0, len(run_ids), 100):
+            ids = ", ".join(f"'{rid}'" for rid in run_ids[i:i + 100])
+            self.stats["searches"] += 1
+            out += self.client.search_runs([experiment_id], filter_string=f"attributes.run_id IN ({ids})",
+                                           max_results=100)
+        return out
 
-        ``look_for_ended=False`` skips the search for runs that ended since the last such
-        search (the caller knows none did: a sweep whose finished count did not move); runs
-        last seen running are still re-read.
-        """
+    def _refresh(self, experiment_id: str, runs: _RunSet, convert, *, full: bool = False) -> bool:
+        """Bring ``runs`` up to date; True if anything changed."""
         now_ms = int(time.time() * 1000)
         if full or not runs.loaded:
             runs.ended_checked_ms = now_ms
@@ -282,11 +329,10 @@ class SourceReader:
             seen: dict[str, dict[str, Any]] = {}
             for r in self._search(experiment_id, f"{runs.base_filter} and attributes.status = 'RUNNING'"):
                 seen[r.info.run_id] = convert(r)
-            if look_for_ended:
-                since = runs.ended_checked_ms - self.end_margin_ms
-                runs.ended_checked_ms = now_ms
-                for r in self._search(experiment_id, f"{runs.base_filter} and attributes.end_time >= {since}"):
-                    seen[r.info.run_id] = convert(r)
+            since = runs.ended_checked_ms - self.end_margin_ms
+            runs.ended_checked_ms = now_ms
+            for r in self._search(experiment_id, f"{runs.base_filter} and attributes.end_time >= {since}"):
+                seen[r.info.run_id] = convert(r)
             gone = []
             for rid in was_running - seen.keys():
                 r = self._get_run(rid)
@@ -316,11 +362,11 @@ class SourceReader:
             if exp_id is None:
                 raise NotFound(f"experiment {name!r} does not exist in this tracking store")
             sweeps = self._sweep_sets.setdefault(exp_id, _RunSet("tags.`energy.kind` = 'sweep'"))
-            self._refresh(exp_id, sweeps, sweep_header)
+            self._refresh(exp_id, sweeps, lambda run: self._keep_parent(run).header)
 
             def spread_of(run_id: str) -> Spread | None:
-                header = sweeps.rows.get(run_id)
-                return sweep_spread(self._children(exp_id, header).rows.values()) if header else None
+                parent = self._parents.get(run_id)
+                return sweep_spread(self._children(exp_id, parent).rows.values()) if parent else None
 
             return build_experiment_data({"id": exp_id, "name": name}, sweeps.rows.values(), spread_of)
 
@@ -334,12 +380,10 @@ class SourceReader:
             exp_id = self.experiment_id(experiment_name)
             if exp_id is None:
                 raise NotFound(f"experiment {experiment_name!r} does not exist in this tracking store")
-            parent_run = self._get_run(sweep_run_id)
-            if (parent_run is None or parent_run.info.experiment_id != exp_id or parent_run.info.lifecycle_stage != "active"
-                    or parent_run.data.tags.get("energy.kind") != "sweep"):
-                raise NotFound(f"no sweep {sweep_run_id} in experiment {experiment_name!r}")
-            header = sweep_header(parent_run)
-            children = self._children(exp_id, header)
+            parent = self._parent(exp_id, experiment_name, sweep_run_id)
+            children = self._children(exp_id, parent)
+            self._reread_parent_when_due(exp_id, parent)
+            header = parent.header
             cache = self._build_caches.setdefault(sweep_run_id, {})
             if not children.complete:
                 ended = [row for row in children.rows.values()
@@ -347,30 +391,91 @@ class SourceReader:
                 return build_sweep_data(header, children.rows.values(), earlier=_earlier(header, ended), cache=cache)
             return build_sweep_data(header, children.rows.values(), cache=cache)
 
-    def _children(self, exp_id: str, header: dict[str, Any]) -> _RunSet:
-        """The sweep's child runs (``header`` is its :func:`sweep_header`), brought up to date with
-        as few searches as the parent's state allows; a big sweep's first read takes only its
-        newest runs and reads the rest in the background (``complete`` is False until then)."""
+    # -- the sweep's parent run ----------------------------------------------------------
+    def _parent(self, exp_id: str, experiment_name: str, sweep_run_id: str) -> _Parent:
+        """The sweep's parent: read now when it was never read or is cheap to read, else the
+        copy (see :class:`_Parent`).  Raises :class:`NotFound` if it is not a sweep of ``exp_id``."""
+        parent = self._parents.get(sweep_run_id)
+        if parent is not None and parent.cost_s >= self.parent_sync_s:
+            return parent
+        started = time.monotonic()
+        run = self._get_run(sweep_run_id)
+        self.stats["parent_reads"] += 1
+        if not _is_sweep_of(run, exp_id):
+            raise NotFound(f"no sweep {sweep_run_id} in experiment {experiment_name!r}")
+        return self._keep_parent(run, started, time.monotonic() - started)
+
+    def _keep_parent(self, run: Any, started: float | None = None, cost_s: float | None = None) -> _Parent:
+        """Keep ``run`` (a sweep's parent, read at ``started``) as the newest copy unless a read
+        that started later is kept already.  ``cost_s`` is what reading it took; a parent that
+        came with a search (the experiment view) keeps the cost measured last."""
+        run_id = run.info.run_id
+        old = self._parents.get(run_id)
+        started = time.monotonic() if started is None else started
+        if old is not None and old.read_at > started:
+            return old
+        cost = cost_s if cost_s is not None else (old.cost_s if old is not None else 0.0)
+        parent = self._parents[run_id] = _Parent(sweep_header(run), claims_of(run.data.params), started, cost)
+        return parent
+
+    def _reread_parent_when_due(self, exp_id: str, parent: _Parent) -> None:
+        """Re-read a parent too costly to read on every poll in the background: ``parent_soon_s``
+        after a child appeared or ended, else every ``parent_every_s`` (6x that once the sweep
+        and its runs have ended)."""
+        if parent.cost_s < self.parent_sync_s or parent.refresher is not None:
+            return
+        children = self._child_sets.get(parent.header["run_id"])
+        open_ = parent.header["status"] == "running" or (
+            children is not None and any(row["status"] == "running" for row in children.rows.values()))
+        due = self.parent_soon_s if parent.moved else self.parent_every_s * (1 if open_ else 6)
+        if time.monotonic() - parent.read_at < due:
+            return
+        parent.refresher = threading.Thread(target=self._reread_parent, args=(exp_id, parent),
+                                            name="ipython-energy-api-parent", daemon=True)
+        parent.refresher.start()
+
+    def _reread_parent(self, exp_id: str, parent: _Parent) -> None:
+        """Read the parent (outside the lock, so polls go on) and keep it; a parent gone or no
+        longer a sweep is dropped, so that the next poll reads it and answers NotFound."""
+        run_id, started = parent.header["run_id"], time.monotonic()
+        try:
+            run = self._get_run(run_id)
+        except Exception:  # noqa: BLE001 - a store error: try again when due
+            run = parent
+        with self._lock:
+            self.stats["parent_reads"] += 1
+            parent.refresher = None
+            if run is parent:
+                parent.read_at = started
+            elif not _is_sweep_of(run, exp_id):
+                self._parents.pop(run_id, None)
+            else:
+                self._keep_parent(run, started, time.monotonic() - started)
+
+    # -- the sweep's children -------------------------------------------------------------
+    def _children(self, exp_id: str, parent: _Parent) -> _RunSet:
+        """The sweep's child runs, brought up to date without searching the sweep's children:
+        a big sweep's first read takes only its newest runs and reads the rest in the
+        background (``complete`` is False until then); later reads go by run id
+        (:meth:`_poll_children`)."""
+        header = parent.header
         sweep_run_id = header["run_id"]
         children = self._child_sets.setdefault(
             sweep_run_id, _RunSet(f"tags.`mlflow.parentRunId` = '{sweep_run_id}'"))
-        parent_changed = self._parents.get(sweep_run_id) != header
-        self._parents[sweep_run_id] = header
-        if not children.loaded and (header.get("logged_runs") or 0) > 2 * self.first_runs:
-            self._load_newest(exp_id, sweep_run_id, children)
-        elif children.loaded and not parent_changed and header["status"] != "running" and not any(
-                row["status"] == "running" for row in children.rows.values()):
-            pass  # an ended sweep whose parent did not change: nothing to re-read
-        else:
-            # Runs that end move the parent's sweep_runs; until it moves, only running
-            # runs need reading (plus any we saw running that are no longer).
-            self._refresh(exp_id, children, run_row, look_for_ended=parent_changed)
+        if not children.loaded:
+            if (header.get("logged_runs") or 0) > 2 * self.first_runs:
+                self._load_newest(exp_id, parent, children)
+            else:
+                self._refresh(exp_id, children, run_row, full=True)
+                children.newest_start_ms = max([row["start_time_ms"] or 0 for row in children.rows.values()] + [0])
+        elif self._poll_children(exp_id, parent, children):
+            parent.moved = True
         if not children.complete:
             if children.loader is None:  # the last background read failed: try again
                 self._start_loader(exp_id, children)
             return children
         # The writer's count of finished children says whether we missed any (e.g. runs
-        # replayed from the spool long after they ended): then read them all once.
+        # replayed from the spool long after they ended, before claims): then read them all once.
         logged = header.get("logged_runs")
         ended = sum(1 for row in children.rows.values()
                     if row["status"] != "running" and row["energy_j"] is not None and row.get("kind") != "group")
@@ -379,18 +484,59 @@ class SourceReader:
             self._refresh(exp_id, children, run_row, full=True)
         return children
 
+    def _poll_children(self, exp_id: str, parent: _Parent, children: _RunSet) -> bool:
+        """Re-read the children last seen running and read the new ones, by run id; True if a
+        child appeared, ended or went (the parent's totals and claims move).
+
+        New children are the parent's claims (``energy.index.<k>``) not read yet.  A sweep
+        without claims (written before them), or whose parent is re-read only in the
+        background, also looks for children started since the newest it knows (margin
+        ``end_margin_ms``): a search on the runs' start time alone, the parent's id checked
+        here, again without a scan of the sweep's tags.
+        """
+        header = parent.header
+        sweep_run_id = header["run_id"]
+        running = [rid for rid, row in children.rows.items() if row["status"] == "running"]
+        claimed = [rid for rid in parent.claims.values()
+                   if rid not in children.rows and rid not in children.gone and _RUN_ID.fullmatch(rid)]
+        fresh = {r.info.run_id: r for r in self._by_ids(exp_id, running + claimed)}
+        if (header["status"] == "running" or running) and (not parent.claims or parent.cost_s >= self.parent_sync_s):
+            since = max(children.newest_start_ms, header["start_time_ms"] or 0) - self.end_margin_ms
+            for r in self._search(exp_id, f"attributes.start_time >= {since}"):
+                if r.data.tags.get("mlflow.parentRunId") == sweep_run_id:
+                    fresh[r.info.run_id] = r
+        moved = False
+        for rid in running:
+            if rid not in fresh:  # deleted (a cell's run another run took the place of)
+                children.rows.pop(rid, None)
+                moved = True
+        children.gone.update(rid for rid in claimed if rid not in fresh)
+        for rid, r in fresh.items():
+            row = run_row(r)
+            old = children.rows.get(rid)
+            if old is None or old["status"] != row["status"]:
+                moved = True
+            if old is None or _row_key(old) != _row_key(row):
+                children.rows[rid] = row
+            children.newest_start_ms = max(children.newest_start_ms, row["start_time_ms"] or 0)
+        return moved
+
     # -- a big sweep's first view ------------------------------------------------------------
-    def _load_newest(self, experiment_id: str, sweep_run_id: str, children: _RunSet) -> None:
-        """Read only the ``first_runs`` newest children now (one search, well under a second
-        where reading 10,000 runs takes ~10 s) and the rest in the background.
+    def _load_newest(self, experiment_id: str, parent: _Parent, children: _RunSet) -> None:
+        """Read only the ``first_runs`` newest children now (by the ids of the highest claimed
+        run numbers; a sweep without claims: one search) and the rest in the background.
 
         Until the rest is in, the older runs count as one figure taken from the parent's
         ``sweep_runs`` / ``sweep_energy_j`` (see :func:`_earlier`), and the reply says
-        ``loading``.  Runs that end meanwhile are caught by the usual incremental refresh.
+        ``loading``.  Runs that end meanwhile are caught by the usual reads by id.
         """
-        children.ended_checked_ms = int(time.time() * 1000)
-        newest = self._search(experiment_id, children.base_filter, limit=self.first_runs, newest_first=True)
-        children.rows = {r.info.run_id: run_row(r) for r in newest}
+        newest = [rid for _k, rid in sorted(parent.claims.items())[-self.first_runs:] if _RUN_ID.fullmatch(rid)]
+        if newest:
+            runs = self._by_ids(experiment_id, newest)
+        else:
+            runs = self._search(experiment_id, children.base_filter, limit=self.first_runs, newest_first=True)
+        children.rows = {r.info.run_id: run_row(r) for r in runs}
+        children.newest_start_ms = max([row["start_time_ms"] or 0 for row in children.rows.values()] + [0])
         children.loaded, children.complete = True, False
         self._start_loader(experiment_id, children)
 
