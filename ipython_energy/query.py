@@ -161,6 +161,8 @@ class NotFound(LookupError):
     """The experiment or sweep is not in this source."""
 
 
+#: A parent the experiment view read this long ago is as good as one read now (seconds).
+_FRESH_S = 2.0
 #: An MLflow run id (a claim's value is checked before it goes into a search filter).
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -211,7 +213,8 @@ class _Parent:
     header: dict[str, Any]
     claims: dict[int, str]
     read_at: float  # time.monotonic()
-    cost_s: float
+    #: None: not read on its own yet (it came with the experiment view's search of sweeps)
+    cost_s: float | None
     #: a child appeared or ended since the read: the parent's totals and claims moved
     moved: bool = False
     refresher: threading.Thread | None = None
@@ -227,14 +230,14 @@ class SourceReader:
     """
 
     def __init__(self, tracking_uri: str, *, end_margin_ms: int = 5_000, page_size: int = 1000,
-                 first_runs: int = 200, parent_sync_s: float = 0.05, parent_every_s: float = 10.0,
-                 parent_soon_s: float = 2.0):
+                 first_runs: int = 200, parent_sync_s: float = 0.05, parent_every_s: float = 60.0,
+                 parent_soon_s: float = 5.0):
         self.tracking_uri = tracking_uri
         self.end_margin_ms = end_margin_ms
         self.page_size = page_size
         self.first_runs = first_runs
         #: a parent whose read took less is read on every poll; one that took more, in the
-        #: background every ``parent_every_s`` (``parent_soon_s`` after a child appeared or ended)
+        #: background (see :meth:`_reread_parent_when_due`)
         self.parent_sync_s = parent_sync_s
         self.parent_every_s = parent_every_s
         self.parent_soon_s = parent_soon_s
@@ -313,8 +316,10 @@ class SourceReader:
                                            max_results=100)
         return out
 
-    def _refresh(self, experiment_id: str, runs: _RunSet, convert, *, full: bool = False) -> bool:
-        """Bring ``runs`` up to date; True if anything changed."""
+    def _refresh(self, experiment_id: str, runs: _RunSet, convert, *, full: bool = False,
+                 skip: list[str] = ()) -> bool:
+        """Bring ``runs`` up to date; True if anything changed.  An incremental refresh leaves
+        out the runs ``skip`` (the caller keeps them current)."""
         now_ms = int(time.time() * 1000)
         if full or not runs.loaded:
             runs.ended_checked_ms = now_ms
@@ -325,13 +330,15 @@ class SourceReader:
             runs.rows = fresh
             runs.loaded = True
         else:
-            was_running = {rid for rid, row in runs.rows.items() if row["status"] == "running"}
+            was_running = {rid for rid, row in runs.rows.items() if row["status"] == "running"} - set(skip)
             seen: dict[str, dict[str, Any]] = {}
-            for r in self._search(experiment_id, f"{runs.base_filter} and attributes.status = 'RUNNING'"):
+            base = runs.base_filter + (" and attributes.run_id NOT IN ({})".format(", ".join(f"'{r}'" for r in skip))
+                                       if skip else "")
+            for r in self._search(experiment_id, f"{base} and attributes.status = 'RUNNING'"):
                 seen[r.info.run_id] = convert(r)
             since = runs.ended_checked_ms - self.end_margin_ms
             runs.ended_checked_ms = now_ms
-            for r in self._search(experiment_id, f"{runs.base_filter} and attributes.end_time >= {since}"):
+            for r in self._search(experiment_id, f"{base} and attributes.end_time >= {since}"):
                 seen[r.info.run_id] = convert(r)
             gone = []
             for rid in was_running - seen.keys():
@@ -355,14 +362,27 @@ class SourceReader:
         """Sweeps of experiment ``name`` side by side, with rebound flags (see build_experiment_data).
 
         A sweep's runs are read (incrementally, shared with :meth:`sweep_data`) only when the
-        rebound rule needs its noise: for sweeps whose J/run fell while their total rose.
+        rebound rule needs its noise: for sweeps whose J/run fell while their total rose.  A
+        sweep whose parent is too costly to read on every poll (thousands of claims) is left
+        out of the searches and shown as last read (:meth:`_reread_parent_when_due`).
         """
         with self._lock:
             exp_id = self.experiment_id(name)
             if exp_id is None:
                 raise NotFound(f"experiment {name!r} does not exist in this tracking store")
             sweeps = self._sweep_sets.setdefault(exp_id, _RunSet("tags.`energy.kind` = 'sweep'"))
-            self._refresh(exp_id, sweeps, lambda run: self._keep_parent(run).header)
+            costly = sorted(rid for rid in sweeps.rows if rid in self._parents and self._costly(self._parents[rid]))
+            self._refresh(exp_id, sweeps, lambda run: self._keep_parent(run).header, skip=costly)
+            for rid in costly:
+                parent = self._parents.get(rid)
+                if parent is None:  # the background read found it gone
+                    sweeps.rows.pop(rid, None)
+                    continue
+                sweeps.rows[rid] = parent.header
+            for rid, header in sweeps.rows.items():
+                parent = self._parents.get(rid)
+                if parent is not None and (rid in costly or (parent.cost_s is None and header["status"] == "running")):
+                    self._reread_parent_when_due(exp_id, parent)  # a running one's cost is learnt once
 
             def spread_of(run_id: str) -> Spread | None:
                 parent = self._parents.get(run_id)
@@ -382,22 +402,26 @@ class SourceReader:
                 raise NotFound(f"experiment {experiment_name!r} does not exist in this tracking store")
             parent = self._parent(exp_id, experiment_name, sweep_run_id)
             children = self._children(exp_id, parent)
-            self._reread_parent_when_due(exp_id, parent)
             header = parent.header
             cache = self._build_caches.setdefault(sweep_run_id, {})
+            earlier = None
             if not children.complete:
                 ended = [row for row in children.rows.values()
                          if row["status"] != "running" and row["energy_j"] is not None and row.get("kind") != "group"]
-                return build_sweep_data(header, children.rows.values(), earlier=_earlier(header, ended), cache=cache)
-            return build_sweep_data(header, children.rows.values(), cache=cache)
+                earlier = _earlier(header, ended)
+            data = build_sweep_data(header, children.rows.values(), earlier=earlier, cache=cache)
+            self._reread_parent_when_due(exp_id, parent)
+            return data
 
     # -- the sweep's parent run ----------------------------------------------------------
     def _parent(self, exp_id: str, experiment_name: str, sweep_run_id: str) -> _Parent:
         """The sweep's parent: read now when it was never read or is cheap to read, else the
-        copy (see :class:`_Parent`).  Raises :class:`NotFound` if it is not a sweep of ``exp_id``."""
+        copy (see :class:`_Parent`), or the one the experiment view read less than ``_FRESH_S``
+        ago (the two views of one poll read it once).  Raises :class:`NotFound` if it is not a sweep of ``exp_id``."""
         parent = self._parents.get(sweep_run_id)
-        if parent is not None and parent.cost_s >= self.parent_sync_s:
-            return parent
+        if parent is not None and (self._costly(parent) or (
+                parent.cost_s is None and time.monotonic() - parent.read_at < _FRESH_S)):
+            return parent  # costly: re-read in the background; or the experiment view just read it
         started = time.monotonic()
         run = self._get_run(sweep_run_id)
         self.stats["parent_reads"] += 1
@@ -408,26 +432,37 @@ class SourceReader:
     def _keep_parent(self, run: Any, started: float | None = None, cost_s: float | None = None) -> _Parent:
         """Keep ``run`` (a sweep's parent, read at ``started``) as the newest copy unless a read
         that started later is kept already.  ``cost_s`` is what reading it took; a parent that
-        came with a search (the experiment view) keeps the cost measured last."""
+        came with a search (the experiment view) keeps the cost measured last, if any."""
         run_id = run.info.run_id
         old = self._parents.get(run_id)
         started = time.monotonic() if started is None else started
         if old is not None and old.read_at > started:
             return old
-        cost = cost_s if cost_s is not None else (old.cost_s if old is not None else 0.0)
+        cost = cost_s if cost_s is not None else (old.cost_s if old is not None else None)
         parent = self._parents[run_id] = _Parent(sweep_header(run), claims_of(run.data.params), started, cost)
         return parent
 
+    def _costly(self, parent: _Parent) -> bool:
+        """Reading ``parent`` took too long to do it on every poll."""
+        return parent.cost_s is not None and parent.cost_s >= self.parent_sync_s
+
     def _reread_parent_when_due(self, exp_id: str, parent: _Parent) -> None:
-        """Re-read a parent too costly to read on every poll in the background: ``parent_soon_s``
-        after a child appeared or ended, else every ``parent_every_s`` (6x that once the sweep
-        and its runs have ended)."""
-        if parent.cost_s < self.parent_sync_s or parent.refresher is not None:
+        """Re-read a parent too costly to read on every poll in the background, every
+        ``parent_every_s`` (6x that once the sweep and its runs have ended), or
+        ``parent_soon_s`` after a child appeared or ended while the older runs are still
+        loading (their figure comes from the parent's totals).  One that came with the
+        experiment view is read at once, to learn what reading it costs.
+
+        Sparingly: the read holds the GIL for most of its ~0.6 s at 10,000 claims, which
+        slows the polls it overlaps."""
+        if parent.refresher is not None or (parent.cost_s is not None and not self._costly(parent)):
             return
         children = self._child_sets.get(parent.header["run_id"])
         open_ = parent.header["status"] == "running" or (
             children is not None and any(row["status"] == "running" for row in children.rows.values()))
-        due = self.parent_soon_s if parent.moved else self.parent_every_s * (1 if open_ else 6)
+        loading = children is not None and not children.complete
+        due = (0.0 if parent.cost_s is None else self.parent_soon_s if parent.moved and loading
+               else self.parent_every_s * (1 if open_ else 6))
         if time.monotonic() - parent.read_at < due:
             return
         parent.refresher = threading.Thread(target=self._reread_parent, args=(exp_id, parent),
@@ -474,13 +509,16 @@ class SourceReader:
             if children.loader is None:  # the last background read failed: try again
                 self._start_loader(exp_id, children)
             return children
-        # The writer's count of finished children says whether we missed any (e.g. runs
-        # replayed from the spool long after they ended, before claims): then read them all once.
+        # Without claims (a sweep written before them), the writer's count of finished children
+        # says whether we missed any (e.g. runs replayed from the spool long after they ended):
+        # then read them all once.  Counted once per value of that count, not on every poll.
         logged = header.get("logged_runs")
+        if parent.claims or logged is None or self._checked_logged_runs.get(sweep_run_id) == logged:
+            return children
+        self._checked_logged_runs[sweep_run_id] = logged
         ended = sum(1 for row in children.rows.values()
                     if row["status"] != "running" and row["energy_j"] is not None and row.get("kind") != "group")
-        if logged is not None and logged > ended and self._checked_logged_runs.get(sweep_run_id) != logged:
-            self._checked_logged_runs[sweep_run_id] = logged
+        if logged > ended:
             self._refresh(exp_id, children, run_row, full=True)
         return children
 
@@ -499,12 +537,17 @@ class SourceReader:
         running = [rid for rid, row in children.rows.items() if row["status"] == "running"]
         claimed = [rid for rid in parent.claims.values()
                    if rid not in children.rows and rid not in children.gone and _RUN_ID.fullmatch(rid)]
-        fresh = {r.info.run_id: r for r in self._by_ids(exp_id, running + claimed)}
-        if (header["status"] == "running" or running) and (not parent.claims or parent.cost_s >= self.parent_sync_s):
-            since = max(children.newest_start_ms, header["start_time_ms"] or 0) - self.end_margin_ms
+        fresh = {}
+        look_for_new = (header["status"] == "running" or running) and (not parent.claims or self._costly(parent))
+        since = max(children.newest_start_ms, header["start_time_ms"] or 0) - self.end_margin_ms
+        if look_for_new:
             for r in self._search(exp_id, f"attributes.start_time >= {since}"):
                 if r.data.tags.get("mlflow.parentRunId") == sweep_run_id:
                     fresh[r.info.run_id] = r
+        # running runs that search returned are read already
+        by_id = [rid for rid in running if rid not in fresh and not (
+            look_for_new and (children.rows[rid]["start_time_ms"] or 0) >= since)] + claimed
+        fresh.update((r.info.run_id, r) for r in self._by_ids(exp_id, by_id))
         moved = False
         for rid in running:
             if rid not in fresh:  # deleted (a cell's run another run took the place of)
