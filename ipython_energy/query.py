@@ -163,6 +163,9 @@ class NotFound(LookupError):
 
 #: A parent the experiment view read this long ago is as good as one read now (seconds).
 _FRESH_S = 2.0
+#: A parent with this many params (run-number claims, mostly) is too costly to read on every
+#: poll before its own read has been timed: ~0.06 s on sqlite, ``parent_sync_s``.
+_COSTLY_PARAMS = 1000
 #: An MLflow run id (a claim's value is checked before it goes into a search filter).
 _RUN_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -215,6 +218,7 @@ class _Parent:
     read_at: float  # time.monotonic()
     #: None: not read on its own yet (it came with the experiment view's search of sweeps)
     cost_s: float | None
+    params: int = 0
     #: a child appeared or ended since the read: the parent's totals and claims moved
     moved: bool = False
     refresher: threading.Thread | None = None
@@ -379,10 +383,7 @@ class SourceReader:
                     sweeps.rows.pop(rid, None)
                     continue
                 sweeps.rows[rid] = parent.header
-            for rid, header in sweeps.rows.items():
-                parent = self._parents.get(rid)
-                if parent is not None and (rid in costly or (parent.cost_s is None and header["status"] == "running")):
-                    self._reread_parent_when_due(exp_id, parent)  # a running one's cost is learnt once
+                self._reread_parent_when_due(exp_id, parent)
 
             def spread_of(run_id: str) -> Spread | None:
                 parent = self._parents.get(run_id)
@@ -417,7 +418,8 @@ class SourceReader:
     def _parent(self, exp_id: str, experiment_name: str, sweep_run_id: str) -> _Parent:
         """The sweep's parent: read now when it was never read or is cheap to read, else the
         copy (see :class:`_Parent`), or the one the experiment view read less than ``_FRESH_S``
-        ago (the two views of one poll read it once).  Raises :class:`NotFound` if it is not a sweep of ``exp_id``."""
+        ago (the two views of one poll read it once).  Raises :class:`NotFound` if it is not a
+        sweep of ``exp_id``."""
         parent = self._parents.get(sweep_run_id)
         if parent is not None and (self._costly(parent) or (
                 parent.cost_s is None and time.monotonic() - parent.read_at < _FRESH_S)):
@@ -439,30 +441,32 @@ class SourceReader:
         if old is not None and old.read_at > started:
             return old
         cost = cost_s if cost_s is not None else (old.cost_s if old is not None else None)
-        parent = self._parents[run_id] = _Parent(sweep_header(run), claims_of(run.data.params), started, cost)
+        params = run.data.params
+        parent = self._parents[run_id] = _Parent(sweep_header(run), claims_of(params), started, cost, len(params))
         return parent
 
     def _costly(self, parent: _Parent) -> bool:
-        """Reading ``parent`` took too long to do it on every poll."""
-        return parent.cost_s is not None and parent.cost_s >= self.parent_sync_s
+        """Reading ``parent`` took too long to do it on every poll; one not read on its own yet
+        is judged by its params, which make most of the cost (~60 us each on sqlite)."""
+        if parent.cost_s is None:
+            return parent.params >= _COSTLY_PARAMS
+        return parent.cost_s >= self.parent_sync_s
 
     def _reread_parent_when_due(self, exp_id: str, parent: _Parent) -> None:
         """Re-read a parent too costly to read on every poll in the background, every
         ``parent_every_s`` (6x that once the sweep and its runs have ended), or
         ``parent_soon_s`` after a child appeared or ended while the older runs are still
-        loading (their figure comes from the parent's totals).  One that came with the
-        experiment view is read at once, to learn what reading it costs.
+        loading (their figure comes from the parent's totals).
 
         Sparingly: the read holds the GIL for most of its ~0.6 s at 10,000 claims, which
         slows the polls it overlaps."""
-        if parent.refresher is not None or (parent.cost_s is not None and not self._costly(parent)):
+        if parent.refresher is not None or not self._costly(parent):
             return
         children = self._child_sets.get(parent.header["run_id"])
         open_ = parent.header["status"] == "running" or (
             children is not None and any(row["status"] == "running" for row in children.rows.values()))
         loading = children is not None and not children.complete
-        due = (0.0 if parent.cost_s is None else self.parent_soon_s if parent.moved and loading
-               else self.parent_every_s * (1 if open_ else 6))
+        due = self.parent_soon_s if parent.moved and loading else self.parent_every_s * (1 if open_ else 6)
         if time.monotonic() - parent.read_at < due:
             return
         parent.refresher = threading.Thread(target=self._reread_parent, args=(exp_id, parent),
