@@ -200,6 +200,10 @@ class _RunSet:
     newest_start_ms: int = 0
     #: a sweep's children: claimed run ids that MLflow does not return (deleted: superseded runs)
     gone: set[str] = field(default_factory=set)
+    #: a sweep's children: the read of the parent whose claims were last looked through, and
+    #: the highest run number read or being read (while the older runs load in the background)
+    claims_read_at: float | None = None
+    claims_upto: int = 0
 
 
 @dataclass
@@ -539,8 +543,11 @@ class SourceReader:
         header = parent.header
         sweep_run_id = header["run_id"]
         running = [rid for rid, row in children.rows.items() if row["status"] == "running"]
-        claimed = [rid for rid in parent.claims.values()
-                   if rid not in children.rows and rid not in children.gone and _RUN_ID.fullmatch(rid)]
+        # claims not looked through yet; while the older runs load, only numbers above theirs
+        upto = 0 if children.complete else children.claims_upto
+        new_copy = children.claims_read_at != parent.read_at
+        claimed = [rid for k, rid in parent.claims.items() if k > upto and rid not in children.rows
+                   and rid not in children.gone and _RUN_ID.fullmatch(rid)] if new_copy else []
         fresh = {}
         look_for_new = (header["status"] == "running" or running) and (not parent.claims or self._costly(parent))
         since = max(children.newest_start_ms, header["start_time_ms"] or 0) - self.end_margin_ms
@@ -558,6 +565,9 @@ class SourceReader:
                 children.rows.pop(rid, None)
                 moved = True
         children.gone.update(rid for rid in claimed if rid not in fresh)
+        if new_copy:
+            children.claims_read_at = parent.read_at
+            children.claims_upto = max([children.claims_upto, *parent.claims])
         for rid, r in fresh.items():
             row = run_row(r)
             old = children.rows.get(rid)
@@ -583,6 +593,7 @@ class SourceReader:
         else:
             runs = self._search(experiment_id, children.base_filter, limit=self.first_runs, newest_first=True)
         children.rows = {r.info.run_id: run_row(r) for r in runs}
+        children.claims_read_at, children.claims_upto = parent.read_at, max(parent.claims, default=0)
         children.newest_start_ms = max([row["start_time_ms"] or 0 for row in children.rows.values()] + [0])
         children.loaded, children.complete = True, False
         self._start_loader(experiment_id, children)

@@ -273,6 +273,24 @@ def test_reader_reads_a_costly_parent_in_the_background(tracking):
     assert d["totals"]["runs"] == 5 and d["totals"]["energy_j"] == 40.0
 
 
+def test_reader_reads_a_big_sweeps_newest_runs_first_by_their_claims(tracking):
+    """A big sweep's first view reads the runs with the highest claimed numbers by id, and no
+    poll while the rest loads in the background reads those older runs by id."""
+    uri, client = tracking
+    exp = experiment_id(client, "e")
+    s = log_sweep(client, exp, "grid", [10.0] * 20, end=False)
+    reader = query.SourceReader(uri, first_runs=5)
+    filters = filters_of(reader)
+    first = reader.sweep_data("e", s.run_id)
+    assert [r["run_id"] for r in first["runs"]][-5:] == s.children[-5:]
+    assert first["totals"]["runs"] == 20 and first["totals"]["energy_j"] == 200.0
+    reader.sweep_data("e", s.run_id)
+    by_id = " ".join(f for f in filters if f.startswith("attributes.run_id IN"))
+    assert not any(rid in by_id for rid in s.children[:15]), "an older run read by id"
+    d = eventually(lambda: reader.sweep_data("e", s.run_id), lambda d: not reader.loading(s.run_id))
+    assert [r["run_id"] for r in d["runs"]] == s.children and d["totals"]["energy_j"] == 200.0
+
+
 def test_reader_follows_a_sweep_written_before_claims(tracking):
     """A sweep without ``energy.index.*`` params (written by an earlier version): new runs are
     found by their start time, runs that end by their id, and a run replayed from the spool
