@@ -238,7 +238,7 @@ class SourceReader:
     """
 
     def __init__(self, tracking_uri: str, *, end_margin_ms: int = 5_000, page_size: int = 1000,
-                 first_runs: int = 200, parent_sync_s: float = 0.05, parent_every_s: float = 60.0,
+                 first_runs: int = 100, parent_sync_s: float = 0.05, parent_every_s: float = 60.0,
                  parent_soon_s: float = 5.0):
         self.tracking_uri = tracking_uri
         self.end_margin_ms = end_margin_ms
