@@ -205,7 +205,7 @@ def _sweep_skeleton(title: str, width: Any, height: int, color_by: str = "status
 
 
 def sweep_chart(sweep_data: Mapping[str, Any], *, width: int | str = 520, height: int = 240,
-                title: bool = True, color_by: str = "auto"):
+                title: bool = True, color_by: str = "auto", per_host: bool | str = "auto"):
     """The sweep as an altair chart (Vega-Lite v5).
 
     A bar per run in run order (``energy_j``; the live value while a run is open), coloured
@@ -215,6 +215,8 @@ def sweep_chart(sweep_data: Mapping[str, Any], *, width: int | str = 520, height
     Beyond the last ``sweep_window.RECENT_RUNS`` runs, older runs are drawn binned (mean J/run,
     min to max).  ``color_by="host"`` colours the bars by the run's host instead of its status;
     ``"auto"`` (the default) does so when the sweep's runs come from more than one host.
+    ``per_host`` adds a panel below with the energy per host (its runs and processes in the
+    tooltip); ``"auto"`` adds it when the runs come from more than one host.
 
     ``sweep_data`` is what ``rollup.build_sweep_data`` / ``SourceReader.sweep_data`` return.
     ``width="container"`` fills the surrounding element (the sidebar uses it).
@@ -222,9 +224,36 @@ def sweep_chart(sweep_data: Mapping[str, Any], *, width: int | str = 520, height
     For an HTML file use :func:`sweep_html` (offline-safe, escaped), not ``chart.save``.
     """
     name = str(sweep_data["sweep"].get("name", "")) if title else ""
+    hosts = sweep_data.get("hosts") or host_breakdown(sweep_data["runs"])
     if color_by == "auto":
-        color_by = "host" if len(host_breakdown(sweep_data["runs"])) > 1 else "status"
-    return _sweep_skeleton(name, width, height, color_by).properties(datasets=chart_rows(sweep_data))
+        color_by = "host" if len(hosts) > 1 else "status"
+    chart = _sweep_skeleton(name, width, height, color_by)
+    if per_host == "auto":
+        per_host = len(hosts) > 1
+    if per_host:
+        import altair as alt
+
+        chart = alt.vconcat(chart, host_chart(hosts, width=width, colored=color_by == "host"))
+    return chart.properties(datasets=chart_rows(sweep_data))
+
+
+def host_chart(hosts: list[Mapping[str, Any]], *, width: int | str = 520, colored: bool = True):
+    """Energy per host (``sweep_window.hosts``): a horizontal bar each, most energy first, coloured
+    as the sweep chart colours its bars by host when ``colored``."""
+    import altair as alt
+
+    rows = [{"host": h["host"], "energy_j": h["energy_j"], "runs": h["runs"], "processes": h["processes"],
+             "label": f"{format_energy(h['energy_j'])} · {h['runs']} run(s) · {h['processes']} process(es)"}
+            for h in hosts]
+    y = alt.Y("host:N", sort="-x", title=None, axis=alt.Axis(labelLimit=160))
+    x = alt.X("energy_j:Q", title="energy per host (J)", axis=alt.Axis(format="~s"))
+    color = alt.Color("host:N", legend=None) if colored else alt.value("#3a7bd5")
+    tooltip = [alt.Tooltip("host:N"), alt.Tooltip("energy_j:Q", title="energy (J)", format=",.4~s"),
+               alt.Tooltip("runs:Q"), alt.Tooltip("processes:Q")]
+    bars = alt.Chart(alt.Data(values=rows)).mark_bar().encode(x=x, y=y, color=color, tooltip=tooltip)
+    text = alt.Chart(alt.Data(values=rows)).mark_text(align="left", dx=4, fontSize=10, color="#1b1f24").encode(
+        x=x, y=y, text="label:N")
+    return alt.layer(bars, text).properties(width=width, height=max(18 * len(rows), 40))
 
 
 def sweep_spec(sweep_data: Mapping[str, Any], *, width: int | str = "container", height: int = 220,

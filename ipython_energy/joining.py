@@ -53,3 +53,4 @@ def sweep_of_run(tracking_uri: str, run_id: str, timeout_s: float) -> tuple[str,
         from .transport import describe_error
 
         raise LookupFailed(describe_error(exc)) from exc
+

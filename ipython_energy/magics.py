@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import ast
 import logging
-import re
 import shlex
 import sys
 import time
 from types import MappingProxyType
-from typing import Any, Mapping, NamedTuple
+from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
@@ -18,134 +16,18 @@ from IPython.core.magic_arguments import MagicArgumentParser, argument, magic_ar
 
 from .config import SETTING_NAMES, ConfigError, EnergySettings, suggest, unknown_variables
 from .display import LiveReadout, journal_lines, load_report, status_text, summary_line
+from .magic_args import CellArgs, Once, checked_name, parse_count, parse_params, parse_repeat, parse_words
 from .runtime import current, get_tracker, new_tracker, set_tracker
 from .runs import EnergyError, Run
 from .tracking import Tracker
-from .validate import (QUOTE_LIMIT, check_name, check_param_key, check_positive, check_units, parse_energy,
-                       quote, status_for)
+from .validate import check_units, parse_energy, quote, status_for
 
 log = logging.getLogger("ipython_energy")
-
-
-def _parse_params(items: list[str]) -> dict[str, str]:
-    params: dict[str, str] = {}
-    for item in items:
-        if "=" not in item:
-            raise UsageError(f"--param takes KEY=VALUE, got {quote(item)} (for example --param lr=0.01)")
-        key, value = item.split("=", 1)
-        key = key.strip()
-        try:
-            check_param_key(key)
-        except ValueError as exc:
-            raise UsageError(f"--param {quote(item)}: {exc}") from None
-        if key in params:
-            raise UsageError(f"--param {quote(key)} is given twice ({quote(params[key])} and {quote(value)})")
-        params[key] = value
-    return params
-
-
-def _parse_count(text: str, flag: str) -> float:
-    """A positive finite number given on the magic's line (``--units``, ``--timeout``)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise UsageError(f"{flag} takes a number, not {quote(text)}") from None
-    try:
-        return check_positive(value, flag)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-
-
-class _Once(argparse.Action):
-    """An option that takes one value and may be given once: ``--run a --run b`` is an error, where
-    argparse would silently keep ``b``."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        seen = namespace.__dict__.setdefault("_given_once", {})
-        if self.dest in seen:
-            raise argparse.ArgumentError(self, f"given twice ({quote(seen[self.dest])} and {quote(values)}); "
-                                               "give it once")
-        seen[self.dest] = values
-        setattr(namespace, self.dest, values)
-
-
-_NEGATIVE = re.compile(r"^-\.?[0-9]")
-
-
-def _parse_words(parser: MagicArgumentParser, words: list[str]) -> argparse.Namespace:
-    """``parser.parse_args(words)``, with two fixes to argparse's reading of a magic's line.
-
-    A value that starts like a negative number goes with its option (``--budget -5kJ`` is
-    ``--budget=-5kJ``, which the option's check then refuses as not positive; argparse took
-    ``-5kJ`` for an option and said "expected one argument").  And an error quotes at most
-    :data:`~ipython_energy.validate.QUOTE_LIMIT` characters of any word it echoes.
-    """
-    takes_value = {s for a in parser._actions if a.option_strings and a.nargs is None for s in a.option_strings}
-    glued: list[str] = []
-    for word in words:
-        if glued and glued[-1] in takes_value and _NEGATIVE.match(word):
-            glued[-1] = f"{glued[-1]}={word}"
-        else:
-            glued.append(word)
-    try:
-        return parser.parse_args(glued)
-    except UsageError as exc:
-        message = str(exc)
-        for word in sorted({w for w in glued if len(w) > QUOTE_LIMIT}, key=len, reverse=True):
-            message = message.replace(word, quote(word))
-        raise UsageError(message) from None
-
-
-def _parse_repeat(a: argparse.Namespace) -> tuple[int | None, int, Any]:
-    """``--repeat N``, ``--warmup K`` and ``--cooldown`` of the ``%%energy`` line, checked."""
-    from .repeats import parse_cooldown
-
-    if a.repeat is None:
-        if a.warmup is not None or a.cooldown is not None:
-            raise UsageError("--warmup and --cooldown go with --repeat N")
-        return None, 0, None
-    if a.live:
-        raise UsageError("--live does not combine with --repeat (the summary line follows the last run)")
-    counts = []
-    for flag, text, least in (("--repeat", a.repeat, 1), ("--warmup", a.warmup or "0", 0)):
-        if not re.fullmatch(r"\d{1,6}", text.strip()) or int(text) < least:
-            raise UsageError(f"{flag} takes a whole number of at least {least}, not {quote(text)}")
-        counts.append(int(text))
-    try:
-        cooldown = parse_cooldown(a.cooldown)
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"--cooldown: {exc}") from None
-    return counts[0], counts[1], cooldown
-
-
-class CellArgs(NamedTuple):
-    """The ``%%energy`` line, parsed and checked: a pure function of the line (see ``_parse_cell_args``)."""
-
-    output: str | None
-    run: str | None
-    sweep: str | None
-    params: Mapping[str, str]  # read-only: the same object serves every cell with this line
-    units: tuple[float, str] | None
-    quiet: bool
-    no_log: bool
-    live: bool
-    repeat: int | None = None  # --repeat N: N repeats as one group (ipython_energy/repeats.py)
-    warmup: int = 0
-    cooldown: Any = None  # a repeats.Cooldown with --repeat
 
 
 #: Distinct ``%%energy`` lines whose parse is kept (a notebook has a handful; a sweep generated
 #: with ``--param lr={lr}`` has one per value).  Past this the oldest entry is dropped.
 CELL_ARGS_CACHED = 256
-
-
-def _name(value: str | None, what: str) -> str | None:
-    if value is None:
-        return None
-    try:
-        return check_name(value, what)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
 
 
 @magics_class
@@ -185,22 +67,22 @@ class EnergyMagics(Magics, EnergySettings):
 
     # ---- %%energy ---------------------------------------------------------------------------
     @magic_arguments()
-    @argument("-o", "--output", metavar="NAME", action=_Once, help="Store the Measurement in the user namespace as NAME.")
-    @argument("--run", metavar="NAME", action=_Once, help="Measure the cell as (part of) run NAME; a new run ends with the cell.")
-    @argument("--sweep", metavar="NAME", action=_Once, help="The run belongs to sweep NAME (started or joined; stays active).")
+    @argument("-o", "--output", metavar="NAME", action=Once, help="Store the Measurement in the user namespace as NAME.")
+    @argument("--run", metavar="NAME", action=Once, help="Measure the cell as (part of) run NAME; a new run ends with the cell.")
+    @argument("--sweep", metavar="NAME", action=Once, help="The run belongs to sweep NAME (started or joined; stays active).")
     @argument("--param", metavar="KEY=VALUE", action="append", default=[],
               help="A parameter of the run, logged as an MLflow param. Repeatable.")
-    @argument("--units", metavar="N", action=_Once, help="Units of work done by the cell, for joules per unit.")
-    @argument("--unit", metavar="WORD", action=_Once, help="What --units counts (samples, tokens, images…); default samples.")
+    @argument("--units", metavar="N", action=Once, help="Units of work done by the cell, for joules per unit.")
+    @argument("--unit", metavar="WORD", action=Once, help="What --units counts (samples, tokens, images…); default samples.")
     @argument("--quiet", action="store_true", help="Print no summary line.")
     @argument("--no-log", action="store_true", help="Measure and print, but log nothing to MLflow.")
     @argument("--live", action="store_true",
               help="Show a live readout under the running cell (power, joules so far, elapsed), every second.")
-    @argument("--repeat", metavar="N", action=_Once,
+    @argument("--repeat", metavar="N", action=Once,
               help="Run the cell N times, each its own run, as one group with mean, sd and 95 %% CI.")
-    @argument("--warmup", metavar="K", action=_Once,
+    @argument("--warmup", metavar="K", action=Once,
               help="With --repeat: K warm-up runs first (measured and logged, left out of the statistics).")
-    @argument("--cooldown", metavar="30s|auto", action=_Once,
+    @argument("--cooldown", metavar="30s|auto", action=Once,
               help="With --repeat: wait before each run, a fixed time or until the GPUs (else the power) "
                    "are back near idle.")
     @cell_magic
@@ -261,15 +143,15 @@ class EnergyMagics(Magics, EnergySettings):
             words = shlex.split(line)
         except ValueError as exc:
             raise UsageError(f"%%energy: {exc}") from None
-        a = _parse_words(self.energy.parser, words)
+        a = parse_words(self.energy.parser, words)
         if a.output is not None and not a.output.isidentifier():
             raise UsageError(f"-o takes a Python name, not {quote(a.output)}")
-        params = _parse_params(a.param)
-        run_name = _name(a.run, "run")
-        sweep_name = _name(a.sweep, "sweep")
+        params = parse_params(a.param)
+        run_name = checked_name(a.run, "run")
+        sweep_name = checked_name(a.sweep, "sweep")
         units: tuple[float, str] | None = None
         if a.units is not None:
-            n = _parse_count(a.units, "--units")
+            n = parse_count(a.units, "--units")
             try:  # an empty --unit '' is an error (check_units), not the default
                 units = check_units(n, "samples" if a.unit is None else a.unit)
             except ValueError as exc:
@@ -277,7 +159,7 @@ class EnergyMagics(Magics, EnergySettings):
         elif a.unit is not None:
             raise UsageError("--unit names what --units counts; give --units N too")
         args = CellArgs(a.output, run_name, sweep_name, MappingProxyType(params), units,
-                        bool(a.quiet), bool(a.no_log), bool(a.live), *_parse_repeat(a))
+                        bool(a.quiet), bool(a.no_log), bool(a.live), *parse_repeat(a))
         cache = self._cell_args
         if len(cache) >= CELL_ARGS_CACHED:
             del cache[next(iter(cache))]
@@ -362,7 +244,8 @@ class EnergyMagics(Magics, EnergySettings):
             %energy run NAME [--param KEY=VALUE ...]  start a run; later cells belong to it
             %energy end [run|sweep]                   end the active run (or, with none, the sweep)
             %energy autolog on|off                    measure every cell as a cell of the active run
-            %energy chart [NAME]                      the sweep's chart, inline
+            %energy chart [NAME] [--mlflow] [--by host]  the sweep's chart, inline (every host's runs
+                                                    with --mlflow, or when other processes joined)
             %energy flush [--timeout 30]              wait until MLflow has every measurement
             %energy compare A B [--log]               b against a: ratio, 95 % CI, comparability
             %energy spool                             earlier sessions' journals not yet in MLflow
@@ -389,10 +272,10 @@ class EnergyMagics(Magics, EnergySettings):
     def _cmd_sweep(self, words: list[str]):
         p = self._parser("sweep")
         p.add_argument("name")
-        p.add_argument("--planned", type=str, action=_Once)
-        p.add_argument("--budget", type=str, action=_Once)
+        p.add_argument("--planned", type=str, action=Once)
+        p.add_argument("--budget", type=str, action=Once)
         p.add_argument("--stop-at-budget", action="store_true")
-        a = _parse_words(p, words)
+        a = parse_words(p, words)
         planned = None
         if a.planned is not None:
             try:
@@ -408,7 +291,7 @@ class EnergyMagics(Magics, EnergySettings):
         if a.stop_at_budget and budget is None:
             raise UsageError("--stop-at-budget needs --budget")
         try:
-            sweep = self.tracker.start_sweep(_name(a.name, "sweep"), planned=planned, budget_j=budget,
+            sweep = self.tracker.start_sweep(checked_name(a.name, "sweep"), planned=planned, budget_j=budget,
                                              stop_at_budget=a.stop_at_budget)
         except (ValueError, EnergyError) as exc:
             raise UsageError(str(exc)) from None
@@ -418,10 +301,10 @@ class EnergyMagics(Magics, EnergySettings):
         p = self._parser("run")
         p.add_argument("name")
         p.add_argument("--param", action="append", default=[])
-        a = _parse_words(p, words)
-        params = _parse_params(a.param)
+        a = parse_words(p, words)
+        params = parse_params(a.param)
         try:
-            run = self.tracker.start_run(_name(a.name, "run"), params, activate=True)
+            run = self.tracker.start_run(checked_name(a.name, "run"), params, activate=True)
         except (ValueError, EnergyError) as exc:
             raise UsageError(str(exc)) from None
         where = f" in sweep {run.sweep.name!r}" if run.sweep else ""
@@ -455,9 +338,9 @@ class EnergyMagics(Magics, EnergySettings):
 
     def _cmd_flush(self, words: list[str]):
         p = self._parser("flush")
-        p.add_argument("--timeout", type=str, default="30", action=_Once)
-        a = _parse_words(p, words)
-        timeout = _parse_count(a.timeout, "--timeout")
+        p.add_argument("--timeout", type=str, default="30", action=Once)
+        a = parse_words(p, words)
+        timeout = parse_count(a.timeout, "--timeout")
         tracker = self.tracker
         ok = tracker.flush(timeout)
         writer = getattr(tracker, "_writer", None)
@@ -588,22 +471,42 @@ class EnergyMagics(Magics, EnergySettings):
         self._print_notices(tracker)
 
     def _cmd_chart(self, words: list[str]):
-        if len(words) > 1:
-            raise UsageError("%energy chart takes at most one sweep name")
+        p = self._parser("chart")
+        p.add_argument("name", nargs="?")
+        p.add_argument("--mlflow", action="store_true")
+        p.add_argument("--by", choices=("status", "host"), action=Once)
+        a = parse_words(p, words)
         tracker = self.tracker
-        if words:
-            sweep = tracker.sweeps.get(words[0])
-            if sweep is None:
-                raise UsageError(f"%energy chart: no sweep named {quote(words[0])} in this session "
-                                 f"(known: {', '.join(tracker.sweeps) or 'none'})")
+        if a.name is not None:
+            sweep = tracker.sweeps.get(a.name)
         else:
             sweep = tracker.sweep or (list(tracker.sweeps.values())[-1] if tracker.sweeps else None)
             if sweep is None:
-                raise UsageError("%energy chart: no sweep yet; start one with %energy sweep NAME")
+                raise UsageError("%energy chart: no sweep yet; start one with %energy sweep NAME, "
+                                 "or name a sweep in MLflow")
         from .charts import sweep_chart
-        from .runs import sweep_data
 
-        return sweep_chart(sweep_data(sweep))
+        color_by = a.by or "auto"
+        per_host = "auto" if a.by is None else a.by == "host"
+        view = tracker.sweep_view(sweep) if sweep is not None else None
+        if sweep is not None and not a.mlflow and (view is None or view.processes <= 1):
+            from .runs import sweep_data
+
+            return sweep_chart(sweep_data(sweep), color_by=color_by, per_host=per_host)
+        # The whole sweep, every process on every host, as MLflow has it: this session's
+        # measurements first (the wait %energy compare makes too).
+        if not tracker.flush(30):
+            print("ipython-energy: some measurements are still on their way to MLflow; "
+                  "the chart shows what MLflow has now", file=sys.stderr)
+        from .query import whole_sweep
+
+        experiment = (sweep.experiment if sweep is not None else None) or tracker.config.experiment
+        try:
+            data = whole_sweep(tracker.tracking_uri, experiment, sweep.name if sweep is not None else a.name)
+        except LookupError as exc:
+            known = f" (in this session: {', '.join(map(quote, tracker.sweeps))})" if tracker.sweeps else ""
+            raise UsageError(f"%energy chart: {exc}{known}") from None
+        return sweep_chart(data, color_by=color_by, per_host=per_host)
 
     def _cmd_compare(self, words: list[str]):
         parser = self._parser("compare")

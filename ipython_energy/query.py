@@ -27,6 +27,7 @@ from typing import Any, Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 from . import registry
+from .joining import is_run_id
 from .layout import run_row, sweep_header
 from .ledger import claims_of
 from .rebound import Spread, sweep_spread
@@ -622,3 +623,35 @@ class SourceReader:
         """True while a big sweep's older runs are still being read."""
         children = self._child_sets.get(sweep_run_id)
         return children is not None and not children.complete
+
+
+def whole_sweep(tracking_uri: str, experiment: str, name: str, *, wait_s: float = 120.0) -> dict:
+    """The sweep ``name`` (or the sweep whose parent run id ``name`` is) of ``experiment`` as
+    MLflow holds it, every member's runs on every host included, in the shape of
+    :func:`ipython_energy.rollup.build_sweep_data` (what ``%energy chart --mlflow`` draws).
+
+    Of several parents with the name (left by an earlier version), the one started last is the
+    sweep, as for the writers.  A big sweep's older runs are read in the background by the
+    reader; this waits up to ``wait_s`` for them.  Raises :class:`NotFound` when there is no such sweep.
+    """
+    reader = SourceReader(tracking_uri)
+    if not reader.store_exists():
+        raise NotFound(f"no sweep {name!r}: no MLflow store at {tracking_uri} yet")
+    exp_id = reader.experiment_id(experiment)
+    if exp_id is None:
+        raise NotFound(f"no sweep {name!r}: experiment {experiment!r} does not exist at {tracking_uri}")
+    if is_run_id(name):
+        run_id = name
+    else:
+        quoted = name.replace("'", "\\'")
+        found = reader.client.search_runs(
+            [exp_id], filter_string=f"tags.`energy.kind` = 'sweep' and tags.`energy.sweep` = '{quoted}'",
+            max_results=100)
+        if not found:
+            raise NotFound(f"no sweep named {name!r} in experiment {experiment!r}")
+        run_id = max(found, key=lambda r: (r.info.start_time or 0, r.info.run_id)).info.run_id
+    reader.sweep_data(experiment, run_id)  # a big sweep's first read starts reading its older runs
+    deadline = time.monotonic() + wait_s
+    while reader.loading(run_id) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return reader.sweep_data(experiment, run_id)

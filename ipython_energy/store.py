@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from . import layout, rollup
-from .ledger import AFTER_STEP_TAG, AFTER_TAG, INDEX_PARAM, SUPERSEDED_TAG, Ledger, entry, lowest_free, settled_entry
+from .ledger import (AFTER_STEP_TAG, AFTER_TAG, INDEX_PARAM, SUPERSEDED_TAG, Ledger, Step, entry, lowest_free,
+                     settled_entry)
 from .transport import Pace, describe_error, mlflow_client_class, mute_library_logs_on_writer_thread, writer_client
 from .events import Event, Metrics, RunEnd, RunStart, StartEvent, SweepEnd, SweepStart, SweepUpdate
 
@@ -121,6 +122,8 @@ class MlflowStore:
         self.run_ids: dict[str, str] = {}
         self._host_tags: dict[str, str] | None = None
         self._sweeps: dict[str, Ledger] = {}  # parent run id -> this writer's view of its ledger
+        #: parent run id -> the sweep's last step this writer derived from MLflow (all its members)
+        self.latest: dict[str, Step] = {}
         # A sqlite store has every writer on this host: a lock beside its file around finding or
         # creating a sweep's parent makes the parent one, with no election wait.
         self.sweep_lock_path = _sweep_lock_path(tracking_uri)
@@ -169,6 +172,13 @@ class MlflowStore:
         run_id = self.run_ids.pop(uid, None)
         if run_id is not None:
             self._sweeps.pop(run_id, None)
+            self.latest.pop(run_id, None)
+
+    def sweep_view(self, uid: str) -> "Step | None":
+        """The last step of the sweep ``uid`` (this process's SweepStart) that this writer derived
+        from MLflow, every member's runs included; None until it has derived one."""
+        run_id = self.run_ids.get(uid)
+        return self.latest.get(run_id) if run_id is not None else None
 
     def run_id(self, uid: str) -> str:
         """The MLflow run of ``uid``: found by its ``energy.uid`` tag, or, for a sweep this process
@@ -233,7 +243,7 @@ class MlflowStore:
         took = time.monotonic() - searched
         time.sleep(self.settle_s)
         winner = self._find_sweep(event.name)
-        if took > self.settle_s:
+        if self.sweep_lock_path is None and took > self.settle_s:  # under the lock no wait is needed
             log.warning("ipython-energy: creating the parent of sweep %r took %.1f s, longer than the "
                         "%.1f s other hosts wait for it: two parents may remain", event.name, took, self.settle_s)
         if winner is None or winner.info.run_id == own:
@@ -498,7 +508,7 @@ class MlflowStore:
         if not steps:
             return
         rows = ledger.new_rows(steps)
-        last = steps[-1]
+        last = self.latest[parent] = steps[-1]
         tags = []
         if last.totals.budget_state == "over" and run.data.tags.get("energy.budget_state") != "over":
             tags.append(RunTag("energy.budget_state", "over"))  # a total only grows: never back to ok
@@ -579,22 +589,26 @@ class MlflowStore:
         member writes its own tag before it reads them all, so of two members leaving at once
         the later read sees both and closes the parent (both may: the same status twice); a
         member that closed it reads the tags once more, and opens it again for one that joined
-        meanwhile.  No lock: members on other hosts follow the same steps.
+        meanwhile.  No lock: members on other hosts follow the same steps.  The closing member
+        also saves the sweep's chart (``energy_sweep.html``).
         A dead session's members are ended by the recovery pass (KILLED), so a sweep never
         stays open because of a kernel that died.  A parent written by an earlier version has
         no member tags: its creator closes it, as then.
         """
         run_id = self.run_id(event.uid)
-        self.log_chart(run_id)
         tags = self.client.get_run(run_id).data.tags
         if not any(k.startswith(MEMBER_TAG) for k in tags):
             if tags.get("energy.uid") == event.uid:
+                self.log_chart(run_id)
                 self.client.set_terminated(run_id, status=event.status, end_time=event.t_ms)
             return
         self.client.set_tag(run_id, MEMBER_TAG + event.uid, event.status)
         members = self._members(run_id, event.uid, event.status)
         if "RUNNING" in members.values():
             return
+        # The chart is drawn once, by the member that closes the sweep (it reads every child:
+        # at a thousand runs, each member drawing it as it left cost minutes of requests).
+        self.log_chart(run_id)
         statuses = set(members.values())
         status = "FAILED" if "FAILED" in statuses else "FINISHED" if "FINISHED" in statuses else "KILLED"
         self.client.set_terminated(run_id, status=status, end_time=event.t_ms)

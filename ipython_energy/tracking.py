@@ -112,6 +112,13 @@ class Tracker:
         (asking must not start one)."""
         return None if self._writer is None else self._writer.status()
 
+    def sweep_view(self, sweep):
+        """The sweep as the writer last derived it from MLflow, every member's runs included
+        (a :class:`~ipython_energy.ledger.Step`), or None (no writer, or nothing derived yet)."""
+        if self._writer is None or not sweep.logged:
+            return None
+        return self._writer.sweep_view(sweep.uid, self.tracking_uri, sweep.experiment or self.config.experiment)
+
     def start_background(self) -> None:
         """Start the writer (replays dead kernels' spools) without waiting for it."""
         if self.config.log:
@@ -250,11 +257,7 @@ class Tracker:
         if name is not None:
             name = check_name(name, "run")
         with self._lock:
-            sweep = sweep if sweep is not None else self.sweep
-            if sweep is not None and sweep.ended:
-                sweep = None
-            if sweep is None:
-                sweep = self._joined_sweep()
+            sweep = self._sweep_for(sweep)
             if sweep is not None and sweep.stop_at_budget and sweep.over_budget:
                 raise BudgetExceeded(
                     f"sweep {sweep.name!r} has used {format_energy(sweep.total_j)} of its "
@@ -304,6 +307,14 @@ class Tracker:
                     parent_uid=parent.uid if parent is not None else group_uid if sweep is None else None))
         return run
 
+    def _sweep_for(self, sweep: Sweep | None) -> Sweep | None:
+        """The sweep a new run belongs to: ``sweep``, else the active one, unless it has ended;
+        else the one the ``sweep`` setting names (joined now).  The lock is held."""
+        sweep = sweep if sweep is not None else self.sweep
+        if sweep is not None and sweep.ended:
+            sweep = None
+        return sweep if sweep is not None else self._joined_sweep()
+
     # ---- groups of repeats (ipython_energy/repeats.py) -----------------------------------------
     def start_group(self, name: str, *, sweep: Sweep | None = None, tags: Mapping[str, str] | None = None,
                     log: bool | None = None) -> str | None:
@@ -313,11 +324,7 @@ class Tracker:
         ``sweep`` (the active sweep), whose runs its repeats are but it is not (``kind`` group).
         """
         with self._lock:
-            sweep = sweep if sweep is not None else self.sweep
-            if sweep is not None and sweep.ended:
-                sweep = None
-            if sweep is None:
-                sweep = self._joined_sweep()
+            sweep = self._sweep_for(sweep)
             parent = next((r for r in reversed(self._scopes.open_runs())
                            if not r.discarded and not r.implicit), None)
             if not ((self.config.log if log is None else log) and (parent is None or parent.logged)):

@@ -551,6 +551,13 @@ class Writer:
             if answer.status_code != 200:
                 raise ConnectionError(f"{uri} answered {answer.status_code} to /health")
 
+    def sweep_view(self, uid: str, tracking_uri: str, experiment: str):
+        """The last :class:`~ipython_energy.ledger.Step` of this process's sweep ``uid`` that the writer
+        derived from MLflow (every member's runs), or None.  Any thread: it reads what the journal
+        thread last stored, never MLflow."""
+        store = self._stores.get((tracking_uri, experiment))
+        return store.sweep_view(uid) if store is not None else None
+
     def stores(self) -> list[MlflowStore]:
         """The MLflow stores this writer has written to, one per (tracking URI, experiment)."""
         return list(self._stores.values())

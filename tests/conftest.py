@@ -227,3 +227,39 @@ def proxy(mlflow_server):
     yield make
     for p in made:
         p.close()
+
+
+@pytest.fixture
+def driven_tracker(energy_home, sqlite_uri):
+    """The process's tracker (what ``energy.*`` uses) on an injected clock, measuring a flat 100 W
+    replay trace (the hardware seam) and logging to ``sqlite_uri``: ``(tracker, ticks, uri)``."""
+    from ipython_energy.config import from_env
+    from ipython_energy.meter import Meter
+    from ipython_energy.runtime import new_tracker, set_tracker
+    from ipython_energy.sensors.replay import ReplaySensor, ReplayTrace
+    from tests.sensors.injected_clock import Clock, Ticks
+
+    clock = Clock()
+    meter = Meter([ReplaySensor(ReplayTrace([0.0, 36000.0], {"gpu0_w": [100.0, 100.0]}), clock=clock)],
+                  interval_s=0.05, clock=clock, background=False, idle_power_w=0.0)
+    meter.start()
+    config, _ = from_env()
+    tracker = new_tracker(config.with_values(tracking_uri=sqlite_uri), meter=meter)
+    set_tracker(tracker)
+    yield tracker, Ticks(meter.sampler, clock), sqlite_uri
+    set_tracker(None)
+    tracker.close()
+
+
+@pytest.fixture
+def tracker(energy_home, sqlite_uri):
+    """The process's tracker, measuring a flat 100 W replay trace (the hardware seam) and logging
+    to the test's store."""
+    from ipython_energy.runtime import set_tracker
+    from tests.faults.faultkit import flat_replay, make_tracker
+
+    t = make_tracker([flat_replay({"gpu0": 100.0})], sqlite_uri)
+    set_tracker(t)
+    yield t
+    t.close()
+    set_tracker(None)

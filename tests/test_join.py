@@ -8,6 +8,7 @@ MLflow sqlite store; the magic runs in a real IPython shell.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -83,6 +84,8 @@ def test_workers_given_the_sweep_in_the_environment_land_in_one_sweep(energy_hom
     members = {k: v for k, v in parent.data.tags.items() if k.startswith("energy.member.")}
     assert sorted(members.values()) == ["FINISHED", "FINISHED"], "each process joined once and left at exit"
     assert parent.info.status == "FINISHED", "the last member to leave closed the parent"
+    assert [a.path for a in client.list_artifacts(parent.info.run_id)] == ["energy_sweep.html"], \
+        "the closing member saved the chart"
     assert_sweep_total_exact(client, parent, children)
     points = history(client, parent.info.run_id, "sweep_energy_j")
     # One point per finished run, and one per member leaving (at the step it left at).
@@ -165,4 +168,32 @@ def test_magic_joins_a_sweep_by_run_id(ip, flat_trace, sqlite_uri, tmp_path, cap
     client, parent, children = _the_sweep(sqlite_uri)
     assert sorted(c.info.run_name for c in children) == ["notebook", "trial"]
     assert parent.info.status == "FINISHED"
+    assert_sweep_total_exact(client, parent, children)
+
+
+def test_the_summary_of_a_joined_sweep_counts_every_member(ip, flat_trace, sqlite_uri, tmp_path, capsys):
+    """A worker process ran two runs of ``shared``; this shell joins it and runs one.  Its own
+    figures stay its own (1 run), and once its writer has recounted the sweep from MLflow the
+    summary adds what every member contributed: 3 runs from 1 host and 2 processes."""
+    _finish(_start(tmp_path, "worker", flat_trace, sqlite_uri, "2", "w", IPYTHON_ENERGY_SWEEP="shared"))
+    ip.run_line_magic("energy", "sweep shared")
+    ip.run_cell_magic("energy", "--run notebook", "pass")
+    ip.run_line_magic("energy", "flush")
+    capsys.readouterr()
+    ip.run_line_magic("energy", "")
+    out = capsys.readouterr().out
+    assert "sweep 'shared':" in out and "over 1 run(s)" in out, out
+    assert "all members in MLflow:" in out and "over 3 run(s) from 1 host(s), 2 process(es)" in out, out
+    # Other processes joined, so the chart is the whole sweep from MLflow, not this shell's one run.
+    spec = ip.run_line_magic("energy", "chart").to_dict()
+    assert sorted(r["name"] for r in spec["datasets"]["runs"]) == ["notebook", "trial", "trial"]
+    by_host = ip.run_line_magic("energy", "chart shared --mlflow --by host").to_dict()
+    (panel_rows,) = {json.dumps(layer["data"]["values"]) for layer in by_host["vconcat"][1]["layer"]}
+    assert [(h["runs"], h["processes"]) for h in json.loads(panel_rows)] == [(3, 2)]
+    with pytest.raises(UsageError, match="no sweep named 'elsewhere'"):
+        ip.run_line_magic("energy", "chart elsewhere")
+    ip.run_line_magic("energy", "end sweep")
+    ip.run_line_magic("energy", "flush")
+    client, parent, children = _the_sweep(sqlite_uri)
+    assert len(children) == 3
     assert_sweep_total_exact(client, parent, children)

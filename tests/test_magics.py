@@ -139,6 +139,8 @@ BAD_LINE_ARGS = [
     ("end everything", "nothing, 'run' or 'sweep'"),
     ("autolog maybe", "on or off"),
     ("chart nosuch", "no sweep"),
+    ("chart --by cpu", "invalid choice"),
+    ("chart a b", "unrecognized arguments"),
     ("flush --timeout nan", "positive finite"),
     ("sweep 'unclosed", "quotation"),
 ]

@@ -22,21 +22,9 @@ optuna = pytest.importorskip("optuna")
 
 import ipython_energy  # noqa: E402
 from ipython_energy.optuna import measure, study_energy_j  # noqa: E402
-from ipython_energy.runtime import set_tracker  # noqa: E402
-from tests.faults.faultkit import flat_replay, make_tracker  # noqa: E402
 from tests.helpers.mlflow_readback import assert_sweep_total_exact, runs, split_sweep  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-@pytest.fixture
-def tracker(energy_home, sqlite_uri):
-    """The process's tracker, measuring a flat 100 W replay trace and logging to the test's store."""
-    t = make_tracker([flat_replay({"gpu0": 100.0})], sqlite_uri)
-    set_tracker(t)
-    yield t
-    t.close()
-    set_tracker(None)
 
 
 def quadratic(trial):

@@ -12,39 +12,14 @@ import threading
 import pytest
 from mlflow.tracking import MlflowClient
 
-from ipython_energy.config import from_env
-from ipython_energy.meter import Meter
-from ipython_energy.runtime import new_tracker
-from ipython_energy.sensors.replay import ReplaySensor, ReplayTrace
-from tests.sensors.injected_clock import Clock, Ticks
+from tests.helpers.mlflow_readback import named_sweep
 
-WATTS = 100.0
+WATTS = 100.0  # the driven_tracker fixture's flat trace
 
 
-@pytest.fixture
-def driven(energy_home, sqlite_uri):
-    clock = Clock()
-    meter = Meter([ReplaySensor(ReplayTrace([0.0, 36000.0], {"gpu0_w": [WATTS, WATTS]}), clock=clock)],
-                  interval_s=0.05, clock=clock, background=False, idle_power_w=0.0)
-    meter.start()
-    config, _ = from_env()
-    tracker = new_tracker(config.with_values(tracking_uri=sqlite_uri), meter=meter)
-    yield tracker, Ticks(meter.sampler, clock), sqlite_uri
-    tracker.close()
-
-
-def _mlflow(uri, name):
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("ipython-energy")
-    runs = client.search_runs([exp.experiment_id])
-    (parent,) = [r for r in runs if r.data.tags.get("energy.kind") == "sweep" and r.data.tags["energy.sweep"] == name]
-    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-    return parent, children
-
-
-def test_time_between_runs_is_part_of_the_sweep(driven):
+def test_time_between_runs_is_part_of_the_sweep(driven_tracker):
     """2 s before the first run, 3 s run, 1 s gap, 2 s run, 1 s after: 900 J, 500 J in runs."""
-    tracker, ticks, uri = driven
+    tracker, ticks, uri = driven_tracker
     sweep = tracker.start_sweep("gaps")
     ticks.run(2.0)
     first = tracker.start_run("first", sweep=sweep)
@@ -63,7 +38,7 @@ def test_time_between_runs_is_part_of_the_sweep(driven):
     assert "over 2 run(s), in runs 500 J, between runs 400 J" in sweep.describe()
     assert tracker.flush(120)
 
-    parent, children = _mlflow(uri, "gaps")
+    parent, children, _ = named_sweep(uri, "gaps")
     m = parent.data.metrics
     assert m["sweep_energy_j"] == pytest.approx(WATTS * 9)
     assert m["sweep_runs_energy_j"] == pytest.approx(WATTS * 5)
@@ -110,10 +85,10 @@ class _Worker:
         self.thread.join(5)
 
 
-def test_overlapping_runs_in_threads_count_the_machine_once_and_say_so(driven):
+def test_overlapping_runs_in_threads_count_the_machine_once_and_say_so(driven_tracker):
     """Run a on one thread 0-3 s, run b on another 1-4 s: each measures 300 J (the whole machine),
     the sweep's runs 400 J, each run's share 200 J, both flagged."""
-    tracker, ticks, uri = driven
+    tracker, ticks, uri = driven_tracker
     sweep = tracker.start_sweep("threads")
     workers = [_Worker(), _Worker()]
     try:
@@ -136,7 +111,7 @@ def test_overlapping_runs_in_threads_count_the_machine_once_and_say_so(driven):
     assert "2 run(s) overlapped on the same devices" in sweep.describe()
     assert tracker.flush(120)
 
-    parent, children = _mlflow(uri, "threads")
+    parent, children, _ = named_sweep(uri, "threads")
     assert parent.data.metrics["sweep_runs_energy_j"] == pytest.approx(WATTS * 4)
     assert parent.data.metrics["sweep_energy_j"] == pytest.approx(WATTS * 4)
     assert parent.data.tags["energy.overlapping_runs"] == "2"
@@ -147,8 +122,8 @@ def test_overlapping_runs_in_threads_count_the_machine_once_and_say_so(driven):
         assert run.data.tags["energy.shares_devices"] == "true"
 
 
-def test_a_run_nested_in_the_same_thread_is_still_nested(driven):
-    tracker, ticks, uri = driven
+def test_a_run_nested_in_the_same_thread_is_still_nested(driven_tracker):
+    tracker, ticks, uri = driven_tracker
     sweep = tracker.start_sweep("nest")
     outer = tracker.start_run("outer", sweep=sweep)
     inner = tracker.start_run("inner", sweep=sweep)

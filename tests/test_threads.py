@@ -16,49 +16,22 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from mlflow.tracking import MlflowClient
 
 import ipython_energy as energy
 from ipython_energy.config import from_env
-from ipython_energy.meter import Meter
 from ipython_energy.runtime import new_tracker, set_tracker
-from ipython_energy.sensors.replay import ReplaySensor, ReplayTrace
-from tests.sensors.injected_clock import Clock, Ticks
+from tests.helpers.mlflow_readback import named_sweep
 
-WATTS = 100.0
-
-
-@pytest.fixture
-def driven(energy_home, sqlite_uri):
-    """The process's tracker (what ``energy.*`` uses) on an injected clock; ``(tracker, ticks, uri)``."""
-    clock = Clock()
-    meter = Meter([ReplaySensor(ReplayTrace([0.0, 36000.0], {"gpu0_w": [WATTS, WATTS]}), clock=clock)],
-                  interval_s=0.05, clock=clock, background=False, idle_power_w=0.0)
-    meter.start()
-    config, _ = from_env()
-    tracker = new_tracker(config.with_values(tracking_uri=sqlite_uri), meter=meter)
-    set_tracker(tracker)
-    yield tracker, Ticks(meter.sampler, clock), sqlite_uri
-    set_tracker(None)
-    tracker.close()
+WATTS = 100.0  # the driven_tracker fixture's flat trace
 
 
-def _mlflow(uri, name):
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("ipython-energy")
-    runs = client.search_runs([exp.experiment_id])
-    (parent,) = [r for r in runs if r.data.tags.get("energy.kind") == "sweep" and r.data.tags["energy.sweep"] == name]
-    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-    return parent, children, {r.info.run_name: r for r in runs}
-
-
-def test_trials_in_a_thread_pool_each_have_their_own_run_in_the_notebooks_sweep(driven):
+def test_trials_in_a_thread_pool_each_have_their_own_run_in_the_notebooks_sweep(driven_tracker):
     """An Optuna ``n_jobs=2`` search, as a thread pool runs it: the notebook starts sweep ``pool``,
     trial a runs on one worker 0-3 s, trial b on another 1-4 s, each in ``with energy.run()``.
     The pool's threads never set a sweep: they join the main thread's.  Each trial is its own
     run (300 J: the whole machine over its window), both children of the sweep, both flagged as
     sharing devices, and the sweep counts the machine once (400 J)."""
-    tracker, ticks, uri = driven
+    tracker, ticks, uri = driven_tracker
     sweep = energy.sweep("pool")
     started = {name: threading.Event() for name in "ab"}
     finish = {name: threading.Event() for name in "ab"}
@@ -92,7 +65,7 @@ def test_trials_in_a_thread_pool_each_have_their_own_run_in_the_notebooks_sweep(
     assert sweep.overlapping_runs == 2
     assert energy.flush(120)
 
-    parent, children, _ = _mlflow(uri, "pool")
+    parent, children, _ = named_sweep(uri, "pool")
     assert sorted(children) == ["a", "b"]
     assert parent.data.metrics["sweep_energy_j"] == pytest.approx(WATTS * 4)
     assert parent.data.metrics["sweep_runs"] == 2
@@ -106,12 +79,12 @@ def test_trials_in_a_thread_pool_each_have_their_own_run_in_the_notebooks_sweep(
         assert run.data.tags["energy.pid"] == str(os.getpid())
 
 
-def test_a_run_of_one_thread_is_never_the_parent_of_another_threads_run(driven):
+def test_a_run_of_one_thread_is_never_the_parent_of_another_threads_run(driven_tracker):
     """The notebook opens run ``outer`` (and makes a run active with ``%energy run``'s call); a
     thread that inherits the main thread's context (``copy_context().run``, as Python 3.14's
     ``thread_inherit_context`` does for every thread) and a plain thread each open a run: both
     are children of the sweep, not of ``outer``; neither sees the active run or puts a stage in it."""
-    tracker, ticks, uri = driven
+    tracker, ticks, uri = driven_tracker
     sweep = energy.sweep("apart")
     outer = energy.run("outer")
     active = tracker.start_run("active", activate=True)
@@ -143,17 +116,17 @@ def test_a_run_of_one_thread_is_never_the_parent_of_another_threads_run(driven):
     assert "stage_data_energy_j" not in outer.stages and not active.stages
     assert energy.flush(120)
 
-    parent, children, runs = _mlflow(uri, "apart")
+    parent, children, runs = named_sweep(uri, "apart")
     assert sorted(children) == ["inherited", "outer", "plain"]
     assert runs["active"].data.tags["mlflow.parentRunId"] == children["outer"].info.run_id
     assert children["plain"].data.tags["energy.thread"] == "plain"
     assert "stage_data_energy_j" in children["plain"].data.metrics
 
 
-def test_asyncio_tasks_have_their_own_runs_and_nest_in_their_creators(driven):
+def test_asyncio_tasks_have_their_own_runs_and_nest_in_their_creators(driven_tracker):
     """Two tasks gathered outside any run are siblings that overlap (a 0-3 s, b 1-4 s: flagged,
     400 J for the sweep); a task made inside run ``outer`` nests its run there."""
-    tracker, ticks, uri = driven
+    tracker, ticks, uri = driven_tracker
     sweep = energy.sweep("tasks")
 
     async def trial(name, hold):
@@ -187,16 +160,16 @@ def test_asyncio_tasks_have_their_own_runs_and_nest_in_their_creators(driven):
     assert sweep.overlapping_runs == 2
     assert sweep.runs_energy_j == pytest.approx(WATTS * 4)
     assert energy.flush(120)
-    parent, children, runs = _mlflow(uri, "tasks")
+    parent, children, runs = named_sweep(uri, "tasks")
     assert sorted(children) == ["a", "b", "outer"]
     assert children["a"].data.tags["energy.shares_devices"] == "true"
     assert runs["inner"].data.tags["mlflow.parentRunId"] == children["outer"].info.run_id
 
 
-def test_a_thread_follows_the_notebooks_current_sweep(driven):
+def test_a_thread_follows_the_notebooks_current_sweep(driven_tracker):
     """A pool thread that ran a trial of sweep one runs the next trial in sweep two once the
     notebook has moved on, and outside any sweep once the notebook has ended it."""
-    tracker, ticks, uri = driven
+    tracker, ticks, uri = driven_tracker
     with ThreadPoolExecutor(max_workers=1) as pool:
         def trial(name):
             with energy.run(name) as run:
@@ -235,7 +208,7 @@ def test_an_optuna_search_with_two_jobs_puts_each_trial_in_the_notebooks_sweep(e
     finally:
         set_tracker(None)
         tracker.close()
-    parent, children, _ = _mlflow(sqlite_uri, "optuna")
+    parent, children, _ = named_sweep(sqlite_uri, "optuna")
     assert sorted(children) == [f"trial {i}" for i in range(4)]
     threads = {c.data.tags["energy.thread"] for c in children.values()}
     assert "MainThread" not in threads and 1 <= len(threads) <= 2

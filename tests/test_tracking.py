@@ -13,22 +13,13 @@ import math
 import time
 import tracemalloc
 
+import os
+
 import pytest
 
 import ipython_energy
-from ipython_energy.runtime import set_tracker
 from tests.faults.faultkit import figure, flat_replay, make_tracker
 from tests.helpers.mlflow_readback import assert_sweep_total_exact, history, runs, split_sweep
-
-
-@pytest.fixture
-def tracker(energy_home, sqlite_uri):
-    """The process's tracker, measuring a flat 100 W replay trace and logging to the test's store."""
-    t = make_tracker([flat_replay({"gpu0": 100.0})], sqlite_uri)
-    set_tracker(t)
-    yield t
-    t.close()
-    set_tracker(None)
 
 
 def test_a_run_nested_in_another_is_counted_once(tracker, sqlite_uri):
@@ -210,3 +201,21 @@ def test_annotate_refuses_what_mlflow_cannot_store_and_a_run_that_ended(tracker)
         run.annotate(tags={"late": "1"})
     assert (run.extra_params, run.extra_tags, run.extra_metrics) == (
         {"lr": "0.1"}, {"optuna.state": "COMPLETE"}, {"optuna_value": 2.0})
+
+
+def test_a_sweep_on_the_sqlite_store_is_made_under_a_file_lock_without_a_warning(tracker, sqlite_uri, caplog):
+    """Every writer of a sqlite store is on this host, so the parent is made under a lock file
+    beside the database instead of the election's wait, and nothing warns of two parents."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="ipython_energy")
+    with ipython_energy.sweep("locked"):
+        with ipython_energy.run("one"):
+            pass
+    assert ipython_energy.flush(60)
+    db = sqlite_uri[len("sqlite:///"):]
+    assert os.path.exists(db + ".ipython-energy.lock")
+    assert not [r for r in caplog.records if "two parents may remain" in r.getMessage()], caplog.text
+    _client, found = runs(sqlite_uri)
+    sweeps, children = split_sweep(found)
+    assert len(sweeps) == 1 and sweeps[0].data.tags.get("energy.elected") == "true" and len(children) == 1

@@ -106,3 +106,15 @@ def assert_one_total_per_step(client: MlflowClient, parent: Run) -> None:
     assert all(steps.count(step) == 1 for step in set(steps) if step != last), steps
     assert steps.count(last) <= 1 + left, (steps, left)
     assert len({(p.step, p.value) for p in points}) == len(points), "the same total twice"
+
+
+def named_sweep(uri: str, name: str, experiment: str = EXPERIMENT) -> tuple["Run", dict, dict]:
+    """The one parent of the sweep ``name``, its children by run name, and every run of the
+    experiment by run name."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    found = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    (parent,) = [r for r in found if r.data.tags.get("energy.kind") == "sweep" and r.data.tags["energy.sweep"] == name]
+    children = {r.info.run_name: r for r in found if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    return parent, children, {r.info.run_name: r for r in found}

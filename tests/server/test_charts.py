@@ -134,3 +134,25 @@ def test_low_util_part_of_a_bar_and_its_tooltip():
     spec = charts.sweep_spec(d)
     low = [l for l in spec["layer"][0]["layer"] if l.get("name") == "lowutil"]
     assert low and low[0]["encoding"]["y"]["field"] == "low_util_j"
+
+
+def test_a_sweep_on_several_hosts_gets_bars_by_host_and_a_panel_per_host():
+    """Runs from two hosts: the bars are coloured by host and a panel below gives each host's
+    energy, runs and processes; ``per_host=False`` / ``color_by="status"`` keep the plain chart."""
+    rows = [{"run_id": f"{i:032x}", "name": f"t{i}", "status": "finished", "run_index": i, "energy_j": 10.0 * i,
+             "host": "node-a" if i % 2 else "node-b", "session": f"s{i % 3}", "params": {}, "provenance": {}}
+            for i in range(1, 7)]
+    data = rollup.build_sweep_data({"name": "wide"}, rows)
+    spec = charts.sweep_chart(data).to_dict()
+    top, panel = spec["vconcat"]
+    assert {layer.get("encoding", {}).get("color", {}).get("field") for layer in top["layer"][0]["layer"]} >= {"host"}
+    (values,) = {json.dumps(layer["data"]["values"]) for layer in panel["layer"]}
+    by_host = {row["host"]: row for row in json.loads(values)}
+    assert by_host["node-b"]["energy_j"] == 20.0 + 40.0 + 60.0 and by_host["node-b"]["runs"] == 3
+    assert by_host["node-a"]["energy_j"] == 10.0 + 30.0 + 50.0
+    assert by_host["node-a"]["processes"] == 3  # sessions s1, s0, s2
+    assert "90 J · 3 run(s) · 3 process(es)" == by_host["node-a"]["label"]
+    plain = charts.sweep_chart(data, per_host=False, color_by="status").to_dict()
+    assert "vconcat" not in plain
+    one_host = rollup.build_sweep_data({"name": "narrow"}, [dict(r, host="node-a") for r in rows])
+    assert "vconcat" not in charts.sweep_chart(one_host).to_dict()
