@@ -12,7 +12,8 @@ what MLflow holds: N children, run numbers 1..N, the sweep's last total at step 
 sum of the children.
 
 ``--tree`` runs another checkout's ``ipython_energy`` (the before/after in docs/benchmarks.md).
-Prints one markdown table row: backend, runs, outage, catch-up seconds, ms per run.
+Prints one markdown table row: backend, runs, outage, catch-up seconds, ms per run, requests per run
+(the server's access log from its restart until the writer has caught up), the load average then.
 """
 
 from __future__ import annotations
@@ -55,7 +56,9 @@ class Server:
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
              "--backend-store-uri", self.store_uri, "--default-artifact-root", str(self.workdir / "artifacts"),
              "--workers", "1"], cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"})
+            # Without MLflow's job runner (GenAI jobs, which nothing here uses): its consumer processes
+            # would take CPU from the server on a small machine (as in tests/conftest.py).
+            env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             try:
@@ -65,6 +68,16 @@ class Server:
             except OSError:
                 time.sleep(0.2)
         raise RuntimeError("mlflow server did not come up")
+
+    def requests_since(self, offset: int) -> int:
+        """The HTTP requests in the server's access log after byte ``offset`` of it."""
+        with open(self.workdir / "server.log", "rb") as log:
+            log.seek(offset)
+            return sum(1 for line in log if b'HTTP/1.1" ' in line)
+
+    def log_size(self) -> int:
+        path = self.workdir / "server.log"
+        return path.stat().st_size if path.exists() else 0
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -127,12 +140,15 @@ def main() -> None:
                 writer.submit(event)
         time.sleep(max(args.outage_s - (time.monotonic() - down), 0.0))
         server.start()
-        up = time.monotonic()
+        up, offset = time.monotonic(), server.log_size()
         assert writer.flush(3600), "not caught up"
         took = time.monotonic() - up
+        time.sleep(0.5)  # the last access-log lines
+        sent = server.requests_since(offset)
         check(server.uri, args.runs)
         writer.close()
-        print(f"| {args.backend} | {args.runs} | {args.outage_s:g} s | {took:.1f} s | {took / args.runs * 1000:.0f} ms |")
+        print(f"| {args.backend} | {args.runs} | {args.outage_s:g} s | {took:.1f} s | {took / args.runs * 1000:.0f} ms "
+              f"| {sent / args.runs:.2f} | {os.getloadavg()[0]:.1f} |")
     finally:
         server.kill()
         if pg is not None:

@@ -143,6 +143,53 @@ def test_run_numbers_claimed_at_once_by_many_writers_are_unique(mlflow_server_pg
     assert again == got, "a retry finds its own claim"
 
 
+def test_run_numbers_claimed_in_batches_at_once_by_many_writers_are_unique(mlflow_server_pg):
+    """Batched claims (MlflowStore.claim_indexes, a backlog's) from 4 threads with their own
+    clients, 2 batches of 5 children each, at the same moments: a batch that meets a number taken
+    meanwhile is refused whole by MLflow and its children claim one by one; numbers 1..40, once each."""
+    from ipython_energy.store import MlflowStore
+
+    uri = mlflow_server_pg.uri
+    stores = [MlflowStore(uri, "exp") for _ in range(4)]
+    parent = stores[0].client.create_run(stores[0].experiment_id, run_name="parent").info.run_id
+    children = [[stores[0].client.create_run(stores[0].experiment_id, tags={"mlflow.parentRunId": parent}).info.run_id
+                 for _ in range(10)] for _ in stores]
+    got: dict[str, int] = {}
+    go = threading.Barrier(len(stores))
+
+    def claim(store, mine):
+        go.wait()
+        for batch in (mine[:5], mine[5:]):
+            got.update(zip(batch, store.claim_indexes(parent, batch)))
+
+    threads = [threading.Thread(target=claim, args=(s, mine)) for s, mine in zip(stores, children)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(got.values()) == list(range(1, 41))
+    params = stores[0].client.get_run(parent).data.params
+    assert {int(k.rsplit(".", 1)[1]): v for k, v in params.items() if k.startswith("energy.index.")} == \
+        {k: run_id for run_id, k in got.items()}
+
+
+def test_a_batch_of_claims_meeting_a_taken_number_is_refused_whole(sqlite_uri):
+    """Writer A's view of the claims is stale (B claimed 2 and 3 since A's last read): A's batch
+    for 2, 3, 4 is refused by MLflow as a whole (no param of it written), and A's three children
+    then get 4, 5, 6 in their order."""
+    from ipython_energy.store import MlflowStore
+
+    a, b = MlflowStore(sqlite_uri, "exp"), MlflowStore(sqlite_uri, "exp")
+    parent = a.client.create_run(a.experiment_id, run_name="parent").info.run_id
+    new = [a.client.create_run(a.experiment_id, tags={"mlflow.parentRunId": parent}).info.run_id for _ in range(6)]
+    assert a.claim_index(parent, new[0], in_doubt=False) == 1
+    assert b.claim_indexes(parent, new[1:3]) == [2, 3]
+    assert a.claim_indexes(parent, new[3:]) == [4, 5, 6]
+    params = a.client.get_run(parent).data.params
+    assert {k: v for k, v in params.items() if k.startswith("energy.index.")} == \
+        {f"energy.index.{i + 1}": run_id for i, run_id in enumerate(new)}
+
+
 def _t():
     return int(time.time() * 1000)
 
