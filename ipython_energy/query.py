@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from urllib.parse import urlsplit, urlunsplit
 from . import registry
 from .joining import is_run_id
 from .layout import run_row, sweep_header
+from .ledger import claims_of
 from .rebound import Spread, sweep_spread
 from .rollup import build_experiment_data, build_sweep_data
 from .transport import mlflow_client_class
@@ -160,6 +162,21 @@ class NotFound(LookupError):
     """The experiment or sweep is not in this source."""
 
 
+#: A parent the experiment view read this long ago is as good as one read now (seconds).
+_FRESH_S = 2.0
+#: A parent with this many params (run-number claims, mostly) is too costly to read on every
+#: poll before its own read has been timed: ~0.06 s on sqlite, ``parent_sync_s``.
+_COSTLY_PARAMS = 1000
+#: An MLflow run id (a claim's value is checked before it goes into a search filter).
+_RUN_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def _is_sweep_of(run: Any, exp_id: str) -> bool:
+    """``run`` (or None) is an active sweep parent of experiment ``exp_id``."""
+    return (run is not None and run.info.experiment_id == exp_id and run.info.lifecycle_stage == "active"
+            and run.data.tags.get("energy.kind") == "sweep")
+
+
 def _row_key(row: Mapping[str, Any]) -> tuple:
     return tuple(sorted((k, repr(v)) for k, v in row.items()))
 
@@ -180,6 +197,36 @@ class _RunSet:
     #: False while only the newest runs are read and the rest load in the background
     complete: bool = True
     loader: threading.Thread | None = None
+    #: a sweep's children: the latest start time among them (new runs are looked for from it)
+    newest_start_ms: int = 0
+    #: a sweep's children: claimed run ids that MLflow does not return (deleted: superseded runs)
+    gone: set[str] = field(default_factory=set)
+    #: a sweep's children: the read of the parent whose claims were last looked through, and
+    #: the highest run number read or being read (while the older runs load in the background)
+    claims_read_at: float | None = None
+    claims_upto: int = 0
+
+
+@dataclass
+class _Parent:
+    """A sweep's parent run as last read: its header, its run-number claims (``{k: run id}``,
+    :func:`ipython_energy.ledger.claims_of`), when it was read and what the read cost.
+
+    A parent holds one param per claimed run, and MLflow reads every param with the run: at
+    10,000 runs one ``get_run`` of the parent takes ~0.6 s on sqlite.  So a parent that is
+    cheap to read is read on every poll, and one that is not is re-read in the background
+    (``refresher``) while polls answer from this copy.
+    """
+
+    header: dict[str, Any]
+    claims: dict[int, str]
+    read_at: float  # time.monotonic()
+    #: None: not read on its own yet (it came with the experiment view's search of sweeps)
+    cost_s: float | None
+    params: int = 0
+    #: a child appeared or ended since the read: the parent's totals and claims moved
+    moved: bool = False
+    refresher: threading.Thread | None = None
 
 
 class SourceReader:
@@ -192,20 +239,26 @@ class SourceReader:
     """
 
     def __init__(self, tracking_uri: str, *, end_margin_ms: int = 5_000, page_size: int = 1000,
-                 first_runs: int = 250):
+                 first_runs: int = 100, parent_sync_s: float = 0.05, parent_every_s: float = 60.0,
+                 parent_soon_s: float = 5.0):
         self.tracking_uri = tracking_uri
         self.end_margin_ms = end_margin_ms
         self.page_size = page_size
         self.first_runs = first_runs
+        #: a parent whose read took less is read on every poll; one that took more, in the
+        #: background (see :meth:`_reread_parent_when_due`)
+        self.parent_sync_s = parent_sync_s
+        self.parent_every_s = parent_every_s
+        self.parent_soon_s = parent_soon_s
         self._client = None
         self._lock = threading.RLock()
         self._experiment_ids: dict[str, str] = {}
         self._sweep_sets: dict[str, _RunSet] = {}
         self._child_sets: dict[str, _RunSet] = {}
-        self._parents: dict[str, dict[str, Any]] = {}
+        self._parents: dict[str, _Parent] = {}
         self._checked_logged_runs: dict[str, int | None] = {}
         self._build_caches: dict[str, dict] = {}
-        self.stats = {"searches": 0, "get_run": 0, "full_loads": 0}
+        self.stats = {"searches": 0, "get_run": 0, "full_loads": 0, "parent_reads": 0}
 
     # -- plumbing ---------------------------------------------------------------------
     def store_exists(self) -> bool:
@@ -261,14 +314,21 @@ class SourceReader:
             self._experiment_ids[name] = exp.experiment_id
             return exp.experiment_id
 
-    def _refresh(self, experiment_id: str, runs: _RunSet, convert, *, full: bool = False,
-                 look_for_ended: bool = True) -> bool:
-        """Bring ``runs`` up to date; True if anything changed.
+    def _by_ids(self, experiment_id: str, run_ids: list[str]) -> list:
+        """The active runs among ``run_ids``: one search per 100 ids, which MLflow answers from
+        the runs table (no scan of the sweep's tags, unlike a search on the parent's id)."""
+        out = []
+        for i in range(0, len(run_ids), 100):
+            ids = ", ".join(f"'{rid}'" for rid in run_ids[i:i + 100])
+            self.stats["searches"] += 1
+            out += self.client.search_runs([experiment_id], filter_string=f"attributes.run_id IN ({ids})",
+                                           max_results=100)
+        return out
 
-        ``look_for_ended=False`` skips the search for runs that ended since the last such
-        search (the caller knows none did: a sweep whose finished count did not move); runs
-        last seen running are still re-read.
-        """
+    def _refresh(self, experiment_id: str, runs: _RunSet, convert, *, full: bool = False,
+                 skip: list[str] = ()) -> bool:
+        """Bring ``runs`` up to date; True if anything changed.  An incremental refresh leaves
+        out the runs ``skip`` (the caller keeps them current)."""
         now_ms = int(time.time() * 1000)
         if full or not runs.loaded:
             runs.ended_checked_ms = now_ms
@@ -279,15 +339,16 @@ class SourceReader:
             runs.rows = fresh
             runs.loaded = True
         else:
-            was_running = {rid for rid, row in runs.rows.items() if row["status"] == "running"}
+            was_running = {rid for rid, row in runs.rows.items() if row["status"] == "running"} - set(skip)
             seen: dict[str, dict[str, Any]] = {}
-            for r in self._search(experiment_id, f"{runs.base_filter} and attributes.status = 'RUNNING'"):
+            base = runs.base_filter + (" and attributes.run_id NOT IN ({})".format(", ".join(f"'{r}'" for r in skip))
+                                       if skip else "")
+            for r in self._search(experiment_id, f"{base} and attributes.status = 'RUNNING'"):
                 seen[r.info.run_id] = convert(r)
-            if look_for_ended:
-                since = runs.ended_checked_ms - self.end_margin_ms
-                runs.ended_checked_ms = now_ms
-                for r in self._search(experiment_id, f"{runs.base_filter} and attributes.end_time >= {since}"):
-                    seen[r.info.run_id] = convert(r)
+            since = runs.ended_checked_ms - self.end_margin_ms
+            runs.ended_checked_ms = now_ms
+            for r in self._search(experiment_id, f"{base} and attributes.end_time >= {since}"):
+                seen[r.info.run_id] = convert(r)
             gone = []
             for rid in was_running - seen.keys():
                 r = self._get_run(rid)
@@ -310,18 +371,28 @@ class SourceReader:
         """Sweeps of experiment ``name`` side by side, with rebound flags (see build_experiment_data).
 
         A sweep's runs are read (incrementally, shared with :meth:`sweep_data`) only when the
-        rebound rule needs its noise: for sweeps whose J/run fell while their total rose.
+        rebound rule needs its noise: for sweeps whose J/run fell while their total rose.  A
+        sweep whose parent is too costly to read on every poll (thousands of claims) is left
+        out of the searches and shown as last read (:meth:`_reread_parent_when_due`).
         """
         with self._lock:
             exp_id = self.experiment_id(name)
             if exp_id is None:
                 raise NotFound(f"experiment {name!r} does not exist in this tracking store")
             sweeps = self._sweep_sets.setdefault(exp_id, _RunSet("tags.`energy.kind` = 'sweep'"))
-            self._refresh(exp_id, sweeps, sweep_header)
+            costly = sorted(rid for rid in sweeps.rows if rid in self._parents and self._costly(self._parents[rid]))
+            self._refresh(exp_id, sweeps, lambda run: self._keep_parent(run).header, skip=costly)
+            for rid in costly:
+                parent = self._parents.get(rid)
+                if parent is None:  # the background read found it gone
+                    sweeps.rows.pop(rid, None)
+                    continue
+                sweeps.rows[rid] = parent.header
+                self._reread_parent_when_due(exp_id, parent)
 
             def spread_of(run_id: str) -> Spread | None:
-                header = sweeps.rows.get(run_id)
-                return sweep_spread(self._children(exp_id, header).rows.values()) if header else None
+                parent = self._parents.get(run_id)
+                return sweep_spread(self._children(exp_id, parent).rows.values()) if parent else None
 
             return build_experiment_data({"id": exp_id, "name": name}, sweeps.rows.values(), spread_of)
 
@@ -335,63 +406,196 @@ class SourceReader:
             exp_id = self.experiment_id(experiment_name)
             if exp_id is None:
                 raise NotFound(f"experiment {experiment_name!r} does not exist in this tracking store")
-            parent_run = self._get_run(sweep_run_id)
-            if (parent_run is None or parent_run.info.experiment_id != exp_id or parent_run.info.lifecycle_stage != "active"
-                    or parent_run.data.tags.get("energy.kind") != "sweep"):
-                raise NotFound(f"no sweep {sweep_run_id} in experiment {experiment_name!r}")
-            header = sweep_header(parent_run)
-            children = self._children(exp_id, header)
+            parent = self._parent(exp_id, experiment_name, sweep_run_id)
+            children = self._children(exp_id, parent)
+            header = parent.header
             cache = self._build_caches.setdefault(sweep_run_id, {})
+            earlier = None
             if not children.complete:
                 ended = [row for row in children.rows.values()
                          if row["status"] != "running" and row["energy_j"] is not None and row.get("kind") != "group"]
-                return build_sweep_data(header, children.rows.values(), earlier=_earlier(header, ended), cache=cache)
-            return build_sweep_data(header, children.rows.values(), cache=cache)
+                earlier = _earlier(header, ended)
+            data = build_sweep_data(header, children.rows.values(), earlier=earlier, cache=cache)
+            self._reread_parent_when_due(exp_id, parent)
+            return data
 
-    def _children(self, exp_id: str, header: dict[str, Any]) -> _RunSet:
-        """The sweep's child runs (``header`` is its :func:`sweep_header`), brought up to date with
-        as few searches as the parent's state allows; a big sweep's first read takes only its
-        newest runs and reads the rest in the background (``complete`` is False until then)."""
+    # -- the sweep's parent run ----------------------------------------------------------
+    def _parent(self, exp_id: str, experiment_name: str, sweep_run_id: str) -> _Parent:
+        """The sweep's parent: read now when it was never read or is cheap to read, else the
+        copy (see :class:`_Parent`), or the one the experiment view read less than ``_FRESH_S``
+        ago (the two views of one poll read it once).  Raises :class:`NotFound` if it is not a
+        sweep of ``exp_id``."""
+        parent = self._parents.get(sweep_run_id)
+        if parent is not None and (self._costly(parent) or (
+                parent.cost_s is None and time.monotonic() - parent.read_at < _FRESH_S)):
+            return parent  # costly: re-read in the background; or the experiment view just read it
+        started = time.monotonic()
+        run = self._get_run(sweep_run_id)
+        self.stats["parent_reads"] += 1
+        if not _is_sweep_of(run, exp_id):
+            raise NotFound(f"no sweep {sweep_run_id} in experiment {experiment_name!r}")
+        return self._keep_parent(run, started, time.monotonic() - started)
+
+    def _keep_parent(self, run: Any, started: float | None = None, cost_s: float | None = None) -> _Parent:
+        """Keep ``run`` (a sweep's parent, read at ``started``) as the newest copy unless a read
+        that started later is kept already.  ``cost_s`` is what reading it took; a parent that
+        came with a search (the experiment view) keeps the cost measured last, if any."""
+        run_id = run.info.run_id
+        old = self._parents.get(run_id)
+        started = time.monotonic() if started is None else started
+        if old is not None and old.read_at > started:
+            return old
+        cost = cost_s if cost_s is not None else (old.cost_s if old is not None else None)
+        params = run.data.params
+        parent = self._parents[run_id] = _Parent(sweep_header(run), claims_of(params), started, cost, len(params))
+        return parent
+
+    def _costly(self, parent: _Parent) -> bool:
+        """Reading ``parent`` took too long to do it on every poll; one not read on its own yet
+        is judged by its params, which make most of the cost (~60 us each on sqlite)."""
+        if parent.cost_s is None:
+            return parent.params >= _COSTLY_PARAMS
+        return parent.cost_s >= self.parent_sync_s
+
+    def _reread_parent_when_due(self, exp_id: str, parent: _Parent) -> None:
+        """Re-read a parent too costly to read on every poll in the background, every
+        ``parent_every_s`` (6x that once the sweep and its runs have ended), or
+        ``parent_soon_s`` after a child appeared or ended while the older runs are still
+        loading (their figure comes from the parent's totals).
+
+        Sparingly: the read holds the GIL for most of its ~0.6 s at 10,000 claims, which
+        slows the polls it overlaps."""
+        if parent.refresher is not None or not self._costly(parent):
+            return
+        children = self._child_sets.get(parent.header["run_id"])
+        open_ = parent.header["status"] == "running" or (
+            children is not None and any(row["status"] == "running" for row in children.rows.values()))
+        loading = children is not None and not children.complete
+        due = self.parent_soon_s if parent.moved and loading else self.parent_every_s * (1 if open_ else 6)
+        if time.monotonic() - parent.read_at < due:
+            return
+        parent.refresher = threading.Thread(target=self._reread_parent, args=(exp_id, parent),
+                                            name="ipython-energy-api-parent", daemon=True)
+        parent.refresher.start()
+
+    def _reread_parent(self, exp_id: str, parent: _Parent) -> None:
+        """Read the parent (outside the lock, so polls go on) and keep it; a parent gone or no
+        longer a sweep is dropped, so that the next poll reads it and answers NotFound."""
+        run_id, started = parent.header["run_id"], time.monotonic()
+        try:
+            run = self._get_run(run_id)
+        except Exception:  # noqa: BLE001 - a store error: try again when due
+            run = parent
+        with self._lock:
+            self.stats["parent_reads"] += 1
+            parent.refresher = None
+            if run is parent:
+                parent.read_at = started
+            elif not _is_sweep_of(run, exp_id):
+                self._parents.pop(run_id, None)
+            else:
+                self._keep_parent(run, started, time.monotonic() - started)
+
+    # -- the sweep's children -------------------------------------------------------------
+    def _children(self, exp_id: str, parent: _Parent) -> _RunSet:
+        """The sweep's child runs, brought up to date without searching the sweep's children:
+        a big sweep's first read takes only its newest runs and reads the rest in the
+        background (``complete`` is False until then); later reads go by run id
+        (:meth:`_poll_children`)."""
+        header = parent.header
         sweep_run_id = header["run_id"]
         children = self._child_sets.setdefault(
             sweep_run_id, _RunSet(f"tags.`mlflow.parentRunId` = '{sweep_run_id}'"))
-        parent_changed = self._parents.get(sweep_run_id) != header
-        self._parents[sweep_run_id] = header
-        if not children.loaded and (header.get("logged_runs") or 0) > 2 * self.first_runs:
-            self._load_newest(exp_id, sweep_run_id, children)
-        elif children.loaded and not parent_changed and header["status"] != "running" and not any(
-                row["status"] == "running" for row in children.rows.values()):
-            pass  # an ended sweep whose parent did not change: nothing to re-read
-        else:
-            # Runs that end move the parent's sweep_runs; until it moves, only running
-            # runs need reading (plus any we saw running that are no longer).
-            self._refresh(exp_id, children, run_row, look_for_ended=parent_changed)
+        if not children.loaded:
+            if (header.get("logged_runs") or 0) > 2 * self.first_runs:
+                self._load_newest(exp_id, parent, children)
+            else:
+                self._refresh(exp_id, children, run_row, full=True)
+                children.newest_start_ms = max([row["start_time_ms"] or 0 for row in children.rows.values()] + [0])
+        elif self._poll_children(exp_id, parent, children):
+            parent.moved = True
         if not children.complete:
             if children.loader is None:  # the last background read failed: try again
                 self._start_loader(exp_id, children)
             return children
-        # The writer's count of finished children says whether we missed any (e.g. runs
-        # replayed from the spool long after they ended): then read them all once.
+        # Without claims (a sweep written before them), the writer's count of finished children
+        # says whether we missed any (e.g. runs replayed from the spool long after they ended):
+        # then read them all once.  Counted once per value of that count, not on every poll.
         logged = header.get("logged_runs")
+        if parent.claims or logged is None or self._checked_logged_runs.get(sweep_run_id) == logged:
+            return children
+        self._checked_logged_runs[sweep_run_id] = logged
         ended = sum(1 for row in children.rows.values()
                     if row["status"] != "running" and row["energy_j"] is not None and row.get("kind") != "group")
-        if logged is not None and logged > ended and self._checked_logged_runs.get(sweep_run_id) != logged:
-            self._checked_logged_runs[sweep_run_id] = logged
+        if logged > ended:
             self._refresh(exp_id, children, run_row, full=True)
         return children
 
+    def _poll_children(self, exp_id: str, parent: _Parent, children: _RunSet) -> bool:
+        """Re-read the children last seen running and read the new ones, by run id; True if a
+        child appeared, ended or went (the parent's totals and claims move).
+
+        New children are the parent's claims (``energy.index.<k>``) not read yet.  A sweep
+        without claims (written before them), or whose parent is re-read only in the
+        background, also looks for children started since the newest it knows (margin
+        ``end_margin_ms``): a search on the runs' start time alone, the parent's id checked
+        here, again without a scan of the sweep's tags.
+        """
+        header = parent.header
+        sweep_run_id = header["run_id"]
+        running = [rid for rid, row in children.rows.items() if row["status"] == "running"]
+        # claims not looked through yet; while the older runs load, only numbers above theirs
+        upto = 0 if children.complete else children.claims_upto
+        new_copy = children.claims_read_at != parent.read_at
+        claimed = [rid for k, rid in parent.claims.items() if k > upto and rid not in children.rows
+                   and rid not in children.gone and _RUN_ID.fullmatch(rid)] if new_copy else []
+        fresh = {}
+        look_for_new = (header["status"] == "running" or running) and (not parent.claims or self._costly(parent))
+        since = max(children.newest_start_ms, header["start_time_ms"] or 0) - self.end_margin_ms
+        if look_for_new:
+            for r in self._search(exp_id, f"attributes.start_time >= {since}"):
+                if r.data.tags.get("mlflow.parentRunId") == sweep_run_id:
+                    fresh[r.info.run_id] = r
+        # running runs that search returned are read already
+        by_id = [rid for rid in running if rid not in fresh and not (
+            look_for_new and (children.rows[rid]["start_time_ms"] or 0) >= since)] + claimed
+        fresh.update((r.info.run_id, r) for r in self._by_ids(exp_id, by_id))
+        moved = False
+        for rid in running:
+            if rid not in fresh:  # deleted (a cell's run another run took the place of)
+                children.rows.pop(rid, None)
+                moved = True
+        children.gone.update(rid for rid in claimed if rid not in fresh)
+        if new_copy:
+            children.claims_read_at = parent.read_at
+            children.claims_upto = max([children.claims_upto, *parent.claims])
+        for rid, r in fresh.items():
+            row = run_row(r)
+            old = children.rows.get(rid)
+            if old is None or old["status"] != row["status"]:
+                moved = True
+            if old is None or _row_key(old) != _row_key(row):
+                children.rows[rid] = row
+            children.newest_start_ms = max(children.newest_start_ms, row["start_time_ms"] or 0)
+        return moved
+
     # -- a big sweep's first view ------------------------------------------------------------
-    def _load_newest(self, experiment_id: str, sweep_run_id: str, children: _RunSet) -> None:
-        """Read only the ``first_runs`` newest children now (one search, well under a second
-        where reading 10,000 runs takes ~10 s) and the rest in the background.
+    def _load_newest(self, experiment_id: str, parent: _Parent, children: _RunSet) -> None:
+        """Read only the ``first_runs`` newest children now (by the ids of the highest claimed
+        run numbers; a sweep without claims: one search) and the rest in the background.
 
         Until the rest is in, the older runs count as one figure taken from the parent's
         ``sweep_runs`` / ``sweep_energy_j`` (see :func:`_earlier`), and the reply says
-        ``loading``.  Runs that end meanwhile are caught by the usual incremental refresh.
+        ``loading``.  Runs that end meanwhile are caught by the usual reads by id.
         """
-        children.ended_checked_ms = int(time.time() * 1000)
-        newest = self._search(experiment_id, children.base_filter, limit=self.first_runs, newest_first=True)
-        children.rows = {r.info.run_id: run_row(r) for r in newest}
+        newest = [rid for _k, rid in sorted(parent.claims.items())[-self.first_runs:] if _RUN_ID.fullmatch(rid)]
+        if newest:
+            runs = self._by_ids(experiment_id, newest)
+        else:
+            runs = self._search(experiment_id, children.base_filter, limit=self.first_runs, newest_first=True)
+        children.rows = {r.info.run_id: run_row(r) for r in runs}
+        children.claims_read_at, children.claims_upto = parent.read_at, max(parent.claims, default=0)
+        children.newest_start_ms = max([row["start_time_ms"] or 0 for row in children.rows.values()] + [0])
         children.loaded, children.complete = True, False
         self._start_loader(experiment_id, children)
 

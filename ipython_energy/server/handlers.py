@@ -193,9 +193,11 @@ class SidebarState:
         return reply
 
     def warm_up(self) -> None:
-        """Import mlflow and altair in the pool so the first sidebar request is not slow."""
-        import altair  # noqa: F401
+        """Import mlflow and altair and build the sweep chart's skeleton (altair: seconds on a
+        busy machine) in the pool, so the first sidebar request is not slow."""
+        from .. import charts
 
+        charts.skeleton_dict()
         query.mlflow_client_class()
 
 

@@ -1,8 +1,10 @@
 """Sweeps and runs logged with the real MLflow client, exactly in the layout of docs/metrics.md.
 
 Used by the server, browser and benchmark code to create data the way the writer does
-(tags energy.kind / energy.sweep / mlflow.parentRunId / energy.run_index, metrics
-energy_j / live_energy_j, the parent's sweep_* roll-up at step = finished children).
+(tags energy.kind / energy.sweep / mlflow.parentRunId / energy.run_index, the run number's
+claim ``energy.index.<k>`` on the parent, metrics energy_j / live_energy_j, the parent's
+sweep_* roll-up at step = finished children).  ``claims=False`` writes a sweep as versions
+before the claims did (no ``energy.index.*`` params).
 Also runnable as a script that logs a sweep slowly, run by run, from another process:
 
     python tests/server/layout_data.py URI EXPERIMENT SWEEP RUNS SECONDS_PER_RUN [J_PER_RUN]
@@ -18,6 +20,8 @@ from typing import Any, Mapping
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+
+from ipython_energy.ledger import INDEX_PARAM
 
 PROVENANCE_COUNTER = {
     "energy.methods": "package0=counter,dram0=counter",
@@ -52,10 +56,11 @@ class SweepLog:
     run_id: str = ""
     children: list[str] = field(default_factory=list)
     finished: list[float] = field(default_factory=list)
+    claims: bool = True
 
     @classmethod
     def start(cls, client: MlflowClient, exp_id: str, name: str, *, planned: int | None = None,
-              budget_j: float | None = None, start_ms: int | None = None) -> "SweepLog":
+              budget_j: float | None = None, start_ms: int | None = None, claims: bool = True) -> "SweepLog":
         tags = {"energy.kind": "sweep", "energy.uid": uuid.uuid4().hex, "energy.sweep": name,
                 "energy.host": "test-host"}
         if planned is not None:
@@ -64,7 +69,7 @@ class SweepLog:
             tags["energy.budget_j"] = repr(float(budget_j))
             tags["energy.budget_state"] = "ok"
         run = client.create_run(exp_id, start_time=start_ms or _ms(), tags=tags, run_name=name)
-        log = cls(client, exp_id, name, planned, budget_j, run.info.run_id)
+        log = cls(client, exp_id, name, planned, budget_j, run.info.run_id, claims=claims)
         if budget_j is not None:
             client.log_batch(log.run_id, metrics=[Metric("sweep_budget_j", float(budget_j), _ms(), 0)])
         return log
@@ -74,6 +79,8 @@ class SweepLog:
         tags = {"energy.kind": "run", "energy.uid": uuid.uuid4().hex, "energy.sweep": self.name,
                 "mlflow.parentRunId": self.run_id, "energy.run_index": str(len(self.children) + 1), **(tags or {})}
         run = self.client.create_run(self.experiment_id, start_time=start_ms or _ms(), tags=tags, run_name=name)
+        if self.claims:  # after the run exists, as the writer claims it
+            self.client.log_param(self.run_id, f"{INDEX_PARAM}{len(self.children) + 1}", run.info.run_id)
         if params:
             self.client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
         self.children.append(run.info.run_id)
@@ -141,7 +148,7 @@ def log_sweep(client: MlflowClient, exp_id: str, name: str, energies: list[float
 
 def bulk_sweep(client: MlflowClient, exp_id: str, name: str, runs: int, *, hosts: int = 1,
                processes_per_host: int = 1, planned: int | None = None, running_last: bool = True,
-               start_ms: int | None = None) -> SweepLog:
+               start_ms: int | None = None, claims: bool = True) -> SweepLog:
     """A sweep of ``runs`` children written in one transaction straight into a SQL store.
 
     The rows are those MLflow's own ``SqlAlchemyStore`` writes (runs, tags, params, metrics,
@@ -150,13 +157,14 @@ def bulk_sweep(client: MlflowClient, exp_id: str, name: str, runs: int, *, hosts
     calls per run take.  Runs are spread round-robin over ``hosts`` hosts (``energy.host``
     ``host-<h>``) and ``processes_per_host`` sessions on each (``energy.session``).  The last
     run stays RUNNING when ``running_last``.  Returns the sweep's :class:`SweepLog` (children in
-    order; more runs can be logged through it as usual).
+    order; more runs can be logged through it as usual).  ``claims``: each run's number claimed
+    on the parent (``energy.index.<k>``), as the writer does.
     """
     from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlParam, SqlRun, SqlTag
 
     store = client._tracking_client.store
     t0 = start_ms or _ms() - runs * 1000
-    sweep = SweepLog.start(client, exp_id, name, planned=planned, start_ms=t0)
+    sweep = SweepLog.start(client, exp_id, name, planned=planned, start_ms=t0, claims=claims)
     children, finished = [], []
     rows: dict[Any, list[dict[str, Any]]] = {SqlRun: [], SqlTag: [], SqlParam: [], SqlMetric: [], SqlLatestMetric: []}
     for i in range(runs):
@@ -182,6 +190,8 @@ def bulk_sweep(client: MlflowClient, exp_id: str, name: str, runs: int, *, hosts
         for table in (SqlMetric, SqlLatestMetric):
             rows[table] += [dict(key=k, value=v, timestamp=end, step=0, is_nan=False, run_uuid=rid)
                             for k, v in metrics.items()]
+        if claims:
+            rows[SqlParam].append(dict(key=f"{INDEX_PARAM}{i + 1}", value=rid, run_uuid=sweep.run_id))
         children.append(rid)
         if not running:
             finished.append(energy)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import register_kernel, write_live
@@ -160,7 +161,8 @@ def test_reader_finds_a_short_run_that_started_and_ended_between_two_reads(track
     reader.sweep_data("e", s.run_id)
     searches = reader.stats["searches"]
     reader.sweep_data("e", s.run_id)
-    assert reader.stats["searches"] == searches + 1  # nothing ended: only the running runs are searched
+    # nothing runs and the parent's claims name no new child: no search at all
+    assert reader.stats["searches"] == searches
     rid = s.start_run("quick")
     s.end_run(rid, 7.0, 0.1)  # also moves the parent's sweep_runs, as the writer does
     d = reader.sweep_data("e", s.run_id)
@@ -191,6 +193,126 @@ def test_reader_drops_a_deleted_running_run(tracking):
     assert reader.sweep_data("e", s.run_id)["totals"]["runs"] == 2
     client.delete_run(rid)
     assert reader.sweep_data("e", s.run_id)["totals"]["runs"] == 1
+
+
+def filters_of(reader: query.SourceReader) -> list[str]:
+    """The filter of every search the reader makes from now on (the real client, recorded)."""
+    seen, search = [], reader.client.search_runs
+
+    def recorded(*args, **kwargs):
+        seen.append(kwargs.get("filter_string", ""))
+        return search(*args, **kwargs)
+
+    reader.client.search_runs = recorded
+    return seen
+
+
+def eventually(read, ok, timeout_s: float = 60.0):
+    """``read()`` until ``ok`` of it holds (a big sweep's parent is re-read in the background)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = read()
+        if ok(got):
+            return got
+        assert time.monotonic() < deadline, f"never true; last {got}"
+        time.sleep(0.05)
+
+
+def test_reader_follows_a_sweep_by_its_claims_without_searching_its_children(tracking):
+    """A run started on another host (its clock far behind: no look-back by time finds it)
+    appears through its run number's claim on the parent, and a running run that ends is
+    re-read by its id: no search over the sweep's children after the first read."""
+    uri, client = tracking
+    exp = experiment_id(client, "e")
+    s = log_sweep(client, exp, "grid", [10.0] * 3, end=False)
+    reader = query.SourceReader(uri)
+    assert reader.sweep_data("e", s.run_id)["totals"]["runs"] == 3
+    filters = filters_of(reader)
+    elsewhere = s.start_run("other-host", start_ms=1_000_000_000_000, tags={"energy.host": "far"})
+    s.live(elsewhere, 4.0, 2.0, 1)
+    d = reader.sweep_data("e", s.run_id)
+    assert d["totals"]["runs"] == 4 and d["runs"][-1]["run_id"] == elsewhere and d["runs"][-1]["live"]
+    assert {h["host"] for h in d["hosts"]} >= {"far"}
+    s.end_run(elsewhere, 8.0, 1.0)
+    d = reader.sweep_data("e", s.run_id)
+    assert (d["runs"][-1]["status"], d["runs"][-1]["energy_j"]) == ("finished", 8.0)
+    assert d["totals"]["energy_j"] == 38.0
+    assert filters and all(f.startswith("attributes.run_id IN") for f in filters), filters
+    assert reader.stats["full_loads"] == 1
+
+
+def test_reader_reads_a_costly_parent_in_the_background(tracking):
+    """A parent too costly to read on every poll (here: every parent, ``parent_sync_s=0``) is
+    re-read in the background: polls answer from the copy, new runs come from a search on
+    start time alone or, when that cannot find them, from the claims of the next re-read;
+    the experiment view leaves the sweep out of its searches."""
+    uri, client = tracking
+    exp = experiment_id(client, "e")
+    s = log_sweep(client, exp, "grid", [10.0] * 3, end=False)
+    reader = query.SourceReader(uri, parent_sync_s=0.0, parent_every_s=0.0)
+    reader.sweep_data("e", s.run_id)
+    eventually(lambda: reader._parents[s.run_id].cost_s, lambda cost: cost is not None)
+    filters = filters_of(reader)
+    now = s.start_run("now")  # found by its start time in the very next poll
+    assert reader.sweep_data("e", s.run_id)["runs"][-1]["run_id"] == now
+    assert not any("parentRunId" in f for f in filters), filters
+    late = s.start_run("late", start_ms=1_000_000_000_000)  # only its claim names it
+    eventually(lambda: [r["run_id"] for r in reader.sweep_data("e", s.run_id)["runs"]], lambda ids: late in ids)
+    assert not any("parentRunId" in f for f in filters), filters
+
+    reader.experiment_data("e")
+    del filters[:]
+    s.end_run(now, 5.0, 1.0)
+    s.end_run(late, 5.0, 1.0)
+    s.end()
+    data = eventually(lambda: reader.experiment_data("e"), lambda d: d["sweeps"][0]["status"] == "finished")
+    assert data["sweeps"][0]["runs"] == 5
+    sweep_searches = [f for f in filters if "energy.kind" in f]
+    assert sweep_searches and all(f"NOT IN ('{s.run_id}')" in f for f in sweep_searches), filters
+    d = eventually(lambda: reader.sweep_data("e", s.run_id), lambda d: d["sweep"]["status"] == "finished")
+    assert d["totals"]["runs"] == 5 and d["totals"]["energy_j"] == 40.0
+
+
+def test_reader_reads_a_big_sweeps_newest_runs_first_by_their_claims(tracking):
+    """A big sweep's first view reads the runs with the highest claimed numbers by id, and no
+    poll while the rest loads in the background reads those older runs by id."""
+    uri, client = tracking
+    exp = experiment_id(client, "e")
+    s = log_sweep(client, exp, "grid", [10.0] * 20, end=False)
+    reader = query.SourceReader(uri, first_runs=5)
+    filters = filters_of(reader)
+    first = reader.sweep_data("e", s.run_id)
+    assert [r["run_id"] for r in first["runs"]][-5:] == s.children[-5:]
+    assert first["totals"]["runs"] == 20 and first["totals"]["energy_j"] == 200.0
+    reader.sweep_data("e", s.run_id)
+    by_id = " ".join(f for f in filters if f.startswith("attributes.run_id IN"))
+    assert not any(rid in by_id for rid in s.children[:15]), "an older run read by id"
+    d = eventually(lambda: reader.sweep_data("e", s.run_id), lambda d: not reader.loading(s.run_id))
+    assert [r["run_id"] for r in d["runs"]] == s.children and d["totals"]["energy_j"] == 200.0
+
+
+def test_reader_follows_a_sweep_written_before_claims(tracking):
+    """A sweep without ``energy.index.*`` params (written by an earlier version): new runs are
+    found by their start time, runs that end by their id, and a run replayed from the spool
+    long after it ended through the parent's sweep_runs."""
+    uri, client = tracking
+    exp = experiment_id(client, "e")
+    s = SweepLog.start(client, exp, "old", claims=False)
+    for i in range(2):
+        s.end_run(s.start_run(f"r{i}"), 10.0, 1.0)
+    assert not client.get_run(s.run_id).data.params
+    reader = query.SourceReader(uri)
+    assert reader.sweep_data("e", s.run_id)["totals"]["runs"] == 2
+    rid = s.start_run("live")
+    s.live(rid, 3.0, 1.0, 1)
+    d = reader.sweep_data("e", s.run_id)
+    assert d["totals"]["runs"] == 3 and d["runs"][-1]["live"]
+    s.end_run(rid, 6.0, 1.0)
+    assert reader.sweep_data("e", s.run_id)["runs"][-1]["status"] == "finished"
+    old = 1_000_000_000_000
+    s.end_run(s.start_run("replayed", start_ms=old), 99.0, 1.0, end_ms=old + 1000)
+    d = reader.sweep_data("e", s.run_id)
+    assert d["totals"]["runs"] == 4 and d["totals"]["energy_j"] == 125.0
 
 
 def test_reader_experiment_view_flags_rebound(tracking):
