@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -23,7 +24,8 @@ from typing import Any, Callable, Mapping
 from . import layout, rollup
 from .ledger import (AFTER_STEP_TAG, AFTER_TAG, INDEX_PARAM, SUPERSEDED_TAG, Ledger, Step, entry, lowest_free,
                      settled_entry)
-from .transport import Pace, describe_error, mlflow_client_class, mute_library_logs_on_writer_thread, writer_client
+from .transport import (THREAD_NAME, Pace, describe_error, is_http, mlflow_client_class,
+                        mute_library_logs_on_writer_thread, writer_client)
 from .events import Event, Metrics, RunEnd, RunStart, StartEvent, SweepEnd, SweepStart, SweepUpdate
 
 log = logging.getLogger("ipython_energy")
@@ -51,6 +53,46 @@ CLAIM_TRIES_BEFORE_READ = 4
 
 #: A function from a sweep's data (rollup.build_sweep_data) to the HTML saved as ``energy_sweep.html``.
 ChartRenderer = Callable[[Mapping[str, Any]], str]
+
+#: Requests in flight at once while a backlog of whole runs goes to a tracking server
+#: (MlflowStore.apply_runs); a local store (sqlite) takes them one after another.
+BACKLOG_WORKERS = 6
+
+
+def in_parallel(call: Callable[[Any], Any], items, workers: int) -> list:
+    """``call(item)`` for every item, up to ``workers`` at once; the results in the items' order.
+
+    The threads bear the writer thread's name (its library logs stay muted) and are daemons: a
+    request that hangs never holds up the interpreter's exit.  Every call has returned when this
+    returns; the first error, if any, is then raised.
+    """
+    items = list(items)
+    if workers <= 1 or len(items) <= 1:
+        return [call(item) for item in items]
+    results: list = [None] * len(items)
+    errors: list[BaseException] = []
+    todo = iter(range(len(items)))
+    lock = threading.Lock()
+
+    def work() -> None:
+        while not errors:
+            with lock:
+                i = next(todo, None)
+            if i is None:
+                return
+            try:
+                results[i] = call(items[i])
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+                errors.append(exc)
+
+    threads = [threading.Thread(target=work, name=THREAD_NAME, daemon=True) for _ in range(min(workers, len(items)))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results
 
 
 @contextlib.contextmanager
@@ -135,6 +177,11 @@ class MlflowStore:
         self.settle_s = 0.0 if self.sweep_lock_path is not None else ELECTION_SETTLE_S
         self._starts: Mapping[str, StartEvent] = {}  # the writer's uid -> start event (see apply)
         self.render_chart = render_chart
+        # A backlog's progress (apply_runs), so that its retry after a failure resumes: the runs
+        # created (uid -> run id), those whose creation got no answer, those ended.
+        self._created: dict[str, str] = {}
+        self._unsure: set[str] = set()
+        self._finished: set[str] = set()
 
     @property
     def host_tags(self) -> dict[str, str]:
@@ -178,6 +225,12 @@ class MlflowStore:
         if run_id is not None:
             self._sweeps.pop(run_id, None)
             self.latest.pop(run_id, None)
+        self._forget_backlog(uid)
+
+    def _forget_backlog(self, uid: str) -> None:
+        self._created.pop(uid, None)
+        self._unsure.discard(uid)
+        self._finished.discard(uid)
 
     def sweep_view(self, uid: str) -> "Step | None":
         """The last step of the sweep ``uid`` (this process's SweepStart) that this writer derived
@@ -272,6 +325,17 @@ class MlflowStore:
                 index_tags["energy.run_index"] = str(index)
             self._log_start_data(existing, event, in_doubt=True, tags=index_tags)
             return existing
+        tags = self._new_run_tags(event, context)
+        index_tags = {}
+        run_id = self._create_run(event, tags)
+        if isinstance(event, RunStart) and event.sweep_uid:
+            index_tags["energy.run_index"] = str(self.claim_index(tags["mlflow.parentRunId"], run_id, in_doubt=False))
+        self._log_start_data(run_id, event, in_doubt=False, tags=index_tags)
+        return run_id
+
+    def _new_run_tags(self, event: StartEvent, context: Mapping[str, StartEvent]) -> dict[str, str]:
+        """The tags a new run is created with (a sweep's child: its parent and its sweep's name)."""
+        uid = event.uid
         tags = dict(self.host_tags)
         if isinstance(event, SweepStart):
             tags.update({"energy.uid": uid, "energy.kind": "sweep", "energy.sweep": event.name,
@@ -289,17 +353,10 @@ class MlflowStore:
                 # never the sweep's, so the sweep's totals count it once, in the enclosing run.
                 # A group's parent run under a sweep is the sweep's child but no run of it (is_group).
                 tags["mlflow.parentRunId"] = self.run_id(event.parent_uid)
-        index_tags = {}
         if isinstance(event, RunStart) and event.sweep_uid:
-            parent = self.run_id(event.sweep_uid)
-            tags["mlflow.parentRunId"] = parent
+            tags["mlflow.parentRunId"] = self.run_id(event.sweep_uid)
             tags["energy.sweep"] = context[event.sweep_uid].name
-            run_id = self._create_run(event, tags)
-            index_tags["energy.run_index"] = str(self.claim_index(parent, run_id, in_doubt=False))
-        else:
-            run_id = self._create_run(event, tags)
-        self._log_start_data(run_id, event, in_doubt=False, tags=index_tags)
-        return run_id
+        return tags
 
     def _create_run(self, event: StartEvent, tags: dict[str, Any]) -> str:
         run = self.client.create_run(self.experiment_id, start_time=event.t_ms,
@@ -336,6 +393,38 @@ class MlflowStore:
                 continue
             ledger.claims[k] = run_id
             return k
+
+    def claim_indexes(self, parent_run_id: str, run_ids: list[str]) -> list[int]:
+        """Run numbers for several new children at once, in their order: the lowest free numbers,
+        claimed in one ``log_batch`` of ``energy.index.<k>`` params on the parent.
+
+        MLflow writes a batch's params all or none: one number taken meanwhile by another writer
+        has the whole batch refused (``INVALID_PARAMETER_VALUE``, or ``BAD_REQUEST`` when two
+        inserts race in the database), and the children then claim one by one
+        (:meth:`claim_index`) from the parent's claims as they are now.  A batch resent after a
+        lost answer writes the same values: accepted, nothing new.
+        """
+        from mlflow.entities import Param
+        from mlflow.exceptions import MlflowException
+
+        ledger = self._ledger(parent_run_id)
+        if not ledger.claims:
+            ledger.read_parent(self.client.get_run(parent_run_id))
+        free, k = [], 1
+        while len(free) < len(run_ids):
+            if k not in ledger.claims:
+                free.append(k)
+            k += 1
+        try:
+            self.client.log_batch(parent_run_id, params=[Param(INDEX_PARAM + str(k), run_id)
+                                                         for k, run_id in zip(free, run_ids)])
+        except MlflowException as exc:
+            if exc.error_code not in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST"):
+                raise
+            ledger.read_parent(self.client.get_run(parent_run_id))
+            return [self.claim_index(parent_run_id, run_id, in_doubt=False) for run_id in run_ids]
+        ledger.claims.update(zip(free, run_ids))
+        return free
 
     def _ledger(self, parent_run_id: str) -> Ledger:
         ledger = self._sweeps.get(parent_run_id)
@@ -457,6 +546,70 @@ class MlflowStore:
             raise TypeError(f"not an event: {event!r}")
         if not more:
             self.settle()
+
+    def apply_runs(self, runs: list[tuple[RunStart, RunEnd]], context: Mapping[str, StartEvent]) -> None:
+        """Apply whole runs (each a start and its end, with every metric queued between them), as
+        a backlog after an outage has them: three requests a run, several in flight at once.
+
+        Each run is created with its tags and start time; the sweep's children then claim their
+        run numbers in one batch, in the given order (:meth:`claim_indexes`); each run's params,
+        tags and metrics go in one ``log_batch``, then its end (``update_run``).  A run's own
+        requests keep that order; those of different runs overlap (:func:`in_parallel`, up to
+        :data:`BACKLOG_WORKERS` at once against a tracking server).
+
+        Called again after a failure (the server went away mid-way), it resumes: a run created is
+        not created again, a creation that got no answer is looked for by ``energy.uid`` first,
+        numbers claimed stay claimed, and a run's batch and end, safe to repeat (the same points,
+        params and status), are sent again unless they were answered.
+        """
+        from mlflow.entities import Metric, Param, RunTag
+
+        self._starts = context
+        workers = BACKLOG_WORKERS if is_http(self.tracking_uri) else 1
+        tags = [self._new_run_tags(start, context) for start, _end in runs]
+
+        def create(i: int) -> str:
+            uid = runs[i][0].uid
+            if uid in self._unsure:
+                found = self._find_by_uid(uid)
+                if found is not None:
+                    self._created[uid] = found
+            if uid not in self._created:
+                self._unsure.add(uid)
+                self._created[uid] = self._create_run(runs[i][0], tags[i])
+            self._unsure.discard(uid)
+            return self._created[uid]
+
+        run_ids = in_parallel(create, range(len(runs)), workers)
+        parent = tags[0].get("mlflow.parentRunId") if runs[0][0].sweep_uid else None
+        indexes: list[int | None] = [None] * len(runs)
+        if parent:
+            ledger = self._ledger(parent)
+            unclaimed = [run_id for run_id in run_ids if ledger.index_of(run_id) is None]
+            if unclaimed:
+                self.claim_indexes(parent, unclaimed)
+            indexes = [ledger.index_of(run_id) for run_id in run_ids]
+
+        def finish(i: int) -> None:
+            start, end = runs[i]
+            if start.uid in self._finished:
+                return
+            run_tags = {k: str(v)[:5000] for k, v in end.tags.items()}
+            if indexes[i] is not None:
+                run_tags["energy.run_index"] = str(indexes[i])
+            self.client.log_batch(run_ids[i], metrics=[Metric(str(k), float(v), int(t), int(step))
+                                                       for k, v, step, t in end.rows],
+                                  params=[Param(str(k), str(v)) for k, v in {**start.params, **end.params}.items()],
+                                  tags=[RunTag(k, v) for k, v in run_tags.items()])
+            self.client.set_terminated(run_ids[i], status=end.status, end_time=end.t_ms)
+            self._finished.add(start.uid)
+
+        in_parallel(finish, range(len(runs)), workers)
+        for (start, end), run_id in zip(runs, run_ids):
+            self.run_ids[start.uid] = run_id
+            self._forget_backlog(start.uid)
+            if parent:
+                self.child_ended(start, end, in_doubt=False)
 
     def leave_with(self, event: SweepEnd) -> None:
         """This member's time in the sweep after its last run joins the sweep's totals, from the

@@ -33,6 +33,24 @@ log = logging.getLogger("ipython_energy")
 
 #: The most metric rows one merged event carries (MLflow takes 1,000 per log_batch).
 _MAX_BATCH_ROWS = 900
+#: The most whole runs applied together (their run numbers are one log_batch of params: MLflow takes 100).
+_MAX_BACKLOG_RUNS = 32
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """Whole runs queued one after another, each its start and its end with the metrics queued
+    between them merged in: applied together (:meth:`MlflowStore.apply_runs`), never journalled.
+
+    ``events``: how many queued events it stands for."""
+
+    runs: tuple[tuple[RunStart, RunEnd], ...]
+    events: int
+    type = "backlog"
+
+    @property
+    def uid(self) -> str:
+        return self.runs[0][0].uid
 
 
 @dataclass
@@ -203,7 +221,8 @@ class Writer:
         """Why MLflow counts as slow, or None: its recent answers, an answer awaited, a request timed out."""
         pace = self.pace
         since = self._applying_since
-        waited = None if since is None else time.monotonic() - since
+        # Since the last answer: a backlog's one application takes many requests, each answered.
+        waited = None if since is None else time.monotonic() - max(since, pace.last_good)
         if waited is not None and waited > 5 * pace.slow_s:
             return f"no answer for {waited:.0f} s"
         latency = pace.latency_s()
@@ -315,8 +334,11 @@ class Writer:
                             self._record_held()  # one event fewer that only memory holds
                     backoff = 0.25
                     continue
-                for failed in (item, *group):
-                    failed.in_doubt = True  # and, for a group, applied one by one from now on
+                if not isinstance(item.event, Backlog) or item.rejections:
+                    # A backlog that failed part-way is tried again as it is (MlflowStore.apply_runs
+                    # resumes it); one that MLflow refused is applied event by event, in doubt.
+                    for failed in (item, *group):
+                        failed.in_doubt = True  # and, for a group, applied one by one from now on
                 self._busy = False
                 self._notify_idle()
                 self._wake.wait(backoff)
@@ -428,8 +450,11 @@ class Writer:
         as one event (one ``log_batch``): after an outage most queued events are of this kind,
         and one request each was most of the catch-up's time.  Events that failed once are
         applied one by one again (their retries, rejections and in-doubt checks are their own).
+        Whole runs queued one after another (a backlog) go together: :meth:`_backlog`.
         """
         first = self._pending[0]
+        if isinstance(first.event, RunStart):
+            return self._backlog() or (first, [first])
         if not isinstance(first.event, Metrics) or first.in_doubt or first.rejections:
             return first, [first]
         group, rows = [first], list(first.event.rows)
@@ -446,6 +471,59 @@ class Writer:
             return first, group
         return Pending(first.seq, Metrics(first.event.uid, tuple(rows))), group
 
+    def _backlog(self) -> tuple[Pending, list[Pending]] | None:
+        """Whole runs at the head of the queue, one after another, as one :class:`Backlog`.
+
+        After an outage the queue is mostly whole runs; applied together they cost three requests
+        a run, several in flight at once, where one by one they cost five, one after another.
+        The runs share a store and a sweep (or none); none failed before.
+        """
+        pending = list(self._pending)
+        runs: list[tuple[RunStart, RunEnd]] = []
+        group: list[Pending] = []
+        while len(runs) < _MAX_BACKLOG_RUNS:
+            whole = self._whole_run(pending, len(group))
+            if whole is None:
+                break
+            start, end, items = whole
+            if runs and (start.sweep_uid, start.tracking_uri, start.experiment) != \
+                    (runs[0][0].sweep_uid, runs[0][0].tracking_uri, runs[0][0].experiment):
+                break
+            runs.append((start, end))
+            group += items
+        if not runs:
+            return None
+        return Pending(group[0].seq, Backlog(tuple(runs), len(group))), group
+
+    def _whole_run(self, pending: list[Pending], i: int) -> tuple[RunStart, RunEnd, list[Pending]] | None:
+        """The run starting at ``pending[i]`` if its start, its metrics and its end follow one another
+        there and fit one ``log_batch``; None otherwise (it is then applied event by event)."""
+        if i >= len(pending):
+            return None
+        first, start = pending[i], pending[i].event
+        if first.in_doubt or first.rejections or not isinstance(start, RunStart) or start.parent_uid \
+                or (start.sweep_uid and start.sweep_uid not in self._context):
+            return None
+        rows: list = []
+        for j in range(i + 1, len(pending)):
+            item, event = pending[j], pending[j].event
+            if item.in_doubt or item.rejections or getattr(event, "uid", None) != start.uid:
+                return None
+            if isinstance(event, Metrics):
+                rows += event.rows
+                if len(rows) > _MAX_BATCH_ROWS:
+                    return None
+                continue
+            if not isinstance(event, RunEnd):
+                return None
+            params = {**start.params, **event.params}
+            clash = any(start.params.get(k, v) != v for k, v in event.params.items())
+            size = len(rows) + len(event.rows) + len(params) + len(event.tags) + 1
+            if event.delete or clash or size > _MAX_BATCH_ROWS or len(params) > 100 or len(event.tags) >= 100:
+                return None
+            return start, dataclasses.replace(event, rows=tuple(rows) + event.rows), pending[i:j + 1]
+        return None
+
     def apply(self, item: Pending, more: bool = False) -> bool:
         """Apply one event to MLflow (True), or leave it for a retry (False); never raises.
 
@@ -453,17 +531,26 @@ class Writer:
         event = item.event
         self._applying_since = time.monotonic()
         try:
-            start = event if isinstance(event, (SweepStart, RunStart)) else self._context.get(event.uid)
+            start = event.runs[0][0] if isinstance(event, Backlog) else \
+                event if isinstance(event, (SweepStart, RunStart)) else self._context.get(event.uid)
             if start is not None:
                 self.backend_uri = start.tracking_uri
             self._probe(start)
-            if isinstance(event, (SweepStart, RunStart)):
-                self._context[event.uid] = event
-            self._store_for(event.uid).apply(event, self._context, item.in_doubt, more=more)
+            if isinstance(event, Backlog):
+                for run_start, _end in event.runs:
+                    self._context[run_start.uid] = run_start
+                self._store_for(event.uid).apply_runs(list(event.runs), self._context)
+            else:
+                if isinstance(event, (SweepStart, RunStart)):
+                    self._context[event.uid] = event
+                self._store_for(event.uid).apply(event, self._context, item.in_doubt, more=more)
             if not more:
                 for store in self._stores.values():
                     store.settle()  # the sweeps' totals, once the queue is drained
         except Exception as exc:  # noqa: BLE001 - any backend failure means: keep it and retry
+            if isinstance(event, Backlog) and is_rejection(exc):
+                item.rejections += 1  # its events are applied one by one now, each with its own rejections
+                return False
             if is_rejection(exc):
                 # The backend answered and refused this event (bad value, deleted run, …). It is
                 # retried a few times, then set aside in the rejected journal so that it cannot
@@ -489,6 +576,11 @@ class Writer:
         self._last_ok = time.monotonic()
         self.outage_since = None
         self.last_error = None
+        if isinstance(event, Backlog):
+            self.applied += event.events
+            for run_start, _end in event.runs:
+                self._retire(run_start.uid)
+            return True
         self.applied += 1
         if isinstance(event, (RunEnd, SweepEnd)):
             self._retire(event.uid)

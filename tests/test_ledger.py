@@ -143,6 +143,54 @@ def test_run_numbers_claimed_at_once_by_many_writers_are_unique(mlflow_server_pg
     assert again == got, "a retry finds its own claim"
 
 
+def test_run_numbers_claimed_in_batches_at_once_by_many_writers_are_unique(mlflow_server_pg):
+    """Batched claims (MlflowStore.claim_indexes, a backlog's) from 4 threads with their own
+    clients, 2 batches of 5 children each, at the same moments: a batch that meets a number taken
+    meanwhile is refused whole by MLflow and its children claim one by one; numbers 1..40, once each."""
+    from ipython_energy.store import MlflowStore
+
+    uri = mlflow_server_pg.uri
+    stores = [MlflowStore(uri, "exp") for _ in range(4)]
+    parent = stores[0].client.create_run(stores[0].experiment_id, run_name="parent").info.run_id
+    children = [[stores[0].client.create_run(stores[0].experiment_id, tags={"mlflow.parentRunId": parent}).info.run_id
+                 for _ in range(10)] for _ in stores]
+    got: dict[str, int] = {}
+    go = threading.Barrier(len(stores))
+
+    def claim(store, mine):
+        go.wait()
+        for batch in (mine[:5], mine[5:]):
+            got.update(zip(batch, store.claim_indexes(parent, batch)))
+
+    threads = [threading.Thread(target=claim, args=(s, mine)) for s, mine in zip(stores, children)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert sorted(got.values()) == list(range(1, 41))
+    params = stores[0].client.get_run(parent).data.params
+    assert {int(k.rsplit(".", 1)[1]): v for k, v in params.items() if k.startswith("energy.index.")} == \
+        {k: run_id for run_id, k in got.items()}
+
+
+def test_a_batch_of_claims_meeting_a_taken_number_is_refused_whole(sqlite_uri):
+    """Writer A's view of the claims is stale (B claimed 2 and 3 since A's last read): A's batch
+    for 2, 3, 4 is refused by MLflow as a whole (no param of it written), and A's three children
+    then get 4, 5, 6 in their order."""
+    from ipython_energy.store import MlflowStore
+
+    a, b = MlflowStore(sqlite_uri, "exp"), MlflowStore(sqlite_uri, "exp")
+    parent = a.client.create_run(a.experiment_id, run_name="parent").info.run_id
+    new = [a.client.create_run(a.experiment_id, tags={"mlflow.parentRunId": parent}).info.run_id for _ in range(6)]
+    assert a.claim_index(parent, new[0], in_doubt=False) == 1
+    assert b.claim_indexes(parent, new[1:3]) == [2, 3]
+    assert a.claim_indexes(parent, new[3:]) == [4, 5, 6]
+    params = a.client.get_run(parent).data.params
+    assert {k: v for k, v in params.items() if k.startswith("energy.index.")} == \
+        {f"energy.index.{i + 1}": run_id for i, run_id in enumerate(new)}
+
+
+
 def test_a_writer_behind_the_others_tries_the_next_numbers_before_reading_the_parent(sqlite_uri):
     """B claimed 2..10 since A's last read.  A tries 2, 3, … (each refused as taken) and reads
     the parent's claims again only after CLAIM_TRIES_BEFORE_READ refusals, not after each: its
@@ -153,7 +201,7 @@ def test_a_writer_behind_the_others_tries_the_next_numbers_before_reading_the_pa
     parent = a.client.create_run(a.experiment_id, run_name="parent").info.run_id
     new = [a.client.create_run(a.experiment_id, tags={"mlflow.parentRunId": parent}).info.run_id for _ in range(11)]
     assert a.claim_index(parent, new[0], in_doubt=False) == 1
-    assert [b.claim_index(parent, run_id, in_doubt=False) for run_id in new[1:10]] == list(range(2, 11))
+    assert b.claim_indexes(parent, new[1:10]) == list(range(2, 11))
     reads = []
     real_get_run = a.client.get_run
     a.client.get_run = lambda run_id: reads.append(run_id) or real_get_run(run_id)

@@ -398,3 +398,140 @@ def test_autolog_cell_that_imports_mlflow_runs_and_is_logged(tmp_path, sqlite_ur
     out = _fresh_python(AUTOLOG_IMPORT, sqlite_uri, cwd=tmp_path, IPYTHON_ENERGY_TRACKING_URI=sqlite_uri)
     assert "USER-CELL ok" in out, out[-3000:]
     assert int(out.split("RUNS ")[1].split()[0]) >= 1, out[-3000:]
+
+
+def _backlog(uri, sweep_uid, n):
+    """A sweep's start, then ``n`` whole runs of it (start, a cell's metrics, end): what an outage leaves queued."""
+    events = sweep_events(uri, sweep_uid, [1.0 + i / 8 for i in range(n)])
+    return events[:1], events[1:]
+
+
+def _check_each_run_once(uri, n):
+    """MLflow holds ``n`` children, each once, FINISHED with its params and its metric points once,
+    numbered 1..n, and the sweep's last total their sum."""
+    client, sweeps, children = runs_by_kind(uri)
+    assert len(sweeps) == 1 and len(children) == n
+    assert len({c.data.tags["energy.uid"] for c in children}) == n
+    assert sorted(int(c.data.tags["energy.run_index"]) for c in children) == list(range(1, n + 1))
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.params["lr"] == child.data.tags["energy.uid"].rsplit("run", 1)[1]
+        steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, "cell_energy_j"))
+        assert steps == [7, 8], child.info.run_name
+        assert len(client.get_metric_history(child.info.run_id, "energy_j")) == 1
+    parent = sweeps[0]
+    assert {k: v for k, v in parent.data.params.items() if k.startswith("energy.index.")} == \
+        {f"energy.index.{c.data.tags['energy.run_index']}": c.info.run_id for c in children}
+    assert parent.data.metrics["sweep_energy_j"] == math.fsum(c.data.metrics["energy_j"] for c in children)
+
+
+@pytest.mark.server
+def test_backlog_after_outage_costs_three_requests_a_run(energy_home, proxy):
+    """Runs queued while the server is out of reach go to it, once it answers, as a backlog:
+    each run's create, one batch (params, tags, metrics of its start and end) and its end;
+    the run numbers of several runs in one batch of params on the parent.  Nothing else per run."""
+    server = proxy()
+    sweep, runs = _backlog(server.uri, "bl", 12)
+    writer = Writer(Spool.create("backlog"), retry_max_s=0.2)
+    for ev in sweep:
+        writer.submit(ev)
+    assert writer.flush(120)
+    server.down = True
+    for ev in runs:
+        writer.submit(ev)
+    assert not writer.flush(1)
+    server.log.clear()
+    server.down = False
+    assert writer.flush(180)
+    _check_each_run_once(server.uri, 12)
+    assert server.count("/runs/create", "200") == 12
+    assert server.count("/runs/update", "200") == 12
+    # One batch a run, one for the claims of the runs queued whole, one for the sweep's totals;
+    # the first run may have been tried (and failed) alone while its end was not queued yet: it
+    # is then applied event by event, in doubt (its claim a param of its own, two batches more).
+    assert 12 + 2 <= server.count("/runs/log-batch", "200") <= 12 + 2 + 2
+    assert server.count("/runs/log-parameter") <= 1
+    writer.close()
+
+
+@pytest.mark.server
+def test_backlog_through_failing_answers_loses_nothing_and_writes_each_run_once(energy_home, proxy):
+    """A backlog drained through a proxy that answers a quarter of the requests with HTTP 500
+    after the server committed them, and drops some connections: requests of several runs in
+    flight at once fail part-way, the runs are applied again one by one, in doubt, and MLflow
+    ends with every run once, numbered 1..n, every point once, and the total their sum."""
+    server = proxy(fail_rate=0.25, drop_rate=0.05, seed=7)
+    sweep, runs = _backlog(server.uri, "flaky", 16)
+    writer = Writer(Spool.create("flaky"), retry_max_s=0.2)
+    server.down = True
+    for ev in sweep + runs:
+        writer.submit(ev)
+    assert not writer.flush(1)
+    server.down = False
+    assert writer.flush(300)
+    _check_each_run_once(server.uri, 16)
+    assert not writer.rejected
+    writer.close()
+
+
+@pytest.mark.server
+def test_backlog_cut_off_mid_drain_then_kernel_killed_is_replayed_once(energy_home, proxy):
+    """The server goes out of reach while a backlog is being written (some runs created, claimed or
+    ended, none acknowledged), and the kernel dies: the next kernel replays the journal, and
+    every run is in MLflow once, with its number, its points once, and the sweep's total."""
+    server = proxy()
+    sweep, runs = _backlog(server.uri, "cut", 16)
+    spool = Spool.create("cut")
+    writer = Writer(spool, retry_max_s=0.2)
+    for ev in sweep:
+        writer.submit(ev)
+    assert writer.flush(120)
+    server.down = True
+    for ev in runs:
+        writer.submit(ev)
+    assert not writer.flush(1)
+    server.log.clear()
+    server.down = False
+    deadline = time.monotonic() + 120
+    while server.count("/runs/update", "200") < 3 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    server.down = True
+    assert server.count("/runs/update", "200") >= 3
+    killed(writer, spool, acked=False)
+    server.down = False
+    again = Writer(Spool.create("after-cut"))
+    again.start()
+    assert again.flush(300)
+    _check_each_run_once(server.uri, 16)
+    again.close()
+
+
+@pytest.mark.server
+def test_backlog_cut_off_mid_drain_resumes_where_it_stopped(energy_home, proxy):
+    """The server goes out of reach for a moment while a backlog is being written: the writer
+    tries the backlog again when it answers, and goes on from where it stopped (runs created are
+    not looked for, only creations whose answer was lost): every run once, numbers 1..16."""
+    server = proxy()
+    sweep, runs = _backlog(server.uri, "resume", 16)
+    writer = Writer(Spool.create("resume"), retry_max_s=0.2)
+    for ev in sweep:
+        writer.submit(ev)
+    assert writer.flush(120)
+    server.down = True
+    for ev in runs:
+        writer.submit(ev)
+    assert not writer.flush(1)
+    server.log.clear()
+    server.down = False
+    deadline = time.monotonic() + 120
+    while server.count("/runs/update", "200") < 3 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    server.down = True
+    time.sleep(1)
+    server.down = False
+    assert writer.flush(300)
+    _check_each_run_once(server.uri, 16)
+    assert server.count("/runs/create", "200") == 16
+    # Lookups by energy.uid: the first run's (tried alone while down) and the creations cut off.
+    assert server.count("/runs/search", "200") <= 1 + 6 + 2
+    writer.close()
