@@ -565,6 +565,11 @@ class MlflowStore:
         from mlflow.entities import Metric, Param, RunTag
 
         self._starts = context
+        # Runs a try before this one wrote whole (its sweep's totals failed after them, and the
+        # backlog came back): done.  Their ends are in the ledger, or its recount looks them up.
+        runs = [(start, end) for start, end in runs if start.uid not in self.run_ids]
+        if not runs:
+            return
         workers = BACKLOG_WORKERS if is_http(self.tracking_uri) else 1
         tags = [self._new_run_tags(start, context) for start, _end in runs]
 

@@ -535,3 +535,38 @@ def test_backlog_cut_off_mid_drain_resumes_where_it_stopped(energy_home, proxy):
     # Lookups by energy.uid: the first run's (tried alone while down) and the creations cut off.
     assert server.count("/runs/search", "200") <= 1 + 6 + 2
     writer.close()
+
+
+@pytest.mark.server
+def test_a_backlog_whose_totals_fail_after_it_is_written_is_not_written_again(energy_home, proxy, monkeypatch):
+    """Every run of a backlog reaches MLflow, then logging the sweep's totals fails once (the
+    server gone again just then): the backlog is tried again, and creates no run twice (it
+    made 8 of 400 trials two finished runs each in a 4 x 100 run of bench/sweep_scale.py)."""
+    from ipython_energy.store import MlflowStore
+
+    server = proxy()
+    sweep, runs = _backlog(server.uri, "totals", 8)
+    writer = Writer(Spool.create("totals"), retry_max_s=0.2)
+    for ev in sweep:
+        writer.submit(ev)
+    assert writer.flush(120)
+    real, failed = MlflowStore.settle, []
+
+    def settle_failing_once(store):
+        if not failed:
+            failed.append(True)
+            raise ConnectionError("no answer: the server went away just then")
+        return real(store)
+
+    monkeypatch.setattr(MlflowStore, "settle", settle_failing_once)
+    server.down = True
+    for ev in runs:
+        writer.submit(ev)
+    assert not writer.flush(1)
+    server.log.clear()
+    server.down = False
+    assert writer.flush(300)
+    assert failed, "the totals failed once after the backlog was written"
+    _check_each_run_once(server.uri, 8)
+    assert server.count("/runs/create", "200") == 8
+    writer.close()
