@@ -472,10 +472,13 @@ class EnergyMagics(Magics, EnergySettings):
 
     def _cmd_chart(self, words: list[str]):
         p = self._parser("chart")
-        p.add_argument("name", nargs="?")
+        p.add_argument("names", nargs="*")
         p.add_argument("--mlflow", action="store_true")
         p.add_argument("--by", choices=("status", "host"), action=Once)
         a = parse_words(p, words)
+        if len(a.names) > 1:
+            raise UsageError("%energy chart takes at most one sweep name")
+        a.name = a.names[0] if a.names else None
         tracker = self.tracker
         if a.name is not None:
             sweep = tracker.sweeps.get(a.name)

@@ -33,6 +33,7 @@ from .ledger import claims_of
 from .rebound import Spread, sweep_spread
 from .rollup import build_experiment_data, build_sweep_data
 from .transport import mlflow_client_class
+from .validate import quote
 
 DEFAULT_EXPERIMENT = "ipython-energy"
 
@@ -636,10 +637,10 @@ def whole_sweep(tracking_uri: str, experiment: str, name: str, *, wait_s: float 
     """
     reader = SourceReader(tracking_uri)
     if not reader.store_exists():
-        raise NotFound(f"no sweep {name!r}: no MLflow store at {tracking_uri} yet")
+        raise NotFound(f"no sweep {quote(name)}: no MLflow store at {tracking_uri} yet")
     exp_id = reader.experiment_id(experiment)
     if exp_id is None:
-        raise NotFound(f"no sweep {name!r}: experiment {experiment!r} does not exist at {tracking_uri}")
+        raise NotFound(f"no sweep {quote(name)}: experiment {quote(experiment)} does not exist at {tracking_uri}")
     if is_run_id(name):
         run_id = name
     else:
@@ -648,7 +649,7 @@ def whole_sweep(tracking_uri: str, experiment: str, name: str, *, wait_s: float 
             [exp_id], filter_string=f"tags.`energy.kind` = 'sweep' and tags.`energy.sweep` = '{quoted}'",
             max_results=100)
         if not found:
-            raise NotFound(f"no sweep named {name!r} in experiment {experiment!r}")
+            raise NotFound(f"no sweep named {quote(name)} in experiment {quote(experiment)}")
         run_id = max(found, key=lambda r: (r.info.start_time or 0, r.info.run_id)).info.run_id
     reader.sweep_data(experiment, run_id)  # a big sweep's first read starts reading its older runs
     deadline = time.monotonic() + wait_s

@@ -140,7 +140,7 @@ BAD_LINE_ARGS = [
     ("autolog maybe", "on or off"),
     ("chart nosuch", "no sweep"),
     ("chart --by cpu", "invalid choice"),
-    ("chart a b", "unrecognized arguments"),
+    ("chart a b", "at most one"),
     ("flush --timeout nan", "positive finite"),
     ("sweep 'unclosed", "quotation"),
 ]
