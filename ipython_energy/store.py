@@ -615,6 +615,9 @@ class MlflowStore:
             self._forget_backlog(start.uid)
             if parent:
                 self.child_ended(start, end, in_doubt=False)
+        if not (self._created or self._unsure or self._finished):
+            # A dict keeps the table of its largest size: a backlog of 32 runs would leave one.
+            self._created, self._unsure, self._finished = {}, set(), set()
 
     def leave_with(self, event: SweepEnd) -> None:
         """This member's time in the sweep after its last run joins the sweep's totals, from the
